@@ -1,0 +1,65 @@
+"""The error hierarchy: one root, each branch named by what the caller should do.
+
+Owns: the exception types shared by every layer. Must not: know about exit codes
+(the CLI maps errors to exit codes) or about any third-party library (adapters
+translate their libraries' exceptions into these).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ReconcilerError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the desired state, located for a human to fix."""
+
+    file: str
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        key = f" {self.key}:" if self.key else ""
+        return f"{where}:{key} {self.message}"
+
+
+class InvalidDesiredState(ReconcilerError):
+    """The desired state cannot be acted on; fix the files and commit again."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class ConfigurationError(ReconcilerError):
+    """The daemon's own settings (credentials, state dir, options) are unusable."""
+
+
+class TransientError(ReconcilerError):
+    """Try again later: throttling, timeouts, a 5xx from the cloud."""
+
+
+class ProviderError(ReconcilerError):
+    """A cloud call failed in a way retrying will not fix (bad credentials, bad request)."""
+
+
+class ObservationIncomplete(ReconcilerError):
+    """A listing failed or came back partial; the pass must not mutate anything."""
+
+
+class GuardRefused(ReconcilerError):
+    """A safety guard refused the run; nothing was changed."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        self.reasons = tuple(reasons)
+        super().__init__("; ".join(self.reasons))
+
+
+class LedgerError(ReconcilerError):
+    """The ledger cannot be opened or written."""

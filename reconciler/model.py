@@ -1,0 +1,271 @@
+"""Value objects shared by every layer: desired state, observations, ledger view, plans.
+
+Owns: frozen dataclasses and enums, and nothing that performs I/O. Must not: import
+any adapter, the ledger, or a third-party library; every other module may import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+# ---------------------------------------------------------------- desired state
+
+
+class Strategy(StrEnum):
+    BLUE_GREEN = "blue-green"
+    RECREATE = "recreate"
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """Where a credential lives; the value itself is never held in the model."""
+
+    source: str  # "env" or "file"
+    name: str  # environment variable name, or file path
+
+    def __repr__(self) -> str:
+        return f"SecretRef({self.source}:{self.name})"
+
+
+@dataclass(frozen=True)
+class ProviderProfile:
+    name: str
+    driver: str  # a libcloud compute provider name ("ec2") or "sandbox"
+    region: str | None = None
+    endpoint: str | None = None
+    credentials: Mapping[str, SecretRef] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HealthSpec:
+    """The health gate's settings. Probing arrives with the plugins; see apply."""
+
+    kind: str  # "http", "tcp" or "command"
+    target: str
+    timeout: float = 300.0
+    interval: float = 5.0
+    healthy_after: int = 1
+    warmup: float = 0.0
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    env: str
+    name: str
+    provider: str
+    image: str
+    size: str
+    count: int
+    strategy: Strategy
+    keep_previous: float  # seconds
+    fingerprint: str
+    user_data_path: str | None = None
+    user_data: str | None = None  # rendered contents; never logged
+    health: HealthSpec | None = None
+    price_per_hour: float | None = None
+    source_file: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.env, self.name)
+
+
+@dataclass(frozen=True)
+class Environment:
+    name: str
+    provider: str
+    services: tuple[ServiceSpec, ...]
+    source_file: str = ""
+
+
+@dataclass(frozen=True)
+class Policy:
+    max_parallel: int = 8
+    max_destroy_fraction: float = 0.5
+    boot_timeout: float = 600.0  # seconds to wait for a new instance to run
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    root: str
+    owner: str
+    providers: Mapping[str, ProviderProfile]
+    environments: tuple[Environment, ...]
+    policy: Policy = Policy()
+    commit: str | None = None
+
+    def services(self) -> tuple[ServiceSpec, ...]:
+        return tuple(s for env in self.environments for s in env.services)
+
+    def service(self, env: str, name: str) -> ServiceSpec | None:
+        for spec in self.services():
+            if spec.env == env and spec.name == name:
+                return spec
+        return None
+
+
+# ---------------------------------------------------------------- observation
+
+
+class InstanceState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    STOPPED = "stopped"  # stopping or stopped: exists, bills storage, serves nothing
+    GONE = "gone"  # shutting-down or terminated
+
+
+ALIVE_STATES = frozenset({InstanceState.PENDING, InstanceState.RUNNING})
+
+
+@dataclass(frozen=True)
+class ObservedInstance:
+    id: str
+    provider: str
+    state: InstanceState
+    image: str
+    size: str
+    env: str | None = None
+    service: str | None = None
+    generation: int | None = None
+    slot: int | None = None
+    fingerprint: str | None = None
+    op: str | None = None
+    name: str | None = None
+    private_ip: str | None = None
+    public_ip: str | None = None
+    launched_at: datetime | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def alive(self) -> bool:
+        return self.state in ALIVE_STATES
+
+
+# ---------------------------------------------------------------- ledger view
+
+
+class GenerationState(StrEnum):
+    CREATING = "creating"
+    ACTIVE = "active"
+    STANDBY = "standby"
+    FAILED = "failed"
+    DESTROYED = "destroyed"
+
+
+@dataclass(frozen=True)
+class GenerationRecord:
+    env: str
+    service: str
+    number: int
+    fingerprint: str
+    image: str
+    size: str
+    count: int
+    state: GenerationState
+    created_at: datetime | None = None
+    activated_at: datetime | None = None
+    retired_at: datetime | None = None
+    image_id: str | None = None  # what the cloud reported at launch
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    id: str
+    provider: str
+    env: str
+    service: str
+    generation: int
+    slot: int | None
+    state: str  # "pending", "running", "destroyed", "gone"
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class LedgerView:
+    """What the planner needs to know from the ledger: generations and live instances."""
+
+    generations: tuple[GenerationRecord, ...] = ()
+    instances: tuple[InstanceRecord, ...] = ()  # only those not yet destroyed
+
+
+# ---------------------------------------------------------------- plan
+
+
+class ActionKind(StrEnum):
+    CREATE = "create"
+    DESTROY = "destroy"
+    ACTIVATE = "activate"
+    ADOPT = "adopt"
+
+
+class Reason(StrEnum):
+    SPEC_CHANGED = "spec-changed"
+    MISSING = "missing"
+    TAMPERED = "tampered"
+    SURPLUS = "surplus"
+    DEFICIT = "deficit"
+    UNOWNED_GENERATION = "unowned-generation"
+    STANDBY_EXPIRED = "standby-expired"
+    # Beyond DESIGN §4's list: cleanup of a failed generation's leftovers, and
+    # recording a generation the cloud has but the ledger lost.
+    FAILED_GENERATION = "failed-generation"
+    UNRECORDED_GENERATION = "unrecorded-generation"
+
+
+# Destroys that take away serving capacity without a same-plan replacement:
+# these are what the mass-destroy guard counts.
+CAPACITY_REDUCING = frozenset({Reason.SURPLUS, Reason.UNOWNED_GENERATION})
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    reason: Reason
+    env: str
+    service: str
+    generation: int
+    provider: str
+    slot: int | None = None
+    instance_id: str | None = None
+    replaces: str | None = None  # the instance a create stands in for
+    previous: int | None = None  # for activate: the generation it supersedes
+    detail: str = ""
+
+    def describe(self) -> str:
+        target = f"{self.env}/{self.service} g{self.generation}"
+        if self.slot is not None:
+            target += f" #{self.slot}"
+        if self.instance_id:
+            target += f" ({self.instance_id})"
+        return f"{self.kind.value} {target} [{self.reason.value}]"
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something the planner decided not to do, and why (reported, not acted on)."""
+
+    env: str
+    service: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: tuple[Action, ...] = ()
+    notes: tuple[Note, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.actions
+
+    def mutating(self) -> tuple[Action, ...]:
+        return tuple(a for a in self.actions if a.kind in (ActionKind.CREATE, ActionKind.DESTROY))
+
+    def by_service(self) -> dict[tuple[str, str], list[Action]]:
+        groups: dict[tuple[str, str], list[Action]] = {}
+        for action in self.actions:
+            groups.setdefault((action.env, action.service), []).append(action)
+        return groups
