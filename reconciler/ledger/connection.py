@@ -1,0 +1,86 @@
+"""Opening the ledger file: durability settings, transactions, schema migration.
+
+Owns: the one sqlite3 connection's settings (WAL, synchronous=FULL, 5 s busy timeout,
+no driver-managed transactions), the `BEGIN` / `COMMIT` / `ROLLBACK` discipline every
+caller uses, and translating open-time sqlite3 errors into `LedgerError`. Must not:
+know the tables beyond asking `schema` to migrate them, or take the `Ledger`'s lock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from reconciler.errors import LedgerError
+from reconciler.ledger.paths import ensure_ledger_file
+from reconciler.ledger.schema import apply_migrations
+
+BUSY_TIMEOUT_MS = 5000
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection, *, write: bool) -> Iterator[None]:
+    """One explicit transaction, committed when the block ends, rolled back if it raises.
+
+    Writes take the write lock up front (IMMEDIATE): a deferred transaction that
+    upgrades to writing can fail with SQLITE_BUSY without waiting out the busy timeout.
+    """
+    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            # The original error says what went wrong; a failing rollback (the
+            # connection is already broken) would only hide it.
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
+def open_database(state_dir: Path) -> tuple[Path, Database]:
+    """Create or open `state_dir/ledger.sqlite`, configured and migrated."""
+    try:
+        path = ensure_ledger_file(state_dir)
+    except OSError as exc:
+        raise LedgerError(f"cannot create the ledger in {state_dir}: {exc}") from exc
+    # isolation_level=None: the driver opens no transactions of its own, so the
+    # explicit ones in `transaction` are the only ones there are.
+    # check_same_thread=False: the apply step's workers share this connection; the
+    # Ledger's lock serialises them.
+    try:
+        conn = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False, isolation_level=None
+        )
+    except sqlite3.Error as exc:
+        raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
+    try:
+        db = _configure(conn, path)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return path, db
+
+
+def _configure(conn: sqlite3.Connection, path: Path) -> Database:
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    # The first statement that reads the file: a file that is not a database fails here.
+    (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+    if str(mode).lower() != "wal":
+        raise LedgerError(f"cannot open ledger {path}: journal mode stays {mode!r}, not WAL")
+    # FULL: an operation's intent must survive a power cut, as it precedes the cloud call.
+    conn.execute("PRAGMA synchronous = FULL")
+    # No sqlite-utils plugins: the daemon's connection is not an extension point.
+    db = Database(conn, execute_plugins=False)
+    # One IMMEDIATE transaction around all migrations: two daemons opening a fresh
+    # file serialise here instead of both creating the tables.
+    with transaction(conn, write=True):
+        apply_migrations(db)
+    return db

@@ -1,0 +1,144 @@
+"""The ledger's read side: listings for the CLI and the view the planner plans from.
+
+Owns: the SELECT statements and the shape of the rows they return (dicts keyed by the
+column names of DESIGN §5, times as their stored ISO-8601 text so the CLI can print
+them as JSON unchanged, JSON columns decoded). Must not: write, open transactions or
+take locks; the `Ledger` calls these under its lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlite_utils import Database
+
+from reconciler.ledger import codec
+from reconciler.model import LedgerView
+
+# Instance states after which the instance no longer exists (or bills) in the cloud.
+ENDED_INSTANCE_STATES = ("destroyed", "gone")
+_ENDED_SQL = "({})".format(", ".join(f"'{state}'" for state in ENDED_INSTANCE_STATES))
+
+_NO_LIMIT = -1  # SQLite's spelling of "no LIMIT"
+
+
+def _where(filters: Mapping[str, object], *, alias: str = "") -> tuple[str, list[object]]:
+    """`WHERE a = ? AND b = ?` for the filters that are not None."""
+    given = {column: value for column, value in filters.items() if value is not None}
+    if not given:
+        return "", []
+    qualifier = f"{alias}." if alias else ""
+    clause = " AND ".join(f'{qualifier}"{column}" = ?' for column in given)
+    return f"WHERE {clause}", list(given.values())
+
+
+def _limit(limit: int | None) -> int:
+    if limit is None:
+        return _NO_LIMIT
+    if limit < 0:
+        raise ValueError(f"limit must be zero or positive, got {limit}")
+    return limit
+
+
+def view(db: Database) -> LedgerView:
+    # Every generation, destroyed ones included: the planner must never reuse a number.
+    generations = tuple(
+        codec.generation_record(row)
+        for row in db.query("SELECT * FROM generations ORDER BY env, service, number")
+    )
+    instances = tuple(
+        codec.instance_record(row)
+        for row in db.query(
+            f"SELECT * FROM instances WHERE state NOT IN {_ENDED_SQL} "
+            "ORDER BY env, service, generation, slot, id"
+        )
+    )
+    return LedgerView(generations=generations, instances=instances)
+
+
+def generation_rows(
+    db: Database, *, env: str | None, service: str | None, state: str | None
+) -> list[dict[str, Any]]:
+    where, params = _where({"env": env, "service": service, "state": state})
+    sql = f"SELECT * FROM generations {where} ORDER BY env, service, number"
+    return list(db.query(sql, params))
+
+
+_HISTORY_COLUMNS = f"""
+    g.env, g.service, g.number, g.state, g.image, g.size, g.count, g."commit",
+    g.created_at, g.activated_at, g.retired_at, g.destroyed_at, g.reason,
+    (SELECT count(*) FROM instances i
+      WHERE i.env = g.env AND i.service = g.service AND i.generation = g.number
+    ) AS instances_created,
+    (SELECT count(*) FROM instances i
+      WHERE i.env = g.env AND i.service = g.service AND i.generation = g.number
+        AND i.state NOT IN {_ENDED_SQL}
+    ) AS instances_live
+"""
+
+
+def history_rows(
+    db: Database, *, env: str | None, service: str | None, limit: int | None
+) -> list[dict[str, Any]]:
+    """Each service's generations, oldest first; `limit` keeps each service's newest N."""
+    where, params = _where({"env": env, "service": service}, alias="g")
+    sql = f"""
+        SELECT * FROM (
+            SELECT {_HISTORY_COLUMNS},
+                   row_number() OVER (
+                       PARTITION BY g.env, g.service ORDER BY g.number DESC
+                   ) AS newest_rank
+            FROM generations g {where}
+        )
+        WHERE ? < 0 OR newest_rank <= ?
+        ORDER BY env, service, number
+    """
+    bound = _limit(limit)
+    rows = list(db.query(sql, [*params, bound, bound]))
+    for row in rows:
+        del row["newest_rank"]
+    return rows
+
+
+def run_rows(db: Database, *, limit: int | None) -> list[dict[str, Any]]:
+    rows = list(db.query("SELECT * FROM runs ORDER BY id DESC LIMIT ?", [_limit(limit)]))
+    for row in rows:
+        # An unfinished run has no counts yet; an empty dict keeps the shape uniform.
+        row["counts"] = codec.decode_json(row["counts"]) or {}
+    return rows
+
+
+def instance_rows(
+    db: Database,
+    *,
+    env: str | None,
+    service: str | None,
+    generation: int | None,
+    live_only: bool,
+) -> list[dict[str, Any]]:
+    where, params = _where({"env": env, "service": service, "generation": generation})
+    if live_only:
+        where = f"{where} AND" if where else "WHERE"
+        where += f" state NOT IN {_ENDED_SQL}"
+    sql = f"SELECT * FROM instances {where} ORDER BY env, service, generation, slot, id"
+    return list(db.query(sql, params))
+
+
+def event_rows(db: Database, *, kind: str | None, limit: int | None) -> list[dict[str, Any]]:
+    """Events oldest first; `limit` keeps the newest N (a log's tail)."""
+    where, params = _where({"kind": kind})
+    sql = f"""
+        SELECT * FROM (
+            SELECT * FROM events {where} ORDER BY at DESC, id DESC LIMIT ?
+        ) ORDER BY at, id
+    """
+    rows = list(db.query(sql, [*params, _limit(limit)]))
+    for row in rows:
+        row["detail"] = codec.decode_json(row["detail"])
+    return rows
+
+
+def open_operations(db: Database) -> list[dict[str, Any]]:
+    sql = "SELECT * FROM operations WHERE state IN ('intent', 'issued') ORDER BY intent_at, id"
+    return list(db.query(sql))

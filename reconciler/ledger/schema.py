@@ -1,0 +1,150 @@
+"""The ledger's tables and indexes, as an ordered list of sqlite-utils migrations.
+
+Owns: the schema of DESIGN §5 and its evolution. Each migration is applied once per
+database and recorded in `_sqlite_migrations`; add a new function to change the
+schema, never edit one that has shipped. Must not: hold data access code (see
+`store` and `queries`) or decide transactions (the store wraps `apply_migrations`
+in one `BEGIN IMMEDIATE` so two daemons opening the same file do not race).
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("reconciler.ledger")
+
+# Times are ISO-8601 UTC text (sortable as text); JSON columns are TEXT.
+
+
+@migrations(name="0001_initial")
+def _initial(db: Database) -> None:
+    db.table("runs").create(
+        {
+            "id": int,
+            "started_at": str,
+            "finished_at": str,
+            "command": str,
+            "commit": str,
+            "result": str,
+            "counts": str,  # JSON object: action kind -> number
+            "error": str,
+        },
+        pk="id",
+        not_null=["started_at", "command"],
+    )
+    db.table("generations").create(
+        {
+            "id": int,
+            "env": str,
+            "service": str,
+            "number": int,
+            "provider": str,
+            "fingerprint": str,
+            "image": str,
+            "image_id": str,  # what the cloud resolved `image` to at launch
+            "size": str,
+            "count": int,
+            "commit": str,
+            "state": str,
+            "created_at": str,
+            "activated_at": str,
+            "retired_at": str,
+            "destroyed_at": str,
+            "reason": str,
+        },
+        pk="id",
+        not_null=[
+            "env",
+            "service",
+            "number",
+            "provider",
+            "fingerprint",
+            "image",
+            "size",
+            "count",
+            "state",
+            "created_at",
+        ],
+    )
+    # Generation numbers are never reused per (env, service): the unique index is
+    # what makes record_generation idempotent.
+    db.table("generations").create_index(
+        ["env", "service", "number"], index_name="generations_env_service_number", unique=True
+    )
+    db.table("generations").create_index(
+        ["env", "service", "state"], index_name="generations_env_service_state"
+    )
+    db.table("instances").create(
+        {
+            "id": str,  # the provider's node id
+            "provider": str,
+            "env": str,
+            "service": str,
+            "generation": int,
+            "slot": int,
+            "name": str,
+            "image": str,
+            "size": str,
+            "price_per_hour": float,
+            "state": str,
+            "created_at": str,
+            "destroyed_at": str,
+            "reason": str,
+            "op": str,  # the operation that launched it (also its reconciler:op tag)
+        },
+        pk="id",
+        not_null=[
+            "provider",
+            "env",
+            "service",
+            "generation",
+            "image",
+            "size",
+            "state",
+            "created_at",
+        ],
+    )
+    db.table("instances").create_index(
+        ["env", "service", "generation"], index_name="instances_env_service_generation"
+    )
+    db.table("instances").create_index(["state"], index_name="instances_state")
+    db.table("operations").create(
+        {
+            "id": str,  # uuid4 hex; also the reconciler:op tag on what it launches
+            "run": int,
+            "kind": str,
+            "target": str,
+            "state": str,  # intent, issued, done, failed
+            "instance_id": str,
+            "detail": str,
+            "intent_at": str,
+            "issued_at": str,
+            "finished_at": str,
+        },
+        pk="id",
+        not_null=["run", "kind", "target", "state", "intent_at"],
+    )
+    db.table("operations").create_index(["state"], index_name="operations_state")
+    db.table("events").create(
+        {
+            "id": int,
+            "at": str,
+            "run": int,
+            "kind": str,
+            "env": str,
+            "service": str,
+            "generation": int,
+            "instance": str,
+            "detail": str,  # JSON object
+        },
+        pk="id",
+        not_null=["at", "kind"],
+    )
+    db.table("events").create_index(["at"], index_name="events_at")
+    db.table("events").create_index(["kind"], index_name="events_kind")
+
+
+def apply_migrations(db: Database) -> None:
+    """Bring the schema up to date; the caller owns the surrounding transaction."""
+    migrations.apply(db)

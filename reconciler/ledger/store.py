@@ -1,0 +1,412 @@
+"""The `Ledger`: one SQLite file recording runs, generations, instances, operations, events.
+
+Owns: the lock that lets the apply step's worker threads share the one connection,
+one `BEGIN IMMEDIATE` transaction per write so each call is durable when it returns,
+checking the values callers pass in, and translating sqlite3 errors into `LedgerError`
+(opening the file and its settings live in `connection`). Must not: decide anything
+(the planner does), call a cloud, hold secrets, or let sqlite-utils types escape.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from reconciler.errors import LedgerError
+from reconciler.ledger import codec, queries
+from reconciler.ledger.connection import open_database, transaction
+from reconciler.model import GenerationState, LedgerView
+
+RUN_RESULTS = frozenset({"ok", "changes", "failed", "refused", "no-op"})
+# "stopped" is accepted beside DESIGN's four so an observed InstanceState can be recorded as is.
+INSTANCE_STATES = frozenset({"pending", "running", "stopped", "destroyed", "gone"})
+OPERATION_OUTCOMES = frozenset({"issued", "done", "failed"})
+
+# Which timestamp column a generation state change stamps.
+_GENERATION_STAMP = {
+    GenerationState.ACTIVE: "activated_at",
+    GenerationState.STANDBY: "retired_at",
+    GenerationState.FAILED: "retired_at",
+    GenerationState.DESTROYED: "destroyed_at",
+}
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _require(value: str, allowed: frozenset[str], what: str) -> str:
+    # A typo here is a bug in the caller, not a ledger failure: ValueError, not LedgerError.
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {sorted(allowed)}")
+    return value
+
+
+class Ledger:
+    """Thread-safe access to the ledger file. Obtain one with `Ledger.open`."""
+
+    def __init__(self, path: Path, db: Database, *, clock: Callable[[], datetime]) -> None:
+        self.path = path
+        self._db: Database | None = db
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def open(cls, state_dir: Path, *, clock: Callable[[], datetime] = _utcnow) -> Ledger:
+        """Open (creating if needed) `state_dir/ledger.sqlite` and bring its schema up to date.
+
+        `clock` stamps the run start and finish times (the other writes are given theirs).
+        """
+        path, db = open_database(state_dir)
+        return cls(path, db, clock=clock)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Ledger({str(self.path)!r})"
+
+    # ------------------------------------------------------------ transactions
+
+    def _open_db(self) -> Database:
+        if self._db is None:
+            raise LedgerError(f"ledger {self.path} is closed")
+        return self._db
+
+    @contextmanager
+    def _transaction(self, what: str, *, write: bool) -> Iterator[Database]:
+        """Hold the lock and one transaction for the block; commit it before returning.
+
+        Reads use a transaction too, so a multi-query read (the view) sees one snapshot.
+        """
+        with self._lock:
+            db = self._open_db()
+            try:
+                with transaction(db.conn, write=write):
+                    yield db
+            except sqlite3.Error as exc:
+                raise LedgerError(f"ledger {self.path}: {what} failed: {exc}") from exc
+
+    # ------------------------------------------------------------ runs
+
+    def start_run(self, *, command: str, commit: str | None) -> int:
+        row = {"started_at": codec.encode_time(self._clock()), "command": command, "commit": commit}
+        with self._transaction("start_run", write=True) as db:
+            run_id = db.table("runs").insert(row).last_pk
+        if not isinstance(run_id, int):
+            raise LedgerError(f"ledger {self.path}: start_run got no run id back")
+        return run_id
+
+    def finish_run(
+        self,
+        run_id: int,
+        *,
+        result: str,
+        counts: Mapping[str, int],
+        error: str | None = None,
+    ) -> None:
+        _require(result, RUN_RESULTS, "run result")
+        params = [codec.encode_time(self._clock()), result, codec.encode_json(counts), error]
+        with self._transaction("finish_run", write=True) as db:
+            db.execute(
+                "UPDATE runs SET finished_at = ?, result = ?, counts = ?, error = ? WHERE id = ?",
+                [*params, run_id],
+            )
+
+    # ------------------------------------------------------------ generations
+
+    def record_generation(
+        self,
+        *,
+        env: str,
+        service: str,
+        number: int,
+        provider: str,
+        fingerprint: str,
+        image: str,
+        size: str,
+        count: int,
+        commit: str | None,
+        state: GenerationState,
+        at: datetime,
+        reason: str | None = None,
+    ) -> None:
+        """Insert the generation stamped `at`; a generation already recorded is left as is."""
+        state = GenerationState(state)
+        row: dict[str, Any] = {
+            "env": env,
+            "service": service,
+            "number": number,
+            "provider": provider,
+            "fingerprint": fingerprint,
+            "image": image,
+            "size": size,
+            "count": count,
+            "commit": commit,
+            "state": state.value,
+            "created_at": codec.encode_time(at),
+            "reason": reason,
+        }
+        # Recording a generation straight into a later state (adopting one the
+        # ledger lost) stamps that state's time too, so the row is self-consistent.
+        stamp = _GENERATION_STAMP.get(state)
+        if stamp is not None:
+            row[stamp] = row["created_at"]
+        columns = ", ".join(f'"{name}"' for name in row)
+        marks = ", ".join("?" for _ in row)
+        sql = (
+            f"INSERT INTO generations ({columns}) VALUES ({marks}) "
+            "ON CONFLICT (env, service, number) DO NOTHING"
+        )
+        with self._transaction("record_generation", write=True) as db:
+            db.execute(sql, list(row.values()))
+
+    def set_generation_state(
+        self,
+        env: str,
+        service: str,
+        number: int,
+        *,
+        state: GenerationState,
+        at: datetime,
+        reason: str | None = None,
+    ) -> None:
+        """Move a generation to `state`, stamping that state's time. Unknown rows: no-op."""
+        state = GenerationState(state)
+        updates: dict[str, Any] = {"state": state.value}
+        stamp = _GENERATION_STAMP.get(state)
+        if stamp is not None:
+            updates[stamp] = codec.encode_time(at)
+        if reason is not None:
+            updates["reason"] = reason
+        self._update_generation("set_generation_state", env, service, number, updates)
+
+    def set_generation_fields(
+        self,
+        env: str,
+        service: str,
+        number: int,
+        *,
+        image_id: str | None = None,
+        count: int | None = None,
+    ) -> None:
+        updates = {
+            name: value
+            for name, value in (("image_id", image_id), ("count", count))
+            if value is not None
+        }
+        if updates:
+            self._update_generation("set_generation_fields", env, service, number, updates)
+
+    def _update_generation(
+        self, what: str, env: str, service: str, number: int, updates: Mapping[str, Any]
+    ) -> None:
+        # Column names come from this module, never from callers.
+        assignments = ", ".join(f'"{name}" = ?' for name in updates)
+        sql = f"UPDATE generations SET {assignments} WHERE env = ? AND service = ? AND number = ?"
+        with self._transaction(what, write=True) as db:
+            db.execute(sql, [*updates.values(), env, service, number])
+
+    # ------------------------------------------------------------ instances
+
+    def record_instance(
+        self,
+        *,
+        id: str,
+        provider: str,
+        env: str,
+        service: str,
+        generation: int,
+        slot: int | None,
+        name: str | None,
+        image: str,
+        size: str,
+        price_per_hour: float | None,
+        state: str,
+        created_at: datetime,
+        op: str | None,
+    ) -> None:
+        """Insert the instance, or overwrite what is known about it (keyed by node id)."""
+        row = {
+            "id": id,
+            "provider": provider,
+            "env": env,
+            "service": service,
+            "generation": generation,
+            "slot": slot,
+            "name": name,
+            "image": image,
+            "size": size,
+            "price_per_hour": price_per_hour,
+            "state": _require(str(state), INSTANCE_STATES, "instance state"),
+            "created_at": codec.encode_time(created_at),
+            "op": op,
+        }
+        with self._transaction("record_instance", write=True) as db:
+            db.table("instances").upsert(row, pk="id")
+
+    def set_instance_state(
+        self, instance_id: str, *, state: str, at: datetime, reason: str | None = None
+    ) -> None:
+        """Record an instance's new state; destroyed/gone also stamp `destroyed_at`.
+
+        An instance the ledger never recorded is left unrecorded (no-op): the cloud can
+        hold instances the ledger lost, and `ledger rebuild` is what restores them.
+        """
+        state = _require(str(state), INSTANCE_STATES, "instance state")
+        updates: dict[str, Any] = {"state": state}
+        if state in queries.ENDED_INSTANCE_STATES:
+            updates["destroyed_at"] = codec.encode_time(at)
+            updates["reason"] = reason
+        elif reason is not None:
+            updates["reason"] = reason
+        assignments = ", ".join(f'"{name}" = ?' for name in updates)
+        with self._transaction("set_instance_state", write=True) as db:
+            db.execute(
+                f"UPDATE instances SET {assignments} WHERE id = ?",
+                [*updates.values(), instance_id],
+            )
+
+    # ------------------------------------------------------------ operations
+
+    def begin_operation(self, *, run: int, kind: str, target: str, at: datetime) -> str:
+        """Record the intent to mutate the cloud; durable on return, so before the cloud call."""
+        op_id = uuid.uuid4().hex
+        row = {
+            "id": op_id,
+            "run": run,
+            "kind": kind,
+            "target": target,
+            "state": "intent",
+            "intent_at": codec.encode_time(at),
+        }
+        with self._transaction("begin_operation", write=True) as db:
+            db.table("operations").insert(row)
+        return op_id
+
+    def mark_operation(
+        self,
+        op_id: str,
+        *,
+        state: str,
+        at: datetime,
+        instance_id: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        state = _require(state, OPERATION_OUTCOMES, "operation state")
+        stamp = "issued_at" if state == "issued" else "finished_at"
+        updates: dict[str, Any] = {"state": state, stamp: codec.encode_time(at)}
+        # Keep what an earlier mark recorded (e.g. the node id from "issued").
+        if instance_id is not None:
+            updates["instance_id"] = instance_id
+        if detail is not None:
+            updates["detail"] = detail
+        assignments = ", ".join(f'"{name}" = ?' for name in updates)
+        with self._transaction("mark_operation", write=True) as db:
+            db.execute(
+                f"UPDATE operations SET {assignments} WHERE id = ?", [*updates.values(), op_id]
+            )
+
+    def open_operations(self) -> list[dict[str, Any]]:
+        """Operations whose outcome was never recorded: the cloud may have acted on them."""
+        with self._transaction("open_operations", write=False) as db:
+            return queries.open_operations(db)
+
+    # ------------------------------------------------------------ events
+
+    def record_event(
+        self,
+        *,
+        kind: str,
+        at: datetime,
+        run: int | None = None,
+        env: str | None = None,
+        service: str | None = None,
+        generation: int | None = None,
+        instance: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        row = {
+            "at": codec.encode_time(at),
+            "run": run,
+            "kind": kind,
+            "env": env,
+            "service": service,
+            "generation": generation,
+            "instance": instance,
+            "detail": codec.encode_json(detail),
+        }
+        with self._transaction("record_event", write=True) as db:
+            db.table("events").insert(row)
+
+    # ------------------------------------------------------------ reads
+
+    def pragmas(self) -> dict[str, Any]:
+        """This connection's durability settings, for `status` and for tests to check."""
+        with self._transaction("pragmas", write=False) as db:
+            conn = db.conn
+            return {
+                name: conn.execute(f"PRAGMA {name}").fetchone()[0]
+                for name in ("journal_mode", "synchronous", "busy_timeout")
+            }
+
+    def view(self) -> LedgerView:
+        with self._transaction("view", write=False) as db:
+            return queries.view(db)
+
+    def generation_rows(
+        self, *, env: str | None = None, service: str | None = None, state: str | None = None
+    ) -> list[dict[str, Any]]:
+        with self._transaction("generation_rows", write=False) as db:
+            return queries.generation_rows(db, env=env, service=service, state=state)
+
+    def history_rows(
+        self, *, env: str | None = None, service: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Each service's generations oldest first; `limit` keeps each service's newest N."""
+        with self._transaction("history_rows", write=False) as db:
+            return queries.history_rows(db, env=env, service=service, limit=limit)
+
+    def run_rows(self, *, limit: int | None = None) -> list[dict[str, Any]]:
+        """Runs newest first, `counts` decoded."""
+        with self._transaction("run_rows", write=False) as db:
+            return queries.run_rows(db, limit=limit)
+
+    def instance_rows(
+        self,
+        *,
+        env: str | None = None,
+        service: str | None = None,
+        generation: int | None = None,
+        live_only: bool = False,
+    ) -> list[dict[str, Any]]:
+        with self._transaction("instance_rows", write=False) as db:
+            return queries.instance_rows(
+                db, env=env, service=service, generation=generation, live_only=live_only
+            )
+
+    def event_rows(
+        self, *, kind: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Events oldest first, `detail` decoded; `limit` keeps the newest N."""
+        with self._transaction("event_rows", write=False) as db:
+            return queries.event_rows(db, kind=kind, limit=limit)
