@@ -169,6 +169,7 @@ class GenerationRecord:
     activated_at: datetime | None = None
     retired_at: datetime | None = None
     image_id: str | None = None  # what the cloud reported at launch
+    reason: str | None = None  # why it ended (failed generations: starts with "failed")
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,8 @@ class ActionKind(StrEnum):
     CREATE = "create"
     DESTROY = "destroy"
     ACTIVATE = "activate"
-    ADOPT = "adopt"
+    ADOPT = "adopt"  # record a generation the cloud has and the ledger lacks
+    RETIRE = "retire"  # mark a generation destroyed once it has no instances
 
 
 class Reason(StrEnum):
@@ -232,6 +234,7 @@ class Action:
     instance_id: str | None = None
     replaces: str | None = None  # the instance a create stands in for
     previous: int | None = None  # for activate: the generation it supersedes
+    adopt_as: GenerationState | None = None  # for adopt: the state to record
     detail: str = ""
 
     def describe(self) -> str:
@@ -260,6 +263,9 @@ class Plan:
     @property
     def empty(self) -> bool:
         return not self.actions
+
+    def count(self, kind: ActionKind) -> int:
+        return sum(1 for a in self.actions if a.kind == kind)
 
     def mutating(self) -> tuple[Action, ...]:
         return tuple(a for a in self.actions if a.kind in (ActionKind.CREATE, ActionKind.DESTROY))

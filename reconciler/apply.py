@@ -1,0 +1,360 @@
+"""Apply: execute a Plan against the providers, recording intent and outcome in the ledger.
+
+Owns: ordering inside a service (create batch → wait for running → health gate →
+activate → destroy), bounded parallelism across services, and compensation when a
+rollout fails (destroy the new instances, mark the generation failed, leave the old
+one serving). Must not: decide what to do (the planner does) or retry API calls (the
+adapters do, at the edge).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from threading import Lock
+from typing import Protocol
+
+import structlog
+
+from reconciler.errors import ReconcilerError
+from reconciler.ledger import Ledger
+from reconciler.model import (
+    Action,
+    ActionKind,
+    DesiredState,
+    GenerationState,
+    InstanceState,
+    ObservedInstance,
+    Plan,
+    Reason,
+    ServiceSpec,
+)
+from reconciler.providers import ComputeProvider, LaunchRequest, ownership_tags
+
+log = structlog.get_logger(__name__)
+
+POLL_INTERVAL = 1.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class HealthGate(Protocol):
+    """Decides whether freshly running instances may take traffic (plugins: issue 4)."""
+
+    def wait_healthy(self, instances: Sequence[ObservedInstance], spec: ServiceSpec) -> str | None:
+        """None when every instance passed, else the reason the gate failed."""
+        ...
+
+
+class RunningGate:
+    """The gate of the walking skeleton: an instance that runs counts as healthy."""
+
+    def wait_healthy(self, instances: Sequence[ObservedInstance], spec: ServiceSpec) -> str | None:
+        return None
+
+
+@dataclass
+class ApplyResult:
+    counts: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+class RolloutFailed(ReconcilerError):
+    """A batch of new instances did not come up; the service's remaining steps are skipped."""
+
+
+@dataclass
+class Applier:
+    desired: DesiredState
+    observed: Sequence[ObservedInstance]
+    providers: Mapping[str, ComputeProvider]
+    ledger: Ledger
+    run_id: int
+    gate: HealthGate = field(default_factory=RunningGate)
+    now: Callable[[], datetime] = utcnow
+    sleep: Callable[[float], None] = time.sleep
+    result: ApplyResult = field(default_factory=ApplyResult)
+    _lock: Lock = field(default_factory=Lock)
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        groups = list(plan.by_service().values())
+        workers = max(1, min(self.desired.policy.max_parallel, len(groups) or 1))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apply") as pool:
+            list(pool.map(self._run_group, groups))
+        return self.result
+
+    # ------------------------------------------------------------ one service
+
+    def _run_group(self, actions: list[Action]) -> None:
+        first = actions[0]
+        bound = log.bind(run=self.run_id, env=first.env, service=first.service)
+        batch: list[Action] = []
+        try:
+            for action in actions:
+                if action.kind is ActionKind.CREATE:
+                    batch.append(action)
+                    continue
+                if batch:
+                    self._create_batch(batch)
+                    batch = []
+                self._dispatch(action)
+            if batch:
+                self._create_batch(batch)
+            self._record_count(actions)
+        except ReconcilerError as exc:
+            bound.error("service_apply_failed", error=str(exc))
+            with self._lock:
+                self.result.failures.append(f"{first.env}/{first.service}: {exc}")
+
+    def _dispatch(self, action: Action) -> None:
+        handlers = {
+            ActionKind.DESTROY: self._destroy,
+            ActionKind.ACTIVATE: self._activate,
+            ActionKind.RETIRE: self._retire,
+            ActionKind.ADOPT: self._adopt,
+        }
+        handlers[action.kind](action)
+        self._count(action.kind.value)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.result.counts[key] = self.result.counts.get(key, 0) + n
+
+    def _spec(self, action: Action) -> ServiceSpec:
+        spec = self.desired.service(action.env, action.service)
+        if spec is None:  # the planner only creates for desired services
+            raise ReconcilerError(f"{action.env}/{action.service} is not in the desired state")
+        return spec
+
+    # ------------------------------------------------------------ creates
+
+    def _create_batch(self, batch: list[Action]) -> None:
+        spec = self._spec(batch[0])
+        provider = self.providers[spec.provider]
+        generation = batch[0].generation
+        new_generation = batch[0].reason is Reason.SPEC_CHANGED
+        if new_generation:
+            self.ledger.record_generation(
+                env=spec.env, service=spec.name, number=generation, provider=spec.provider,
+                fingerprint=spec.fingerprint, image=spec.image, size=spec.size, count=spec.count,
+                commit=self.desired.commit, state=GenerationState.CREATING, at=self.now(),
+            )
+        launched: list[tuple[str, ObservedInstance]] = []
+        try:
+            for action in batch:
+                launched.append(self._launch(action, spec, provider))
+            running = self._wait_running([i for _, i in launched], provider, spec)
+            failure = self.gate.wait_healthy(running, spec)
+            if failure:
+                raise RolloutFailed(f"health gate: {failure}")
+        except ReconcilerError as exc:
+            self._compensate(launched, provider, spec, generation, new_generation, str(exc))
+            raise
+        for op, instance in launched:
+            self.ledger.mark_operation(op, state="done", at=self.now(), instance_id=instance.id)
+            self.ledger.set_instance_state(instance.id, state="running", at=self.now())
+        if new_generation and launched:
+            self.ledger.set_generation_fields(
+                spec.env, spec.name, generation, image_id=launched[0][1].image
+            )
+        self._count("create", len(launched))
+
+    def _launch(
+        self, action: Action, spec: ServiceSpec, provider: ComputeProvider
+    ) -> tuple[str, ObservedInstance]:
+        slot = action.slot or 1
+        op = self.ledger.begin_operation(
+            run=self.run_id, kind="create",
+            target=f"{spec.env}/{spec.name}/g{action.generation}/{slot}", at=self.now(),
+        )
+        tags = ownership_tags(
+            owner=self.desired.owner, env=spec.env, service=spec.name,
+            generation=action.generation, fingerprint=spec.fingerprint, op=op, slot=slot,
+        )
+        request = LaunchRequest(
+            name=tags["Name"], image=spec.image, size=spec.size, tags=tags, op=op,
+            user_data=spec.user_data,
+        )
+        try:
+            instance = provider.create_instance(request)
+        except ReconcilerError as exc:
+            self.ledger.mark_operation(op, state="failed", at=self.now(), detail=str(exc))
+            raise
+        self.ledger.mark_operation(op, state="issued", at=self.now(), instance_id=instance.id)
+        price = spec.price_per_hour
+        if price is None:
+            price = provider.price_per_hour(spec.size)
+        self.ledger.record_instance(
+            id=instance.id, provider=spec.provider, env=spec.env, service=spec.name,
+            generation=action.generation, slot=slot, name=tags["Name"], image=instance.image,
+            size=instance.size, price_per_hour=price, state="pending", created_at=self.now(), op=op,
+        )
+        if action.replaces and action.reason is Reason.MISSING:
+            self.ledger.set_instance_state(
+                action.replaces, state="gone", at=self.now(), reason=Reason.MISSING.value
+            )
+        log.info(
+            "instance_created", run=self.run_id, env=spec.env, service=spec.name,
+            generation=action.generation, instance=instance.id, reason=action.reason.value,
+        )
+        return op, instance
+
+    def _wait_running(
+        self, instances: list[ObservedInstance], provider: ComputeProvider, spec: ServiceSpec
+    ) -> list[ObservedInstance]:
+        """Poll one listing for all pending instances until they run or time runs out."""
+        wanted = {i.id for i in instances}
+        deadline = time.monotonic() + self.desired.policy.boot_timeout
+        while True:
+            current = {i.id: i for i in provider.list_owned(self.desired.owner) if i.id in wanted}
+            running = [i for i in current.values() if i.state is InstanceState.RUNNING]
+            if len(running) == len(wanted):
+                return running
+            dead = [i.id for i in current.values() if not i.alive]
+            if dead:
+                raise RolloutFailed(f"instances stopped or terminated while booting: {dead}")
+            if time.monotonic() >= deadline:
+                raise RolloutFailed(
+                    f"{len(wanted) - len(running)} instance(s) not running after "
+                    f"{self.desired.policy.boot_timeout:.0f}s"
+                )
+            self.sleep(POLL_INTERVAL)
+
+    def _compensate(
+        self,
+        launched: list[tuple[str, ObservedInstance]],
+        provider: ComputeProvider,
+        spec: ServiceSpec,
+        generation: int,
+        new_generation: bool,
+        why: str,
+    ) -> None:
+        """Undo a failed batch: the new instances go, the serving generation stays."""
+        for op, instance in launched:
+            self.ledger.mark_operation(op, state="failed", at=self.now(), detail=why)
+            self._terminate(instance.id, spec.provider, provider, reason=f"failed: {why}")
+        if new_generation:
+            self.ledger.set_generation_state(
+                spec.env, spec.name, generation, state=GenerationState.FAILED, at=self.now(),
+                reason=f"failed: {why}",
+            )
+        self.ledger.record_event(
+            kind="rollout_failed", at=self.now(), run=self.run_id, env=spec.env,
+            service=spec.name, generation=generation, detail={"error": why},
+        )
+
+    # ------------------------------------------------------------ other actions
+
+    def _destroy(self, action: Action) -> None:
+        provider = self.providers[action.provider]
+        assert action.instance_id is not None
+        reason = action.reason.value + (f" ({action.detail})" if action.detail else "")
+        self._terminate(action.instance_id, action.provider, provider, reason=reason)
+        log.info(
+            "instance_destroyed", run=self.run_id, env=action.env, service=action.service,
+            generation=action.generation, instance=action.instance_id, reason=action.reason.value,
+        )
+
+    def _terminate(
+        self, instance_id: str, provider_name: str, provider: ComputeProvider, *, reason: str
+    ) -> None:
+        op = self.ledger.begin_operation(
+            run=self.run_id, kind="destroy", target=instance_id, at=self.now()
+        )
+        try:
+            provider.destroy_instance(instance_id)
+        except ReconcilerError as exc:
+            self.ledger.mark_operation(op, state="failed", at=self.now(), detail=str(exc))
+            raise
+        self.ledger.mark_operation(op, state="done", at=self.now(), instance_id=instance_id)
+        self.ledger.set_instance_state(instance_id, state="destroyed", at=self.now(), reason=reason)
+
+    def _activate(self, action: Action) -> None:
+        at = self.now()
+        self.ledger.set_generation_state(
+            action.env, action.service, action.generation, state=GenerationState.ACTIVE, at=at
+        )
+        if action.previous is not None:
+            self.ledger.set_generation_state(
+                action.env, action.service, action.previous, state=GenerationState.STANDBY, at=at,
+                reason=f"replaced by g{action.generation}",
+            )
+        self.ledger.record_event(
+            kind="generation_activated", at=at, run=self.run_id, env=action.env,
+            service=action.service, generation=action.generation,
+            detail={"previous": action.previous, "note": action.detail},
+        )
+        log.info(
+            "generation_activated", run=self.run_id, env=action.env, service=action.service,
+            generation=action.generation, previous=action.previous,
+        )
+
+    def _retire(self, action: Action) -> None:
+        reason = action.reason.value + (f" ({action.detail})" if action.detail else "")
+        self.ledger.set_generation_state(
+            action.env, action.service, action.generation, state=GenerationState.DESTROYED,
+            at=self.now(), reason=reason,
+        )
+
+    def _adopt(self, action: Action) -> None:
+        members = [
+            i for i in self.observed
+            if (i.env, i.service, i.generation) == (action.env, action.service, action.generation)
+            and i.alive
+        ]
+        sample = members[0]
+        at = self.now()
+        state = action.adopt_as or GenerationState.STANDBY
+        self.ledger.record_generation(
+            env=action.env, service=action.service, number=action.generation,
+            provider=sample.provider, fingerprint=sample.fingerprint or "", image=sample.image,
+            size=sample.size, count=len(members), commit=None, state=state, at=at,
+            reason=Reason.UNRECORDED_GENERATION.value,
+        )
+        self.ledger.set_generation_state(
+            action.env, action.service, action.generation, state=state, at=at
+        )
+        for instance in members:
+            self.ledger.record_instance(
+                id=instance.id, provider=instance.provider, env=action.env,
+                service=action.service, generation=action.generation, slot=instance.slot,
+                name=instance.name, image=instance.image, size=instance.size,
+                price_per_hour=None, state=instance.state.value,
+                created_at=instance.launched_at or at, op=instance.op,
+            )
+
+    def _record_count(self, actions: list[Action]) -> None:
+        """Scaling inside the active generation changes its recorded count."""
+        scaled = [a for a in actions if a.reason in (Reason.SURPLUS, Reason.DEFICIT)]
+        spec = self.desired.service(actions[0].env, actions[0].service)
+        if scaled and spec is not None:
+            self.ledger.set_generation_fields(
+                spec.env, spec.name, scaled[0].generation, count=spec.count
+            )
+
+
+def apply_plan(
+    plan: Plan,
+    *,
+    desired: DesiredState,
+    observed: Sequence[ObservedInstance],
+    providers: Mapping[str, ComputeProvider],
+    ledger: Ledger,
+    run_id: int,
+    gate: HealthGate | None = None,
+) -> ApplyResult:
+    """Execute `plan`; every create and destroy is an operation row before its API call."""
+    applier = Applier(
+        desired=desired, observed=observed, providers=providers, ledger=ledger, run_id=run_id,
+        gate=gate or RunningGate(),
+    )
+    return applier.apply(plan)

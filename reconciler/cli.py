@@ -1,0 +1,248 @@
+"""The command line (DESIGN §6): the only place that knows click and exit codes.
+
+Owns: argument parsing, turning domain errors into messages and exit codes
+(0 ok, 1 error, 2 changes pending, 3 refused by a guard). Must not: contain logic
+beyond calling the engine, ledger and renderers.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+from rich.console import Console
+
+from reconciler import engine, render
+from reconciler.errors import GuardRefused, InvalidDesiredState, ReconcilerError
+from reconciler.ledger import Ledger, default_state_dir
+from reconciler.logs import configure_logging
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_REFUSED = 0, 1, 2, 3
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+err_console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+@contextmanager
+def domain_errors() -> Iterator[None]:
+    """Translate the package's errors to messages and exit codes, here and only here."""
+    try:
+        yield
+    except InvalidDesiredState as exc:
+        err_console.print("[red]invalid desired state:[/red]", highlight=False)
+        for problem in exc.problems:
+            err_console.print(f"  {problem}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_ERROR)
+    except GuardRefused as exc:
+        err_console.print("[red]refused by a guard; nothing was changed:[/red]")
+        for reason in exc.reasons:
+            err_console.print(f"  {reason}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_REFUSED)
+    except ReconcilerError as exc:
+        _fail(str(exc))
+
+
+def desired_option(fn: F) -> F:
+    return click.option(
+        "--desired",
+        "desired_dir",
+        default="desired-state",
+        show_default=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Desired-state directory.",
+    )(fn)
+
+
+def json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")(fn)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the ledger lives (default: $STATE_DIRECTORY, $RECONCILER_STATE_DIR, "
+    "~/.local/state/reconciler).",
+)
+@click.option(
+    "--log-format", type=click.Choice(["auto", "console", "json"]), default="auto",
+    show_default=True,
+)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.version_option(package_name="reconciler")
+@click.pass_context
+def cli(ctx: click.Context, state_dir: Path | None, log_format: str, verbose: bool) -> None:
+    """Replace cloud instances to match a git-committed desired state."""
+    configure_logging(fmt=log_format, verbose=verbose)
+    ctx.obj = {"state_dir": state_dir or default_state_dir()}
+
+
+@contextmanager
+def open_ledger(ctx: click.Context) -> Iterator[Ledger]:
+    with domain_errors():
+        ledger = Ledger.open(ctx.obj["state_dir"])
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+@cli.command()
+@desired_option
+def validate(desired_dir: Path) -> None:
+    """Check the desired state; exit 0 if valid, 1 if not."""
+    with domain_errors():
+        desired = engine.read_desired(desired_dir)
+    services = len(desired.services())
+    click.echo(
+        f"{desired_dir}: valid ({len(desired.environments)} environments, {services} services)"
+    )
+
+
+@cli.command()
+@desired_option
+@json_option
+@click.option(
+    "--detailed-exitcode", is_flag=True, help="Exit 2 when there are changes, 0 when none."
+)
+@click.pass_context
+def plan(ctx: click.Context, desired_dir: Path, as_json: bool, detailed_exitcode: bool) -> None:
+    """Show what `apply` would do; changes nothing."""
+    with open_ledger(ctx) as ledger, domain_errors():
+        outcome = engine.plan_pass(desired_dir, ledger)
+    if as_json:
+        render.print_json(
+            render.plan_to_json(outcome.plan, commit=outcome.desired.commit, guards=outcome.guards)
+        )
+    else:
+        render.print_plan(Console(), outcome.plan, commit=outcome.desired.commit)
+    if outcome.guards:
+        for reason in outcome.guards:
+            err_console.print(f"[red]apply would be refused:[/red] {reason}", highlight=False)
+        sys.exit(EXIT_REFUSED)
+    if detailed_exitcode and not outcome.plan.empty:
+        sys.exit(EXIT_CHANGES)
+
+
+@cli.command()
+@desired_option
+@json_option
+@click.option("--allow-mass-destroy", is_flag=True, help="Override the mass-destroy guard.")
+@click.pass_context
+def apply(ctx: click.Context, desired_dir: Path, as_json: bool, allow_mass_destroy: bool) -> None:
+    """Run one reconcile pass."""
+    with open_ledger(ctx) as ledger, domain_errors():
+        outcome = engine.apply_pass(desired_dir, ledger, allow_mass_destroy=allow_mass_destroy)
+    result = outcome.result
+    assert result is not None
+    if as_json:
+        render.print_json(
+            {
+                "run": outcome.run_id,
+                "commit": outcome.desired.commit,
+                "ok": result.ok,
+                "counts": result.counts,
+                "failures": result.failures,
+                "actions": [render.action_to_json(a) for a in outcome.plan.actions],
+            }
+        )
+    else:
+        render.print_plan(Console(), outcome.plan, commit=outcome.desired.commit)
+        done = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items())) or "nothing to do"
+        click.echo(f"Applied (run {outcome.run_id}): {done}")
+    for failure in result.failures:
+        err_console.print(f"[red]failed:[/red] {failure}", highlight=False, soft_wrap=True)
+    if not result.ok:
+        sys.exit(EXIT_ERROR)
+
+
+@cli.group()
+def ledger() -> None:
+    """Query the ledger."""
+
+
+def _filters(fn: F) -> F:
+    fn = click.option("--env", help="Only this environment.")(fn)
+    fn = click.option("--service", help="Only this service.")(fn)
+    return fn
+
+
+@ledger.command()
+@_filters
+@click.option("--limit", type=int, help="At most this many generations.")
+@json_option
+@click.pass_context
+def history(
+    ctx: click.Context, env: str | None, service: str | None, limit: int | None, as_json: bool
+) -> None:
+    """Per service, its generations in order: image, commit, lifetime, why it ended."""
+    with open_ledger(ctx) as store, domain_errors():
+        rows = store.history_rows(env=env, service=service, limit=limit)
+    if as_json:
+        render.print_json(rows)
+    else:
+        render.print_rows(
+            Console(), render.compact_generation_rows(rows), render.COMPACT_COLUMNS,
+            title="Generation history",
+        )
+
+
+@ledger.command()
+@_filters
+@click.option("--state", help="Only generations in this state (active, standby, ...).")
+@json_option
+@click.pass_context
+def generations(
+    ctx: click.Context, env: str | None, service: str | None, state: str | None, as_json: bool
+) -> None:
+    """Every generation with its state."""
+    with open_ledger(ctx) as store, domain_errors():
+        rows = store.generation_rows(env=env, service=service, state=state)
+    if as_json:
+        render.print_json(rows)
+    else:
+        render.print_rows(
+            Console(), render.compact_generation_rows(rows), render.COMPACT_COLUMNS,
+            title="Generations",
+        )
+
+
+@cli.command()
+@click.option("--port", type=int, default=5000, show_default=True, help="Port on 127.0.0.1.")
+def sandbox(port: int) -> None:
+    """Serve a local EC2-compatible endpoint (moto) for trying reconciler out."""
+    with domain_errors():
+        from reconciler.sandbox import SandboxServer
+
+        server = SandboxServer(port)
+    click.echo(f"sandbox EC2 endpoint on {server.endpoint} (Ctrl-C to stop)", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@click.option("--fast", is_flag=True, hidden=True, help="Skip the pauses between steps.")
+@click.pass_context
+def demo(ctx: click.Context, fast: bool) -> None:
+    """The guided tour: three passes on the built-in sandbox."""
+    from reconciler.demo import run_demo
+
+    with domain_errors():
+        code = run_demo(Path("desired-state"), pause=0.0 if fast else 1.0)
+    sys.exit(code)
+
+
+def main() -> None:
+    cli(prog_name="reconciler")

@@ -1,0 +1,51 @@
+"""Logging: structlog configured once, to stderr, with secrets kept out.
+
+Owns: the processor chain (console on a terminal, JSON lines otherwise) and the
+redaction of secret-looking keys. Must not: be configured anywhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_SECRET_WORDS = ("secret", "password", "token", "credential", "user_data", "authorization")
+
+
+def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in list(event):
+        if any(word in key.lower() for word in _SECRET_WORDS):
+            event[key] = "[redacted]"
+    return event
+
+
+def configure_logging(*, fmt: str = "auto", verbose: bool = False) -> None:
+    """Send structured logs to stderr; stdout stays for command output (`--json`)."""
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    level = logging.DEBUG if verbose else logging.INFO
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    # Libraries that use stdlib logging (werkzeug in the sandbox) stay quiet unless asked.
+    logging.basicConfig(level=logging.WARNING if not verbose else logging.INFO, stream=sys.stderr)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING if not verbose else logging.INFO)

@@ -1,0 +1,424 @@
+"""The planner: a pure function from (desired, observed, ledger view, now) to a Plan.
+
+Owns: every decision about what to create, destroy, activate or retire, each with a
+reason (DESIGN §4). Must not: perform I/O, log, read the clock, or import adapters;
+`plan` renders its output and `apply` executes it in order, per service.
+
+Within one service the actions are ordered as they must run: creates, then (after the
+new instances are up) activation, then destroys. Blue-green never destroys an active
+generation's instances before its successor has been created and activated.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from reconciler.model import (
+    Action,
+    ActionKind,
+    DesiredState,
+    GenerationRecord,
+    GenerationState,
+    InstanceRecord,
+    InstanceState,
+    LedgerView,
+    Note,
+    ObservedInstance,
+    Plan,
+    Reason,
+    ServiceSpec,
+    Strategy,
+)
+
+ServiceKey = tuple[str, str]
+
+
+@dataclass
+class _ServiceFacts:
+    """Everything known about one (env, service), gathered before deciding."""
+
+    env: str
+    service: str
+    spec: ServiceSpec | None
+    generations: dict[int, GenerationRecord] = field(default_factory=dict)
+    instances: list[ObservedInstance] = field(default_factory=list)  # not gone
+    records: list[InstanceRecord] = field(default_factory=list)  # ledger, live
+    observed_numbers: set[int] = field(default_factory=set)
+
+    def alive(self, number: int) -> list[ObservedInstance]:
+        return [i for i in self.instances if i.generation == number and i.alive]
+
+    def present(self, number: int) -> list[ObservedInstance]:
+        return [i for i in self.instances if i.generation == number]
+
+    def next_number(self) -> int:
+        return max([0, *self.generations, *self.observed_numbers]) + 1
+
+
+def compute_plan(
+    *,
+    desired: DesiredState,
+    observed: Sequence[ObservedInstance],
+    ledger: LedgerView,
+    now: datetime,
+) -> Plan:
+    """Decide the actions that move the observed world to the desired state."""
+    actions: list[Action] = []
+    notes: list[Note] = []
+    for facts in _gather(desired, observed, ledger):
+        service_actions, service_notes = _plan_service(facts, now=now)
+        actions.extend(service_actions)
+        notes.extend(service_notes)
+    actions.extend(_prune_unidentified(observed))
+    return Plan(actions=tuple(actions), notes=tuple(notes))
+
+
+def _gather(
+    desired: DesiredState, observed: Sequence[ObservedInstance], ledger: LedgerView
+) -> list[_ServiceFacts]:
+    facts: dict[ServiceKey, _ServiceFacts] = {}
+
+    def facts_for(env: str, service: str) -> _ServiceFacts:
+        key = (env, service)
+        if key not in facts:
+            facts[key] = _ServiceFacts(env, service, desired.service(env, service))
+        return facts[key]
+
+    for spec in desired.services():
+        facts_for(spec.env, spec.name)
+    for gen in ledger.generations:
+        facts_for(gen.env, gen.service).generations[gen.number] = gen
+    for record in ledger.instances:
+        facts_for(record.env, record.service).records.append(record)
+    for instance in observed:
+        if instance.env is None or instance.service is None or instance.generation is None:
+            continue  # pruned by _prune_unidentified
+        target = facts_for(instance.env, instance.service)
+        target.observed_numbers.add(instance.generation)
+        if instance.state is not InstanceState.GONE:
+            target.instances.append(instance)
+    return [facts[key] for key in sorted(facts)]
+
+
+def _prune_unidentified(observed: Iterable[ObservedInstance]) -> list[Action]:
+    """Owned instances missing env/service/generation tags: ours, but of nothing desired."""
+    return [
+        _destroy(i, Reason.UNOWNED_GENERATION, detail="identity tags incomplete")
+        for i in observed
+        if i.state is not InstanceState.GONE
+        and (i.env is None or i.service is None or i.generation is None)
+    ]
+
+
+def _plan_service(facts: _ServiceFacts, *, now: datetime) -> tuple[list[Action], list[Note]]:
+    actions = _adopt_unrecorded(facts)
+    actions += _prune_destroyed_generations(facts)
+    if facts.spec is None:
+        return actions + _remove_service(facts), []
+    spec = facts.spec
+    live = {n: g for n, g in facts.generations.items() if g.state is not GenerationState.DESTROYED}
+    active = _active(live)
+    notes: list[Note] = []
+    target: int | None = None  # generation being rolled out in this plan
+    if active is not None and active.fingerprint == spec.fingerprint:
+        actions += _maintain(facts, active, spec)
+        target = active.number
+    elif _failed_latest(facts, spec.fingerprint):
+        notes.append(
+            Note(
+                facts.env,
+                facts.service,
+                f"spec {spec.fingerprint} failed in generation {max(facts.generations)}; "
+                "not retried until the desired state changes",
+            )
+        )
+        target = active.number if active else None
+    else:
+        rollout, target = _roll_out(facts, spec, active, live)
+        actions += rollout
+    actions += _clean_up_others(facts, live, keep=target, active=active, spec=spec, now=now)
+    return actions, notes
+
+
+def _active(live: dict[int, GenerationRecord]) -> GenerationRecord | None:
+    actives = [g for g in live.values() if g.state is GenerationState.ACTIVE]
+    return max(actives, key=lambda g: g.number) if actives else None
+
+
+def _failed_latest(facts: _ServiceFacts, fingerprint: str) -> bool:
+    """A spec that failed is not retried until the desired state moves on."""
+    if not facts.generations:
+        return False
+    latest = facts.generations[max(facts.generations)]
+    failed = latest.state is GenerationState.FAILED or (latest.reason or "").startswith("failed")
+    return failed and latest.fingerprint == fingerprint
+
+
+# ------------------------------------------------------------------ bookkeeping
+
+
+def _adopt_unrecorded(facts: _ServiceFacts) -> list[Action]:
+    """Generations the cloud has but the ledger lacks (e.g. a lost ledger) are recorded,
+    never destroyed: the newest becomes active if nothing else is."""
+    unknown = sorted({i.generation for i in facts.instances if i.alive} - set(facts.generations))
+    actions: list[Action] = []
+    has_active = any(g.state is GenerationState.ACTIVE for g in facts.generations.values())
+    for number in reversed([n for n in unknown if n is not None]):
+        members = facts.alive(number)
+        state = GenerationState.STANDBY if has_active else GenerationState.ACTIVE
+        has_active = True
+        sample = members[0]
+        facts.generations[number] = GenerationRecord(
+            env=facts.env,
+            service=facts.service,
+            number=number,
+            fingerprint=sample.fingerprint or "",
+            image=sample.image,
+            size=sample.size,
+            count=len(members),
+            state=state,
+            image_id=sample.image,
+        )
+        actions.append(
+            Action(
+                ActionKind.ADOPT,
+                Reason.UNRECORDED_GENERATION,
+                facts.env,
+                facts.service,
+                number,
+                sample.provider,
+                adopt_as=state,
+            )
+        )
+    return actions
+
+
+def _prune_destroyed_generations(facts: _ServiceFacts) -> list[Action]:
+    """Instances of a generation the ledger already destroyed survived their termination."""
+    dead = {n for n, g in facts.generations.items() if g.state is GenerationState.DESTROYED}
+    return [
+        _destroy(i, Reason.UNOWNED_GENERATION, detail="generation already destroyed")
+        for i in facts.instances
+        if i.generation in dead
+    ]
+
+
+def _remove_service(facts: _ServiceFacts) -> list[Action]:
+    """The service is no longer desired: prune every generation it still has."""
+    actions: list[Action] = []
+    for number, gen in sorted(facts.generations.items()):
+        if gen.state is GenerationState.DESTROYED:
+            continue
+        actions += _dismantle(facts, gen, Reason.UNOWNED_GENERATION, detail="not desired")
+    return actions
+
+
+# ------------------------------------------------------------------ the active generation
+
+
+def _maintain(facts: _ServiceFacts, gen: GenerationRecord, spec: ServiceSpec) -> list[Action]:
+    """Keep the active generation whole: replace missing/tampered, scale to count."""
+    alive = facts.alive(gen.number)
+    tampered = [i for i in alive if _is_tampered(i, gen)]
+    healthy = [i for i in alive if i not in tampered]
+    stopped = [i for i in facts.present(gen.number) if not i.alive]
+    creates: list[Action] = []
+    destroys: list[Action] = [_destroy(i, Reason.MISSING, detail="stopped") for i in stopped]
+
+    excess = len(alive) - spec.count
+    # Shrink by dropping tampered instances first, then the highest slots.
+    removal_order = tampered + sorted(healthy, key=lambda i: -(i.slot or 0))
+    for instance in removal_order[: max(excess, 0)]:
+        destroys.append(_destroy(instance, Reason.SURPLUS))
+    removed = {a.instance_id for a in destroys}
+    for instance in (i for i in tampered if i.id not in removed):
+        creates.append(_create(gen, spec, instance.slot or 1, Reason.TAMPERED, replaces=instance.id))
+        destroys.append(_destroy(instance, Reason.TAMPERED))
+
+    occupied = {i.slot for i in alive if i.id not in removed}
+    missing_by_slot = _missing_by_slot(facts, gen.number, alive_ids={i.id for i in alive})
+    missing_by_slot.update({i.slot: i.id for i in stopped if i.slot is not None})
+    vacancies = spec.count - len([i for i in alive if i.id not in removed])
+    for slot in _free_slots(occupied, vacancies):
+        gone = missing_by_slot.get(slot)
+        reason = Reason.MISSING if gone else Reason.DEFICIT
+        creates.append(_create(gen, spec, slot, reason, replaces=gone))
+    return creates + destroys
+
+
+def _is_tampered(instance: ObservedInstance, gen: GenerationRecord) -> bool:
+    expected_image = gen.image_id or (gen.image if gen.image.startswith("ami-") else None)
+    if expected_image and instance.image and instance.image != expected_image:
+        return True
+    return bool(instance.size) and instance.size != gen.size
+
+
+def _missing_by_slot(facts: _ServiceFacts, number: int, *, alive_ids: set[str]) -> dict[int, str]:
+    """Slots whose recorded instance the cloud no longer runs."""
+    return {
+        r.slot: r.id
+        for r in facts.records
+        if r.generation == number and r.slot is not None and r.id not in alive_ids
+    }
+
+
+def _free_slots(occupied: set[int | None], needed: int) -> list[int]:
+    slots: list[int] = []
+    candidate = 1
+    while len(slots) < needed:
+        if candidate not in occupied:
+            slots.append(candidate)
+        candidate += 1
+    return slots
+
+
+# ------------------------------------------------------------------ a new spec
+
+
+def _roll_out(
+    facts: _ServiceFacts,
+    spec: ServiceSpec,
+    active: GenerationRecord | None,
+    live: dict[int, GenerationRecord],
+) -> tuple[list[Action], int]:
+    """Bring the desired spec into service: re-activate a standby, resume an interrupted
+    rollout, or start a new generation (blue-green or recreate)."""
+    previous = active.number if active else None
+    for gen in sorted(live.values(), key=lambda g: -g.number):
+        if gen.fingerprint != spec.fingerprint or gen is active:
+            continue
+        if gen.state is GenerationState.STANDBY and facts.alive(gen.number):
+            return [_activate(gen, previous, spec, detail="revert to standby generation")], gen.number
+        if gen.state is GenerationState.CREATING:
+            creates = _fill(facts, gen, spec)
+            return [*creates, _activate(gen, previous, spec, detail="resume rollout")], gen.number
+
+    number = facts.next_number()
+    new = GenerationRecord(
+        env=facts.env,
+        service=facts.service,
+        number=number,
+        fingerprint=spec.fingerprint,
+        image=spec.image,
+        size=spec.size,
+        count=spec.count,
+        state=GenerationState.CREATING,
+    )
+    actions: list[Action] = []
+    if spec.strategy is Strategy.RECREATE and active is not None:
+        actions += _dismantle(facts, active, Reason.SPEC_CHANGED, detail="recreate")
+        previous = None
+    actions += [_create(new, spec, slot, Reason.SPEC_CHANGED) for slot in range(1, spec.count + 1)]
+    actions.append(_activate(new, previous, spec))
+    return actions, number
+
+
+def _fill(facts: _ServiceFacts, gen: GenerationRecord, spec: ServiceSpec) -> list[Action]:
+    occupied: set[int | None] = {i.slot for i in facts.alive(gen.number)}
+    needed = spec.count - len(facts.alive(gen.number))
+    return [_create(gen, spec, slot, Reason.SPEC_CHANGED) for slot in _free_slots(occupied, needed)]
+
+
+# ------------------------------------------------------------------ everything else
+
+
+def _clean_up_others(
+    facts: _ServiceFacts,
+    live: dict[int, GenerationRecord],
+    *,
+    keep: int | None,
+    active: GenerationRecord | None,
+    spec: ServiceSpec,
+    now: datetime,
+) -> list[Action]:
+    """Expire standbys, drop superseded spares and abandoned rollouts, clear failures."""
+    actions: list[Action] = []
+    rolling_out = keep is not None and (active is None or keep != active.number)
+    # After this plan the previous active becomes the one hot spare; older spares go.
+    spare = active.number if (rolling_out and active is not None) else None
+    for number, gen in sorted(live.items()):
+        if number in (keep, spare) or (active is not None and number == active.number):
+            continue
+        if gen.state is GenerationState.STANDBY:
+            retired = gen.retired_at or now
+            if rolling_out:
+                actions += _dismantle(facts, gen, Reason.STANDBY_EXPIRED, detail="superseded")
+            elif retired + timedelta(seconds=spec.keep_previous) <= now:
+                actions += _dismantle(facts, gen, Reason.STANDBY_EXPIRED)
+            elif not facts.present(number):
+                actions += _dismantle(facts, gen, Reason.STANDBY_EXPIRED, detail="no instances")
+        elif gen.state is GenerationState.CREATING:
+            actions += _dismantle(facts, gen, Reason.SPEC_CHANGED, detail="abandoned rollout")
+        elif gen.state is GenerationState.FAILED:
+            actions += [
+                _destroy(i, Reason.FAILED_GENERATION) for i in facts.present(number)
+            ]
+    return actions
+
+
+def _dismantle(
+    facts: _ServiceFacts, gen: GenerationRecord, reason: Reason, *, detail: str = ""
+) -> list[Action]:
+    destroys = [_destroy(i, reason, detail=detail) for i in facts.present(gen.number)]
+    provider = destroys[0].provider if destroys else (facts.spec.provider if facts.spec else "")
+    retire = Action(
+        ActionKind.RETIRE, reason, gen.env, gen.service, gen.number, provider, detail=detail
+    )
+    return [*destroys, retire]
+
+
+# ------------------------------------------------------------------ action builders
+
+
+def _create(
+    gen: GenerationRecord, spec: ServiceSpec, slot: int, reason: Reason, *, replaces: str | None = None
+) -> Action:
+    return Action(
+        ActionKind.CREATE,
+        reason,
+        gen.env,
+        gen.service,
+        gen.number,
+        spec.provider,
+        slot=slot,
+        replaces=replaces,
+    )
+
+
+def _destroy(instance: ObservedInstance, reason: Reason, *, detail: str = "") -> Action:
+    return Action(
+        ActionKind.DESTROY,
+        reason,
+        instance.env or "",
+        instance.service or "",
+        instance.generation or 0,
+        instance.provider,
+        slot=instance.slot,
+        instance_id=instance.id,
+        detail=detail,
+    )
+
+
+def _activate(
+    gen: GenerationRecord, previous: int | None, spec: ServiceSpec, *, detail: str = ""
+) -> Action:
+    return Action(
+        ActionKind.ACTIVATE,
+        Reason.SPEC_CHANGED,
+        gen.env,
+        gen.service,
+        gen.number,
+        spec.provider,
+        previous=previous,
+        detail=detail,
+    )
+
+
+def group_counts(actions: Iterable[Action]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for action in actions:
+        counts[action.kind.value] += 1
+    return dict(counts)

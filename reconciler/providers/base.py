@@ -1,0 +1,90 @@
+"""The provider port: what the core needs from a cloud, independent of libcloud.
+
+Owns: the `ComputeProvider` protocol, the launch request value, and the identity tags
+of DESIGN §3. Must not: import libcloud (adapters do) or decide anything (the planner does).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from reconciler.model import ObservedInstance
+
+TAG_OWNER = "reconciler:owner"
+TAG_ENV = "reconciler:env"
+TAG_SERVICE = "reconciler:service"
+TAG_GENERATION = "reconciler:generation"
+TAG_SPEC = "reconciler:spec"
+TAG_OP = "reconciler:op"
+TAG_NAME = "Name"
+
+_SLOT_IN_NAME = re.compile(r"-g(\d+)-(\d+)$")
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    name: str
+    image: str
+    size: str
+    tags: Mapping[str, str]
+    op: str  # ledger operation id; also the idempotency token's source
+    user_data: str | None = field(default=None, repr=False)  # may hold secrets: never printed
+
+
+def instance_name(env: str, service: str, generation: int, slot: int) -> str:
+    return f"{env}-{service}-g{generation}-{slot}"
+
+
+def ownership_tags(
+    *, owner: str, env: str, service: str, generation: int, fingerprint: str, op: str, slot: int
+) -> dict[str, str]:
+    return {
+        TAG_OWNER: owner,
+        TAG_ENV: env,
+        TAG_SERVICE: service,
+        TAG_GENERATION: str(generation),
+        TAG_SPEC: fingerprint,
+        TAG_OP: op,
+        TAG_NAME: instance_name(env, service, generation, slot),
+    }
+
+
+def slot_from_name(name: str | None) -> int | None:
+    match = _SLOT_IN_NAME.search(name or "")
+    return int(match.group(2)) if match else None
+
+
+def generation_from_tags(tags: Mapping[str, str]) -> int | None:
+    try:
+        return int(tags.get(TAG_GENERATION, ""))
+    except ValueError:
+        return None
+
+
+class ComputeProvider(Protocol):
+    """One (provider profile, region): list what we own, create, destroy, price."""
+
+    name: str
+
+    def list_owned(self, owner: str) -> Sequence[ObservedInstance]:
+        """Every instance tagged with `owner`, all pages; raises ObservationIncomplete."""
+        ...
+
+    def find_by_op(self, owner: str, op: str) -> ObservedInstance | None:
+        """The instance a create operation made, if the cloud has it (lost responses)."""
+        ...
+
+    def create_instance(self, request: LaunchRequest) -> ObservedInstance:
+        """Launch one instance with every tag set in the same call."""
+        ...
+
+    def destroy_instance(self, instance_id: str) -> None:
+        """Terminate; an instance that is already gone counts as destroyed."""
+        ...
+
+    def price_per_hour(self, size: str) -> float | None:
+        """The on-demand price for `size` in this provider's region, if known."""
+        ...

@@ -1,0 +1,37 @@
+"""Credential references resolved to values, at the last moment and nowhere else.
+
+Owns: reading `{env: NAME}` and `{file: PATH}` references (DESIGN §2). Relative file
+paths are looked up in `$CREDENTIALS_DIRECTORY` so systemd's `LoadCredential=` works.
+Must not: log, store or put a secret value in an exception message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from reconciler.errors import ConfigurationError
+from reconciler.model import SecretRef
+
+
+def resolve_secret(ref: SecretRef, environ: Mapping[str, str] = os.environ) -> str:
+    if ref.source == "env":
+        value = environ.get(ref.name)
+        if not value:
+            raise ConfigurationError(f"credential environment variable {ref.name} is not set")
+        return value
+    if ref.source == "file":
+        path = Path(ref.name)
+        if not path.is_absolute() and environ.get("CREDENTIALS_DIRECTORY"):
+            path = Path(environ["CREDENTIALS_DIRECTORY"]) / path
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"credential file {path} cannot be read: {exc.strerror}"
+            ) from None
+        if not value:
+            raise ConfigurationError(f"credential file {path} is empty")
+        return value
+    raise ConfigurationError(f"unknown credential source {ref.source!r}")

@@ -1,0 +1,130 @@
+"""Rendering for people and machines: plans, apply results and ledger rows.
+
+Owns: turning value objects and ledger rows into rich tables and JSON documents.
+Must not: compute anything the planner or ledger already knows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from reconciler.model import Action, ActionKind, Plan
+
+_SYMBOL = {
+    ActionKind.CREATE: "+",
+    ActionKind.DESTROY: "-",
+    ActionKind.ACTIVATE: "*",
+    ActionKind.RETIRE: "x",
+    ActionKind.ADOPT: "=",
+}
+
+
+def action_to_json(action: Action) -> dict[str, Any]:
+    return {
+        "kind": action.kind.value,
+        "reason": action.reason.value,
+        "env": action.env,
+        "service": action.service,
+        "generation": action.generation,
+        "provider": action.provider,
+        "slot": action.slot,
+        "instance": action.instance_id,
+        "replaces": action.replaces,
+        "previous": action.previous,
+        "detail": action.detail,
+    }
+
+
+def plan_summary(plan: Plan) -> dict[str, int]:
+    return {kind.value: plan.count(kind) for kind in ActionKind}
+
+
+def plan_to_json(plan: Plan, *, commit: str | None, guards: Sequence[str]) -> dict[str, Any]:
+    return {
+        "commit": commit,
+        "changes": not plan.empty,
+        "summary": plan_summary(plan),
+        "actions": [action_to_json(a) for a in plan.actions],
+        "notes": [{"env": n.env, "service": n.service, "message": n.message} for n in plan.notes],
+        "refused_by_guards": list(guards),
+    }
+
+
+def print_plan(console: Console, plan: Plan, *, commit: str | None) -> None:
+    header = f"desired state at {commit[:12]}" if commit else "desired state (not a git checkout)"
+    console.print(f"[bold]Plan[/bold] for {header}")
+    if plan.empty:
+        console.print("No changes: the cloud matches the desired state.")
+    for (env, service), actions in plan.by_service().items():
+        console.print(f"  [bold]{env}/{service}[/bold]")
+        for action in actions:
+            detail = f" - {action.detail}" if action.detail else ""
+            console.print(escape(f"    {_SYMBOL[action.kind]} {action.describe()}{detail}"))
+    for note in plan.notes:
+        console.print(escape(f"  ! {note.env}/{note.service}: {note.message}"))
+    summary = ", ".join(f"{n} {k}" for k, n in plan_summary(plan).items() if n)
+    if summary:
+        console.print(f"Summary: {summary}")
+
+
+def print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2, sort_keys=True, default=str))
+
+
+def print_rows(
+    console: Console, rows: Sequence[Mapping[str, Any]], columns: Iterable[str], *, title: str
+) -> None:
+    columns = list(columns)
+    table = Table(
+        title=title, box=box.SIMPLE_HEAD, expand=False, padding=(0, 1, 0, 0), pad_edge=False
+    )
+    for column in columns:
+        # Only free text may wrap; ids, states and times stay on one line each.
+        wrap = column in ("reason", "detail")
+        table.add_column(
+            column.removesuffix("_at"), overflow="fold", no_wrap=not wrap,
+            min_width=10 if wrap else None,
+        )
+    for row in rows:
+        table.add_row(*[_cell(row.get(column)) for column in columns])
+    console.print(table)
+    if not rows:
+        console.print("(nothing recorded yet)")
+
+
+def compact_generation_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Ledger generation rows folded into the few columns an 80-column terminal holds."""
+    return [
+        {
+            "generation": f"{row['env']}/{row['service']} g{row['number']}",
+            "state": row["state"],
+            "image": row["image"],
+            "commit": (row.get("commit") or "")[:8] or None,
+            "created": row.get("created_at"),
+            "ended": row.get("destroyed_at") or row.get("retired_at"),
+            "reason": row.get("reason"),
+        }
+        for row in rows
+    ]
+
+
+COMPACT_COLUMNS = ("generation", "state", "image", "commit", "created", "ended", "reason")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    text = str(value)
+    # Timestamps: month-day hour:minute fits a terminal; JSON keeps the full value.
+    if len(text) >= 19 and text[4] == "-" and text[10] == "T":
+        return f"{text[5:10]} {text[11:16]}"
+    if len(text) == 40 and all(c in "0123456789abcdef" for c in text):
+        return text[:10]
+    return text
