@@ -1,0 +1,214 @@
+"""One `environments/<env>.yaml` file: its provider and its services.
+
+Owns: validating an environment document, applying defaults (service value, then
+`defaults:` in reconciler.yaml, then the built-ins), and building `ServiceSpec`s
+with their fingerprints.
+Must not: refuse an environment for having no services (an empty desired state is
+a guard's decision, with its own exit code), or read anything but user data.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Final, TypeVar
+
+from reconciler.desired.config import Settings
+from reconciler.desired.fields import SHARED_KEYS, ServiceFields, parse_service_fields
+from reconciler.desired.schema import (
+    Reporter,
+    check_keys,
+    get_map,
+    get_str,
+    join,
+    require,
+)
+from reconciler.desired.yamlsource import YamlDocument, YMap
+from reconciler.fingerprint import compute_fingerprint
+from reconciler.model import Environment, ServiceSpec, Strategy
+
+ENV_KEYS: Final = ("provider", "services")
+SERVICE_KEYS: Final = ("image", *SHARED_KEYS)
+NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
+NAME_HINT: Final = "use 1 to 31 lowercase letters, digits or '-', starting with a letter or digit"
+
+BUILTIN_COUNT: Final = 1
+BUILTIN_STRATEGY: Final = Strategy.BLUE_GREEN
+BUILTIN_KEEP_PREVIOUS: Final = 30 * 60.0
+
+_T = TypeVar("_T")
+
+
+def parse_environment(
+    reporter: Reporter,
+    doc: YamlDocument,
+    *,
+    name: str,
+    settings: Settings,
+    root: Path,
+    user_data_cache: dict[str, str],
+) -> Environment | None:
+    """Validate one environment document; return None if anything in it was wrong."""
+    before = len(reporter.problems)
+    if not NAME.fullmatch(name):
+        reporter.add(None, "", f"environment name {name!r} (the file name) is invalid: {NAME_HINT}")
+    if doc.root is None:
+        return _unless_reported(reporter, before, Environment(name, "", (), reporter.file))
+    top = get_map(
+        reporter, doc.root, path="", what="a mapping with keys provider, services at the top level"
+    )
+    if top is None:
+        return None
+    check_keys(reporter, top, path="", allowed=ENV_KEYS)
+
+    services_node = top.entries.get("services")
+    services: YMap | None = YMap({}, top.line)
+    if services_node is not None:
+        services = get_map(
+            reporter,
+            services_node,
+            path="services",
+            what="a mapping of name -> service",
+            allow_null=True,
+        )
+    has_services = services is None or bool(services.entries)
+
+    provider: str | None = None
+    provider_node = (
+        require(reporter, top, "provider", path="") if has_services else top.entries.get("provider")
+    )
+    if provider_node is not None:
+        provider = get_str(reporter, provider_node, path="provider")
+        known = settings.provider_names
+        if provider is not None and known is not None and provider not in known:
+            declared = ", ".join(sorted(known)) or "none"
+            reporter.add(
+                provider_node.line,
+                "provider",
+                f"unknown provider {provider!r}; providers declared in reconciler.yaml: {declared}",
+            )
+            provider = None
+    if services is None:
+        return None
+
+    specs: list[ServiceSpec] = []
+    for service_name, node in services.entries.items():
+        path = join("services", service_name)
+        if not NAME.fullmatch(service_name):
+            reporter.add(node.line, path, f"invalid service name {service_name!r}: {NAME_HINT}")
+            continue
+        spec = _parse_service(
+            reporter,
+            node_map=get_map(reporter, node, path=path, what="a mapping with at least image"),
+            env=name,
+            name=service_name,
+            provider=provider,
+            settings=settings,
+            root=root,
+            user_data_cache=user_data_cache,
+        )
+        if spec is not None:
+            specs.append(spec)
+    env = Environment(
+        name=name,
+        provider=provider or "",
+        services=tuple(sorted(specs, key=lambda s: s.name)),
+        source_file=reporter.file,
+    )
+    return _unless_reported(reporter, before, env)
+
+
+def _unless_reported(reporter: Reporter, before: int, env: Environment) -> Environment | None:
+    return env if len(reporter.problems) == before else None
+
+
+def _parse_service(
+    reporter: Reporter,
+    *,
+    node_map: YMap | None,
+    env: str,
+    name: str,
+    provider: str | None,
+    settings: Settings,
+    root: Path,
+    user_data_cache: dict[str, str],
+) -> ServiceSpec | None:
+    if node_map is None:
+        return None
+    path = join("services", name)
+    check_keys(reporter, node_map, path=path, allowed=SERVICE_KEYS)
+    image_node = require(reporter, node_map, "image", path=path)
+    image = None if image_node is None else get_str(reporter, image_node, path=join(path, "image"))
+    own = parse_service_fields(
+        reporter,
+        node_map,
+        path=path,
+        root=root,
+        max_count=settings.max_count,
+        user_data_cache=user_data_cache,
+    )
+    defaults = settings.defaults
+
+    size, size_known = _inherit("size", own.size, defaults.size, own=own, defaults=defaults)
+    if size is None and size_known:
+        reporter.add(
+            node_map.line,
+            join(path, "size"),
+            "no size: set it on the service or as defaults.size in reconciler.yaml",
+        )
+    count, _ = _inherit("count", own.count, defaults.count, own=own, defaults=defaults)
+    strategy, _ = _inherit("strategy", own.strategy, defaults.strategy, own=own, defaults=defaults)
+    keep, _ = _inherit(
+        "keep_previous", own.keep_previous, defaults.keep_previous, own=own, defaults=defaults
+    )
+    user_data, _ = _inherit(
+        "user_data", own.user_data, defaults.user_data, own=own, defaults=defaults
+    )
+    health, _ = _inherit("health", own.health, defaults.health, own=own, defaults=defaults)
+    price, _ = _inherit(
+        "price_per_hour", own.price_per_hour, defaults.price_per_hour, own=own, defaults=defaults
+    )
+
+    profile = settings.providers.get(provider) if provider is not None else None
+    if image is None or size is None or profile is None or own.invalid:
+        return None  # the reason is already reported (here, in reconciler.yaml, or above)
+    rel_path, contents = user_data if user_data is not None else (None, None)
+    return ServiceSpec(
+        env=env,
+        name=name,
+        provider=profile.name,
+        image=image,
+        size=size,
+        count=count if count is not None else BUILTIN_COUNT,
+        strategy=strategy or BUILTIN_STRATEGY,
+        keep_previous=keep if keep is not None else BUILTIN_KEEP_PREVIOUS,
+        fingerprint=compute_fingerprint(
+            provider=profile.name,
+            driver=profile.driver,
+            region=profile.region,
+            image=image,
+            size=size,
+            user_data=contents,
+        ),
+        user_data_path=rel_path,
+        user_data=contents,
+        health=health,
+        price_per_hour=price,
+        source_file=reporter.file,
+    )
+
+
+def _inherit(
+    key: str, value: _T | None, default: _T | None, *, own: ServiceFields, defaults: ServiceFields
+) -> tuple[_T | None, bool]:
+    """Return (value, known); known is False when it would come from a key already
+    reported as wrong, so the caller does not report "missing" on top of it."""
+    if value is not None:
+        return value, True
+    if key in own.invalid:
+        return None, False
+    if default is not None:
+        return default, True
+    if key in defaults.invalid:
+        return None, False
+    return None, True

@@ -1,0 +1,302 @@
+"""Safe reading of one desired-state YAML file into a line-tracked tree.
+
+Owns: the byte-level checks (size cap, UTF-8, git merge-conflict markers), composing
+the YAML node graph with a locked-down `yaml.SafeLoader`, and turning it into plain
+`YScalar` / `YMap` / `YSeq` values that remember the line each key sits on.
+Must not: construct Python objects from tags, expand anchors or aliases, coerce
+values to the types a schema wants (that is `schema`'s job), or know any key name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.error import Mark
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from reconciler.errors import Problem
+
+MAX_YAML_BYTES: Final = 1024 * 1024
+# Deep nesting is never needed by the schema; the cap keeps the (recursive)
+# composer and our walker far from Python's recursion limit.
+MAX_DEPTH: Final = 40
+MAX_REFUSALS_REPORTED: Final = 5
+
+_CORE = "tag:yaml.org,2002:"
+# Explicit tags that merely restate what a plain value already is; anything else
+# (python/*, binary, set, omap, custom !tags) would construct objects or surprise.
+_ALLOWED_EXPLICIT_TAGS: Final = frozenset(
+    _CORE + name for name in ("str", "int", "float", "bool", "null", "map", "seq")
+) | {"!"}
+_REJECTED_TAG: Final = "tag:reconciler,2024:rejected"
+_MERGE_MARKER = re.compile(r"^(<{7}|={7}|>{7})(?: |$)")
+
+
+class Rejected:
+    """Stands in for a value already reported (bad tag, alias); validators skip it."""
+
+    _instance: Rejected | None = None
+
+    def __new__(cls) -> Rejected:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "REJECTED"
+
+
+REJECTED: Final = Rejected()
+
+# str, int, float, bool, None, a date, or REJECTED: validators narrow with isinstance.
+ScalarValue = object
+
+
+@dataclass(frozen=True)
+class YScalar:
+    value: ScalarValue
+    text: str  # the source text, for messages ("1.10", not 1.1)
+    line: int  # line of the key that holds this value, else of the value
+
+
+@dataclass(frozen=True)
+class YMap:
+    entries: Mapping[str, YNode]
+    line: int
+
+
+@dataclass(frozen=True)
+class YSeq:
+    items: tuple[YNode, ...]
+    line: int
+
+
+YNode = YScalar | YMap | YSeq
+
+
+@dataclass(frozen=True)
+class YamlDocument:
+    file: str  # the path as shown to operators
+    root: YNode | None  # None: the document is empty (or only comments)
+
+
+def read_yaml_file(path: Path, *, display: str, problems: list[Problem]) -> YamlDocument | None:
+    """Read and compose one YAML file; record problems, return None if unusable."""
+
+    def refuse(line: int | None, message: str) -> None:
+        problems.append(Problem(display, line, "", message))
+
+    try:
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            refuse(None, f"file is {size} bytes; desired-state YAML files are limited to 1 MiB")
+            return None
+        raw = path.read_bytes()
+    except OSError as exc:
+        refuse(None, f"cannot read file: {exc.strerror or exc}")
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        refuse(line, f"file is not valid UTF-8 (bad byte at offset {exc.start})")
+        return None
+    for number, content in enumerate(text.splitlines(), start=1):
+        if _MERGE_MARKER.match(content):
+            refuse(
+                number,
+                f"git merge-conflict marker {content[:7]!r} found: the file has an "
+                "unresolved merge conflict; resolve it and commit again",
+            )
+            return None
+    return compose_yaml(text, display=display, problems=problems)
+
+
+def compose_yaml(text: str, *, display: str, problems: list[Problem]) -> YamlDocument | None:
+    """Compose `text` safely; record problems and return None if it cannot be used."""
+    loader: _StrictLoader | None = None
+    try:
+        # What yaml.compose(text, Loader=_StrictLoader) does; the reader checks
+        # for unprintable characters as soon as it is built.
+        loader = _StrictLoader(text)
+        node = loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        detail = " ".join(part for part in (exc.context, exc.problem) if part)
+        problems.append(Problem(display, line, "", f"YAML syntax error: {detail}"))
+        return None
+    except yaml.reader.ReaderError as exc:
+        position = exc.position if isinstance(exc.position, int) else 0
+        line = text[:position].count("\n") + 1
+        char = exc.character
+        shown = f"U+{char:04X}" if isinstance(char, int) else repr(char)
+        problems.append(
+            Problem(display, line, "", f"YAML cannot contain the control character {shown}")
+        )
+        return None
+    except RecursionError:
+        problems.append(Problem(display, None, "", "YAML is nested too deeply"))
+        return None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    if node is None:
+        return YamlDocument(display, None)
+    walker = _Walker(display, problems)
+    # Refused and duplicate constructs are reported by the walker with their key
+    # path; the rest of the file is still validated so one pass shows every problem.
+    root = walker.convert(node, line=_line(node.start_mark), depth=0, path="")
+    if walker.refusals > MAX_REFUSALS_REPORTED:
+        more = walker.refusals - MAX_REFUSALS_REPORTED
+        problems.append(Problem(display, None, "", f"... and {more} more refused YAML constructs"))
+    return YamlDocument(display, root)
+
+
+def _line(mark: Mark | None) -> int:
+    return mark.line + 1 if mark is not None else 1
+
+
+def _short_tag(tag: str) -> str:
+    return "!!" + tag[len(_CORE) :] if tag.startswith(_CORE) else tag
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors, aliases and explicit non-core tags.
+
+    A refused node is replaced by a placeholder carrying the reason, so an alias is
+    never expanded and the walker can report the reason with its key path.
+    """
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        if self.check_event(yaml.AliasEvent):
+            # The stubs leave Parser's event accessors untyped.
+            alias: Any = self.get_event()  # type: ignore[no-untyped-call]
+            return _placeholder(
+                alias,
+                f"YAML alias *{alias.anchor} is not allowed: anchors and aliases are "
+                "refused (YAML-bomb protection); write the value out",
+            )
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        tag = getattr(event, "tag", None)
+        node = super().compose_node(parent, index)
+        if event.anchor is not None:
+            return _placeholder(
+                event,
+                f"YAML anchor &{event.anchor} is not allowed: anchors and aliases are "
+                "refused (YAML-bomb protection); write the value out",
+            )
+        if tag is not None and tag not in _ALLOWED_EXPLICIT_TAGS:
+            return _placeholder(
+                event,
+                f"explicit YAML tag {_short_tag(tag)!r} is not allowed: desired state "
+                "holds plain values only",
+            )
+        return node
+
+
+def _placeholder(event: Any, reason: str) -> ScalarNode:
+    return ScalarNode(_REJECTED_TAG, reason, event.start_mark, event.end_mark)
+
+
+class _Walker:
+    """Turns composed nodes into YNodes; reports refusals, duplicate and odd keys."""
+
+    def __init__(self, display: str, problems: list[Problem]) -> None:
+        self.display = display
+        self.problems = problems
+        self.constructor = SafeConstructor()
+        self.refusals = 0
+
+    def fail(self, line: int, path: str, message: str) -> None:
+        self.problems.append(Problem(self.display, line, path, message))
+
+    def refuse(self, node: ScalarNode, path: str) -> None:
+        # A YAML bomb holds thousands of aliases; a few locations are enough to fix it.
+        self.refusals += 1
+        if self.refusals <= MAX_REFUSALS_REPORTED:
+            self.fail(_line(node.start_mark), path, str(node.value))
+
+    def convert(self, node: Node, *, line: int, depth: int, path: str) -> YNode:
+        if depth > MAX_DEPTH:
+            self.fail(line, path, f"YAML is nested deeper than {MAX_DEPTH} levels")
+            return YScalar(REJECTED, "", line)
+        if isinstance(node, MappingNode):
+            return self.convert_mapping(node, line=line, depth=depth, path=path)
+        if isinstance(node, SequenceNode):
+            items = tuple(
+                self.convert(
+                    item, line=_line(item.start_mark), depth=depth + 1, path=f"{path}[{index}]"
+                )
+                for index, item in enumerate(node.value)
+            )
+            return YSeq(items, line)
+        assert isinstance(node, ScalarNode)
+        if node.tag == _REJECTED_TAG:
+            self.refuse(node, path)
+            return YScalar(REJECTED, "", line)
+        try:
+            value = self.scalar_value(node)
+        except (ValueError, KeyError, OverflowError):
+            # An explicit tag on text that does not fit it (`!!int abc`), or a
+            # date-shaped value that is no date (2024-13-45).
+            # Not echoed: the walker cannot tell whether this sits under credentials.
+            if node.tag == _CORE + "timestamp":
+                message = "YAML reads this value as a date but it is not a valid one; quote it"
+            else:
+                message = f"value does not fit its explicit tag {_short_tag(node.tag)!r}"
+            self.fail(line, path, message)
+            return YScalar(REJECTED, node.value, line)
+        return YScalar(value, node.value, line)
+
+    def convert_mapping(self, node: MappingNode, *, line: int, depth: int, path: str) -> YMap:
+        entries: dict[str, YNode] = {}
+        key_lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key_line = _line(key_node.start_mark)
+            if not isinstance(key_node, ScalarNode):
+                self.fail(key_line, path, "mapping keys must be plain strings")
+                continue
+            if key_node.tag == _REJECTED_TAG:
+                self.refuse(key_node, path)
+                continue
+            # Keys keep the text as written: `on:` or `123:` name things, they are
+            # not booleans or numbers.
+            key = str(key_node.value)
+            key_path = f"{path}.{key}" if path else key
+            if key in entries:
+                self.fail(
+                    key_line,
+                    key_path,
+                    f"duplicate key {key!r} (first on line {key_lines[key]}, "
+                    f"again on line {key_line})",
+                )
+                continue
+            key_lines[key] = key_line
+            entries[key] = self.convert(value_node, line=key_line, depth=depth + 1, path=key_path)
+        return YMap(entries, line)
+
+    def scalar_value(self, node: ScalarNode) -> ScalarValue:
+        tag = node.tag
+        # Only the value-typing constructors of the core schema are used; none of
+        # them builds anything but str/int/float/bool/None/date.
+        if tag == _CORE + "null":
+            return None
+        if tag == _CORE + "bool":
+            return self.constructor.construct_yaml_bool(node)
+        if tag == _CORE + "int":
+            return self.constructor.construct_yaml_int(node)
+        if tag == _CORE + "float":
+            return self.constructor.construct_yaml_float(node)
+        if tag == _CORE + "timestamp":
+            return self.constructor.construct_yaml_timestamp(node)
+        if tag in (_CORE + "map", _CORE + "seq"):
+            raise ValueError("collection tag on a scalar")
+        # str, and the implicit merge (`<<`) / value (`=`) tags, stay as written.
+        return str(node.value)
