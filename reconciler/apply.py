@@ -144,9 +144,17 @@ class Applier:
         new_generation = batch[0].reason is Reason.SPEC_CHANGED
         if new_generation:
             self.ledger.record_generation(
-                env=spec.env, service=spec.name, number=generation, provider=spec.provider,
-                fingerprint=spec.fingerprint, image=spec.image, size=spec.size, count=spec.count,
-                commit=self.desired.commit, state=GenerationState.CREATING, at=self.now(),
+                env=spec.env,
+                service=spec.name,
+                number=generation,
+                provider=spec.provider,
+                fingerprint=spec.fingerprint,
+                image=spec.image,
+                size=spec.size,
+                count=spec.count,
+                commit=self.desired.commit,
+                state=GenerationState.CREATING,
+                at=self.now(),
             )
         launched: list[tuple[str, ObservedInstance]] = []
         try:
@@ -173,15 +181,26 @@ class Applier:
     ) -> tuple[str, ObservedInstance]:
         slot = action.slot or 1
         op = self.ledger.begin_operation(
-            run=self.run_id, kind="create",
-            target=f"{spec.env}/{spec.name}/g{action.generation}/{slot}", at=self.now(),
+            run=self.run_id,
+            kind="create",
+            target=f"{spec.env}/{spec.name}/g{action.generation}/{slot}",
+            at=self.now(),
         )
         tags = ownership_tags(
-            owner=self.desired.owner, env=spec.env, service=spec.name,
-            generation=action.generation, fingerprint=spec.fingerprint, op=op, slot=slot,
+            owner=self.desired.owner,
+            env=spec.env,
+            service=spec.name,
+            generation=action.generation,
+            fingerprint=spec.fingerprint,
+            op=op,
+            slot=slot,
         )
         request = LaunchRequest(
-            name=tags["Name"], image=spec.image, size=spec.size, tags=tags, op=op,
+            name=tags["Name"],
+            image=spec.image,
+            size=spec.size,
+            tags=tags,
+            op=op,
             user_data=spec.user_data,
         )
         try:
@@ -194,17 +213,32 @@ class Applier:
         if price is None:
             price = provider.price_per_hour(spec.size)
         self.ledger.record_instance(
-            id=instance.id, provider=spec.provider, env=spec.env, service=spec.name,
-            generation=action.generation, slot=slot, name=tags["Name"], image=instance.image,
-            size=instance.size, price_per_hour=price, state="pending", created_at=self.now(), op=op,
+            id=instance.id,
+            provider=spec.provider,
+            env=spec.env,
+            service=spec.name,
+            generation=action.generation,
+            slot=slot,
+            name=tags["Name"],
+            image=instance.image,
+            size=instance.size,
+            price_per_hour=price,
+            state="pending",
+            created_at=self.now(),
+            op=op,
         )
         if action.replaces and action.reason is Reason.MISSING:
             self.ledger.set_instance_state(
                 action.replaces, state="gone", at=self.now(), reason=Reason.MISSING.value
             )
         log.info(
-            "instance_created", run=self.run_id, env=spec.env, service=spec.name,
-            generation=action.generation, instance=instance.id, reason=action.reason.value,
+            "instance_created",
+            run=self.run_id,
+            env=spec.env,
+            service=spec.name,
+            generation=action.generation,
+            instance=instance.id,
+            reason=action.reason.value,
         )
         return op, instance
 
@@ -244,12 +278,21 @@ class Applier:
             self._terminate(instance.id, spec.provider, provider, reason=f"failed: {why}")
         if new_generation:
             self.ledger.set_generation_state(
-                spec.env, spec.name, generation, state=GenerationState.FAILED, at=self.now(),
+                spec.env,
+                spec.name,
+                generation,
+                state=GenerationState.FAILED,
+                at=self.now(),
                 reason=f"failed: {why}",
             )
         self.ledger.record_event(
-            kind="rollout_failed", at=self.now(), run=self.run_id, env=spec.env,
-            service=spec.name, generation=generation, detail={"error": why},
+            kind="rollout_failed",
+            at=self.now(),
+            run=self.run_id,
+            env=spec.env,
+            service=spec.name,
+            generation=generation,
+            detail={"error": why},
         )
 
     # ------------------------------------------------------------ other actions
@@ -260,8 +303,13 @@ class Applier:
         reason = action.reason.value + (f" ({action.detail})" if action.detail else "")
         self._terminate(action.instance_id, action.provider, provider, reason=reason)
         log.info(
-            "instance_destroyed", run=self.run_id, env=action.env, service=action.service,
-            generation=action.generation, instance=action.instance_id, reason=action.reason.value,
+            "instance_destroyed",
+            run=self.run_id,
+            env=action.env,
+            service=action.service,
+            generation=action.generation,
+            instance=action.instance_id,
+            reason=action.reason.value,
         )
 
     def _terminate(
@@ -285,29 +333,46 @@ class Applier:
         )
         if action.previous is not None:
             self.ledger.set_generation_state(
-                action.env, action.service, action.previous, state=GenerationState.STANDBY, at=at,
+                action.env,
+                action.service,
+                action.previous,
+                state=GenerationState.STANDBY,
+                at=at,
                 reason=f"replaced by g{action.generation}",
             )
         self.ledger.record_event(
-            kind="generation_activated", at=at, run=self.run_id, env=action.env,
-            service=action.service, generation=action.generation,
+            kind="generation_activated",
+            at=at,
+            run=self.run_id,
+            env=action.env,
+            service=action.service,
+            generation=action.generation,
             detail={"previous": action.previous, "note": action.detail},
         )
         log.info(
-            "generation_activated", run=self.run_id, env=action.env, service=action.service,
-            generation=action.generation, previous=action.previous,
+            "generation_activated",
+            run=self.run_id,
+            env=action.env,
+            service=action.service,
+            generation=action.generation,
+            previous=action.previous,
         )
 
     def _retire(self, action: Action) -> None:
         reason = action.reason.value + (f" ({action.detail})" if action.detail else "")
         self.ledger.set_generation_state(
-            action.env, action.service, action.generation, state=GenerationState.DESTROYED,
-            at=self.now(), reason=reason,
+            action.env,
+            action.service,
+            action.generation,
+            state=GenerationState.DESTROYED,
+            at=self.now(),
+            reason=reason,
         )
 
     def _adopt(self, action: Action) -> None:
         members = [
-            i for i in self.observed
+            i
+            for i in self.observed
             if (i.env, i.service, i.generation) == (action.env, action.service, action.generation)
             and i.alive
         ]
@@ -315,9 +380,17 @@ class Applier:
         at = self.now()
         state = action.adopt_as or GenerationState.STANDBY
         self.ledger.record_generation(
-            env=action.env, service=action.service, number=action.generation,
-            provider=sample.provider, fingerprint=sample.fingerprint or "", image=sample.image,
-            size=sample.size, count=len(members), commit=None, state=state, at=at,
+            env=action.env,
+            service=action.service,
+            number=action.generation,
+            provider=sample.provider,
+            fingerprint=sample.fingerprint or "",
+            image=sample.image,
+            size=sample.size,
+            count=len(members),
+            commit=None,
+            state=state,
+            at=at,
             reason=Reason.UNRECORDED_GENERATION.value,
         )
         self.ledger.set_generation_state(
@@ -325,11 +398,19 @@ class Applier:
         )
         for instance in members:
             self.ledger.record_instance(
-                id=instance.id, provider=instance.provider, env=action.env,
-                service=action.service, generation=action.generation, slot=instance.slot,
-                name=instance.name, image=instance.image, size=instance.size,
-                price_per_hour=None, state=instance.state.value,
-                created_at=instance.launched_at or at, op=instance.op,
+                id=instance.id,
+                provider=instance.provider,
+                env=action.env,
+                service=action.service,
+                generation=action.generation,
+                slot=instance.slot,
+                name=instance.name,
+                image=instance.image,
+                size=instance.size,
+                price_per_hour=None,
+                state=instance.state.value,
+                created_at=instance.launched_at or at,
+                op=instance.op,
             )
 
     def _record_count(self, actions: list[Action]) -> None:
@@ -354,7 +435,11 @@ def apply_plan(
 ) -> ApplyResult:
     """Execute `plan`; every create and destroy is an operation row before its API call."""
     applier = Applier(
-        desired=desired, observed=observed, providers=providers, ledger=ledger, run_id=run_id,
+        desired=desired,
+        observed=observed,
+        providers=providers,
+        ledger=ledger,
+        run_id=run_id,
         gate=gate or RunningGate(),
     )
     return applier.apply(plan)

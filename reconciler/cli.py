@@ -75,7 +75,9 @@ def json_option(fn: F) -> F:
     "~/.local/state/reconciler).",
 )
 @click.option(
-    "--log-format", type=click.Choice(["auto", "console", "json"]), default="auto",
+    "--log-format",
+    type=click.Choice(["auto", "console", "json"]),
+    default="auto",
     show_default=True,
 )
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
@@ -192,7 +194,9 @@ def history(
         render.print_json(rows)
     else:
         render.print_rows(
-            Console(), render.compact_generation_rows(rows), render.COMPACT_COLUMNS,
+            Console(),
+            render.compact_generation_rows(rows),
+            render.COMPACT_COLUMNS,
             title="Generation history",
         )
 
@@ -212,7 +216,9 @@ def generations(
         render.print_json(rows)
     else:
         render.print_rows(
-            Console(), render.compact_generation_rows(rows), render.COMPACT_COLUMNS,
+            Console(),
+            render.compact_generation_rows(rows),
+            render.COMPACT_COLUMNS,
             title="Generations",
         )
 
@@ -233,14 +239,16 @@ def sandbox(port: int) -> None:
 
 
 @cli.command()
+@desired_option
 @click.option("--fast", is_flag=True, hidden=True, help="Skip the pauses between steps.")
-@click.pass_context
-def demo(ctx: click.Context, fast: bool) -> None:
+def demo(desired_dir: Path, fast: bool) -> None:
     """The guided tour: three passes on the built-in sandbox."""
     from reconciler.demo import run_demo
 
+    if not desired_dir.is_dir():
+        _fail(f"{desired_dir} not found: run the demo from the repository root")
     with domain_errors():
-        code = run_demo(Path("desired-state"), pause=0.0 if fast else 1.0)
+        code = run_demo(desired_dir, pause=0.0 if fast else 2.0)
     sys.exit(code)
 
 

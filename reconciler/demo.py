@@ -32,7 +32,9 @@ _GIT_ENV = {
 
 def _git(repo: Path, *args: str) -> None:
     subprocess.run(
-        ["git", "-C", str(repo), *args], check=True, capture_output=True,
+        ["git", "-C", str(repo), *args],
+        check=True,
+        capture_output=True,
         env={**os.environ, **_GIT_ENV},
     )
 
@@ -57,28 +59,31 @@ def run_demo(source: Path, *, pause: float = 1.0) -> int:
         try:
             step(
                 "1. Apply from empty",
-                f"A sandbox EC2 endpoint (moto) runs on {endpoint}; the real libcloud EC2",
-                "driver talks to it over HTTP. Nothing runs yet, so every service gets generation 1.",
+                f"A sandbox EC2 endpoint (moto) listens on {endpoint}.",
+                "The real libcloud EC2 driver talks to it over HTTP.",
+                "Nothing runs yet, so every service gets generation 1.",
             )
             _apply(console, repo, ledger)
 
             step(
                 "2. Deploy a new image",
-                "We commit an image bump for production/web. Instead of patching, reconciler",
-                "creates generation 2 beside generation 1, waits for it to run, activates it,",
-                "and keeps generation 1 as a hot standby for `keep_previous`.",
+                "We commit an image bump for production/web. Nothing is patched:",
+                "generation 2 is created beside generation 1, waited for and activated;",
+                "generation 1 stays as a hot standby for `keep_previous`.",
             )
             env_file = repo / "environments" / "production.yaml"
             text = env_file.read_text()
-            bumped = re.sub(r"(web:\s*\n(?:\s+#.*\n)*\s+image:\s*)ami-03cf127a", r"\1ami-12c6146b", text)
+            bumped = re.sub(
+                r"(web:\s*\n(?:\s+#.*\n)*\s+image:\s*)ami-03cf127a", r"\1ami-12c6146b", text
+            )
             env_file.write_text(bumped)
             _git(repo, "commit", "-q", "-am", "Deploy web v2 (ami-12c6146b)")
             _apply(console, repo, ledger)
 
             step(
                 "3. Heal drift",
-                "Someone terminates a production/web instance behind our back. The next pass",
-                "sees the slot empty and replaces it inside the same generation.",
+                "Someone terminates a production/web instance behind our back.",
+                "The next pass sees the empty slot and refills it in the same generation.",
             )
             victim = _terminate_one(repo, env="production", service="web")
             console.print(f"Terminated {victim.id} ({victim.name}) out of band.")
@@ -86,12 +91,14 @@ def run_demo(source: Path, *, pause: float = 1.0) -> int:
 
             step("4. The ledger", "Every generation, with its image, commit and lifetime:")
             render.print_rows(
-                console, render.compact_generation_rows(ledger.history_rows()),
-                render.COMPACT_COLUMNS, title="reconciler ledger history",
+                console,
+                render.compact_generation_rows(ledger.history_rows()),
+                render.COMPACT_COLUMNS,
+                title="reconciler ledger history",
             )
+            console.print("Try it yourself: run `reconciler sandbox` in one terminal, set")
             console.print(
-                "Try it yourself: `reconciler sandbox` in one terminal, then point a profile's "
-                "`endpoint:` at it and run `reconciler plan` / `apply`."
+                "`endpoint: http://127.0.0.1:5000` in a profile, then `reconciler apply`."
             )
         finally:
             ledger.close()
@@ -112,7 +119,11 @@ def _terminate_one(repo: Path, *, env: str, service: str) -> ObservedInstance:
     desired = engine.read_desired(repo)
     providers = engine.build_providers(desired)
     candidates = sorted(
-        (i for i in engine.observe(desired, providers) if i.alive and (i.env, i.service) == (env, service)),
+        (
+            i
+            for i in engine.observe(desired, providers)
+            if i.alive and (i.env, i.service) == (env, service)
+        ),
         key=lambda i: (-(i.generation or 0), i.slot or 0),
     )
     victim = candidates[0]

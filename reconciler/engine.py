@@ -126,15 +126,25 @@ def apply_pass(
         reasons = check_guards(desired, observed, plan, allow_mass_destroy=allow_mass_destroy)
         if reasons:
             ledger.record_event(
-                kind="guard_tripped", at=datetime.now(UTC), run=run_id,
-                detail={"reasons": reasons, "actions": len(plan.actions),
-                        "running": sum(1 for i in observed if i.alive)},
+                kind="guard_tripped",
+                at=datetime.now(UTC),
+                run=run_id,
+                detail={
+                    "reasons": reasons,
+                    "actions": len(plan.actions),
+                    "running": sum(1 for i in observed if i.alive),
+                },
             )
             ledger.finish_run(run_id, result="refused", counts={}, error="; ".join(reasons))
             raise GuardRefused(reasons)
         result = apply_plan(
-            plan, desired=desired, observed=observed, providers=providers, ledger=ledger,
-            run_id=run_id, gate=gate,
+            plan,
+            desired=desired,
+            observed=observed,
+            providers=providers,
+            ledger=ledger,
+            run_id=run_id,
+            gate=gate,
         )
         outcome.result = result
         _record_vanished(ledger, observed, before=started)
@@ -145,7 +155,9 @@ def apply_pass(
         raise
     result_name = "failed" if not result.ok else ("no-op" if plan.empty else "changes")
     ledger.finish_run(
-        run_id, result=result_name, counts=result.counts,
+        run_id,
+        result=result_name,
+        counts=result.counts,
         error="; ".join(result.failures) or None,
     )
     log.info("run_finished", run=run_id, result=result_name, **result.counts)

@@ -63,7 +63,7 @@ class ServiceSpec:
     keep_previous: float  # seconds
     fingerprint: str
     user_data_path: str | None = None
-    user_data: str | None = None  # rendered contents; never logged
+    user_data: str | None = field(default=None, repr=False)  # rendered contents; never logged
     health: HealthSpec | None = None
     price_per_hour: float | None = None
     source_file: str = ""

@@ -89,7 +89,9 @@ def print_rows(
         # Only free text may wrap; ids, states and times stay on one line each.
         wrap = column in ("reason", "detail")
         table.add_column(
-            column.removesuffix("_at"), overflow="fold", no_wrap=not wrap,
+            column.removesuffix("_at"),
+            overflow="fold",
+            no_wrap=not wrap,
             min_width=10 if wrap else None,
         )
     for row in rows:

@@ -66,9 +66,7 @@ class SandboxApp:
                 create_backend_app,
             )
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise RuntimeError(
-                "the sandbox needs moto: pip install 'reconciler[sandbox]'"
-            ) from exc
+            raise RuntimeError("the sandbox needs moto: pip install 'reconciler[sandbox]'") from exc
         self._moto: WsgiApp = DomainDispatcherApplication(create_backend_app)
         self._lock = threading.Lock()
         self.calls: Counter[str] = Counter()

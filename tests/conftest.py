@@ -51,9 +51,22 @@ class Cli:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
         env.pop("STATE_DIRECTORY", None)
         done = subprocess.run(
-            [sys.executable, "-m", "reconciler", "--state-dir", str(self.state_dir),
-             "--log-format", "json", *args],
-            cwd=self.cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+            [
+                sys.executable,
+                "-m",
+                "reconciler",
+                "--state-dir",
+                str(self.state_dir),
+                "--log-format",
+                "json",
+                *args,
+            ],
+            cwd=self.cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         return CliResult(done.returncode, done.stdout, done.stderr)
 

@@ -56,7 +56,7 @@ _STATES = {
     "shutting-down": InstanceState.GONE,
     "terminated": InstanceState.GONE,
 }
-_PAGE_SIZE = "1000"  # the largest page DescribeInstances allows with filters
+_PAGE_SIZE = 1000  # the largest page DescribeInstances allows with filters
 _MAX_PAGES = 10_000  # a server that never stops paging is a fault, not a fleet
 _TRANSIENT_CODES = ("RequestLimitExceeded", "Throttling", "InternalError", "Unavailable")
 _GONE_CODES = ("InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed")
@@ -99,6 +99,7 @@ class Ec2Provider:
         timeout: float = 30.0,
         retry_attempts: int = 5,
         retry_seconds: float = 60.0,
+        page_size: int = _PAGE_SIZE,
     ) -> None:
         self.name = name
         self.region = region
@@ -109,6 +110,7 @@ class Ec2Provider:
         self._driver = EC2NodeDriver(key, secret, **options)
         self._retry_attempts = retry_attempts
         self._retry_seconds = retry_seconds
+        self._page_size = page_size
 
     # ------------------------------------------------------------ calls with retries
 
@@ -150,7 +152,7 @@ class Ec2Provider:
         return found[0] if found else None
 
     def _describe(self, filters: dict[str, str]) -> list[ObservedInstance]:
-        base: dict[str, str] = {"Action": "DescribeInstances", "MaxResults": _PAGE_SIZE}
+        base = {"Action": "DescribeInstances", "MaxResults": str(self._page_size)}
         for n, (name, value) in enumerate(sorted(filters.items()), start=1):
             base[f"Filter.{n}.Name"] = name
             base[f"Filter.{n}.Value.1"] = value
@@ -198,7 +200,12 @@ class Ec2Provider:
     def create_instance(self, request: LaunchRequest) -> ObservedInstance:
         image = NodeImage(id=request.image, name=None, driver=self._driver)
         size = NodeSize(
-            id=request.size, name=request.size, ram=0, disk=0, bandwidth=None, price=None,
+            id=request.size,
+            name=request.size,
+            ram=0,
+            disk=0,
+            bandwidth=None,
+            price=None,
             driver=self._driver,
         )
         owner = request.tags[TAG_OWNER]
@@ -242,7 +249,11 @@ class Ec2Provider:
 
     def destroy_instance(self, instance_id: str) -> None:
         node = Node(
-            id=instance_id, name=None, state=None, public_ips=[], private_ips=[],
+            id=instance_id,
+            name=None,
+            state=None,
+            public_ips=[],
+            private_ips=[],
             driver=self._driver,
         )
         try:
