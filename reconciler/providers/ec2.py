@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -20,6 +21,7 @@ from libcloud.common.exceptions import BaseHTTPError
 from libcloud.common.types import InvalidCredsError, LibcloudError, MalformedResponseError
 from libcloud.compute.base import Node, NodeImage, NodeSize
 from libcloud.compute.drivers.ec2 import NAMESPACE, EC2NodeDriver
+from libcloud.compute.types import NodeState
 from libcloud.pricing import get_size_price
 from libcloud.utils.xml import findall, findattr, findtext
 from tenacity import (
@@ -69,6 +71,10 @@ def parse_endpoint(endpoint: str) -> tuple[str, int, bool]:
     return url.hostname or "127.0.0.1", port, secure
 
 
+def _first(values: list[str] | None) -> str | None:
+    return values[0] if values else None
+
+
 def _translate(exc: Exception, action: str) -> Exception:
     """Our error for a libcloud/requests failure; messages carry no credentials."""
     if isinstance(exc, InvalidCredsError):
@@ -107,7 +113,7 @@ class Ec2Provider:
         if endpoint:
             host, port, secure = parse_endpoint(endpoint)
             options.update(host=host, port=port, secure=secure)
-        self._driver = EC2NodeDriver(key, secret, **options)
+        self._driver: Any = EC2NodeDriver(key, secret, **options)
         self._retry_attempts = retry_attempts
         self._retry_seconds = retry_seconds
         self._page_size = page_size
@@ -161,7 +167,7 @@ class Ec2Provider:
         try:
             for _page in range(_MAX_PAGES):
                 params = dict(base, NextToken=token) if token else base
-                body = self._call("DescribeInstances", lambda p=params: self._request(p))
+                body = self._call("DescribeInstances", partial(self._request, params))
                 for item in findall(body, "reservationSet/item/instancesSet/item", NAMESPACE):
                     instances.append(self._to_observed(item))
                 token = findtext(body, "nextToken", NAMESPACE)
@@ -177,7 +183,7 @@ class Ec2Provider:
         tags: dict[str, str] = dict(node.extra.get("tags") or {})
         launched = node.extra.get("launch_time")
         return ObservedInstance(
-            id=node.id,
+            id=str(node.id),
             provider=self.name,
             state=_STATES.get(raw_state, InstanceState.PENDING),
             image=node.extra.get("image_id") or "",
@@ -189,8 +195,8 @@ class Ec2Provider:
             fingerprint=tags.get(TAG_SPEC),
             op=tags.get(TAG_OP),
             name=tags.get("Name"),
-            private_ip=(node.private_ips or [None])[0],
-            public_ip=(node.public_ips or [None])[0],
+            private_ip=_first(node.private_ips),
+            public_ip=_first(node.public_ips),
             launched_at=datetime.fromisoformat(launched) if launched else None,
             tags=tags,
         )
@@ -198,20 +204,20 @@ class Ec2Provider:
     # ------------------------------------------------------------ mutation
 
     def create_instance(self, request: LaunchRequest) -> ObservedInstance:
-        image = NodeImage(id=request.image, name=None, driver=self._driver)
+        image = NodeImage(id=request.image, name=request.image, driver=self._driver)
         size = NodeSize(
             id=request.size,
             name=request.size,
             ram=0,
             disk=0,
             bandwidth=None,
-            price=None,
+            price=0.0,
             driver=self._driver,
         )
         owner = request.tags[TAG_OWNER]
 
         def launch() -> Node:
-            return self._driver.create_node(
+            node: Node = self._driver.create_node(
                 name=request.name,
                 image=image,
                 size=size,
@@ -220,6 +226,7 @@ class Ec2Provider:
                 # Same operation, same token: EC2 returns the first instance on a retry.
                 ex_clienttoken=f"reconciler-{request.op}",
             )
+            return node
 
         try:
             node = self._call("RunInstances", launch)
@@ -230,7 +237,7 @@ class Ec2Provider:
                 return existing
             raise
         return ObservedInstance(
-            id=node.id,
+            id=str(node.id),
             provider=self.name,
             state=InstanceState.PENDING,
             image=node.extra.get("image_id") or request.image,
@@ -242,16 +249,16 @@ class Ec2Provider:
             fingerprint=request.tags.get(TAG_SPEC),
             op=request.op,
             name=request.name,
-            private_ip=(node.private_ips or [None])[0],
-            public_ip=(node.public_ips or [None])[0],
+            private_ip=_first(node.private_ips),
+            public_ip=_first(node.public_ips),
             tags=dict(request.tags),
         )
 
     def destroy_instance(self, instance_id: str) -> None:
         node = Node(
             id=instance_id,
-            name=None,
-            state=None,
+            name=instance_id,
+            state=NodeState.UNKNOWN,
             public_ips=[],
             private_ips=[],
             driver=self._driver,
