@@ -86,7 +86,7 @@ def json_option(fn: F) -> F:
 def cli(ctx: click.Context, state_dir: Path | None, log_format: str, verbose: bool) -> None:
     """Replace cloud instances to match a git-committed desired state."""
     configure_logging(fmt=log_format, verbose=verbose)
-    ctx.obj = {"state_dir": state_dir or default_state_dir()}
+    ctx.obj = {"state_dir": state_dir or default_state_dir(), "verbose": verbose}
 
 
 @contextmanager
@@ -225,12 +225,15 @@ def generations(
 
 @cli.command()
 @click.option("--port", type=int, default=5000, show_default=True, help="Port on 127.0.0.1.")
-def sandbox(port: int) -> None:
+@click.pass_context
+def sandbox(ctx: click.Context, port: int) -> None:
     """Serve a local EC2-compatible endpoint (moto) for trying reconciler out."""
-    with domain_errors():
-        from reconciler.sandbox import SandboxServer
+    from reconciler.sandbox import SandboxServer
 
-        server = SandboxServer(port)
+    try:
+        server = SandboxServer(port, log_requests=ctx.obj["verbose"])
+    except OSError as exc:
+        _fail(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}")
     click.echo(f"sandbox EC2 endpoint on {server.endpoint} (Ctrl-C to stop)", err=True)
     try:
         server.serve_forever()

@@ -46,6 +46,5 @@ def configure_logging(*, fmt: str = "auto", verbose: bool = False) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
-    # Libraries that use stdlib logging (werkzeug in the sandbox) stay quiet unless asked.
-    logging.basicConfig(level=logging.WARNING if not verbose else logging.INFO, stream=sys.stderr)
-    logging.getLogger("werkzeug").setLevel(logging.WARNING if not verbose else logging.INFO)
+    # Libraries that log through stdlib logging go to stderr too, quietly unless asked.
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import threading
 import urllib.request
 from collections import Counter
@@ -130,8 +131,11 @@ class SandboxApp:
 class SandboxServer:
     """A threaded HTTP server for SandboxApp on 127.0.0.1; `port=0` picks a free port."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, *, log_requests: bool = False) -> None:
         from werkzeug.serving import make_server
+
+        # One line per API call drowns everything else; opt in with log_requests.
+        logging.getLogger("werkzeug").setLevel(logging.INFO if log_requests else logging.WARNING)
 
         self.app = SandboxApp()
         self._server = make_server("127.0.0.1", port, self.app, threaded=True)

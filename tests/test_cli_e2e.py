@@ -396,3 +396,28 @@ def test_more_than_one_hundred_owned_instances_are_all_seen(
     assert plan.code == 0, plan.stdout + plan.stderr
     assert cli("apply", "--desired", str(root)).code == 0
     assert mutating_calls(sandbox.endpoint) == before
+
+
+def test_tampered_instance_is_replaced_before_it_is_destroyed(
+    cli: Cli, desired: Path, sandbox: SandboxServer
+) -> None:
+    assert cli("apply", "--desired", str(desired)).code == 0
+    driver = raw_driver(sandbox.endpoint)
+    victim = next(
+        n for n in live_nodes(sandbox.endpoint) if n.extra["tags"]["Name"] == "staging-web-g1-1"
+    )
+    from libcloud.compute.base import NodeSize
+
+    driver.ex_change_node_size(victim, NodeSize("t3.large", "t3.large", 0, 0, None, None, driver))
+    changed = next(n for n in live_nodes(sandbox.endpoint) if n.id == victim.id)
+    assert changed.extra["instance_type"] == "t3.large"
+
+    result = cli("apply", "--desired", str(desired), "--json")
+    assert result.code == 0, result.stderr
+    actions = [(a["kind"], a["reason"], a["slot"]) for a in json.loads(result.stdout)["actions"]]
+    assert actions == [("create", "tampered", 1), ("destroy", "tampered", 1)]
+    staging = [
+        n for n in live_nodes(sandbox.endpoint) if n.extra["tags"]["reconciler:env"] == "staging"
+    ]
+    assert len(staging) == 1 and staging[0].id != victim.id
+    assert staging[0].extra["instance_type"] == "t3.micro"
