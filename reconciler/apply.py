@@ -9,6 +9,7 @@ adapters do, at the edge).
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +64,8 @@ class ApplyResult:
     counts: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
+    interrupted: bool = False
+
     @property
     def ok(self) -> bool:
         return not self.failures
@@ -70,6 +73,18 @@ class ApplyResult:
 
 class RolloutFailed(ReconcilerError):
     """A batch of new instances did not come up; the service's remaining steps are skipped."""
+
+
+class Interrupted(ReconcilerError):
+    """A stop was requested: the call in flight finished, nothing new was started."""
+
+
+def _never() -> bool:
+    return False
+
+
+def _nothing() -> None:
+    return None
 
 
 @dataclass
@@ -82,15 +97,24 @@ class Applier:
     gate: HealthGate = field(default_factory=RunningGate)
     now: Callable[[], datetime] = utcnow
     sleep: Callable[[float], None] = time.sleep
+    should_stop: Callable[[], bool] = _never
+    heartbeat: Callable[[], None] = _nothing
     result: ApplyResult = field(default_factory=ApplyResult)
     _lock: Lock = field(default_factory=Lock)
 
     def apply(self, plan: Plan) -> ApplyResult:
         groups = list(plan.by_service().values())
         workers = max(1, min(self.desired.policy.max_parallel, len(groups) or 1))
+        # Each worker runs in a copy of the caller's context, so log lines keep the run id.
+        contexts = [contextvars.copy_context() for _ in groups]
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apply") as pool:
-            list(pool.map(self._run_group, groups))
+            list(pool.map(lambda c, g: c.run(self._run_group, g), contexts, groups))
         return self.result
+
+    def _check_stop(self) -> None:
+        self.heartbeat()
+        if self.should_stop():
+            raise Interrupted("stop requested")
 
     # ------------------------------------------------------------ one service
 
@@ -106,10 +130,15 @@ class Applier:
                 if batch:
                     self._create_batch(batch)
                     batch = []
+                self._check_stop()
                 self._dispatch(action)
             if batch:
                 self._create_batch(batch)
             self._record_count(actions)
+        except Interrupted:
+            bound.warning("service_apply_interrupted")
+            with self._lock:
+                self.result.interrupted = True
         except ReconcilerError as exc:
             bound.error("service_apply_failed", error=str(exc))
             with self._lock:
@@ -159,11 +188,23 @@ class Applier:
         launched: list[tuple[str, ObservedInstance]] = []
         try:
             for action in batch:
+                self._check_stop()
                 launched.append(self._launch(action, spec, provider))
             running = self._wait_running([i for _, i in launched], provider, spec)
             failure = self.gate.wait_healthy(running, spec)
             if failure:
                 raise RolloutFailed(f"health gate: {failure}")
+        except Interrupted:
+            # The launches happened; the next pass finds them by their tags and resumes.
+            for op, instance in launched:
+                self.ledger.mark_operation(
+                    op,
+                    state="done",
+                    at=self.now(),
+                    instance_id=instance.id,
+                    detail="stopped before the boot wait finished",
+                )
+            raise
         except ReconcilerError as exc:
             self._compensate(launched, provider, spec, generation, new_generation, str(exc))
             raise
@@ -249,6 +290,7 @@ class Applier:
         wanted = {i.id for i in instances}
         deadline = time.monotonic() + self.desired.policy.boot_timeout
         while True:
+            self._check_stop()
             current = {i.id: i for i in provider.list_owned(self.desired.owner) if i.id in wanted}
             running = [i for i in current.values() if i.state is InstanceState.RUNNING]
             if len(running) == len(wanted):
@@ -432,6 +474,8 @@ def apply_plan(
     ledger: Ledger,
     run_id: int,
     gate: HealthGate | None = None,
+    should_stop: Callable[[], bool] = _never,
+    heartbeat: Callable[[], None] = _nothing,
 ) -> ApplyResult:
     """Execute `plan`; every create and destroy is an operation row before its API call."""
     applier = Applier(
@@ -441,5 +485,7 @@ def apply_plan(
         ledger=ledger,
         run_id=run_id,
         gate=gate or RunningGate(),
+        should_stop=should_stop,
+        heartbeat=heartbeat,
     )
     return applier.apply(plan)

@@ -7,7 +7,7 @@ together for `plan` and `apply`. Must not: parse command lines or pick exit code
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -107,20 +107,68 @@ def plan_pass(desired_dir: str | Path, ledger: Ledger) -> PassOutcome:
     return outcome
 
 
+def _never() -> bool:
+    return False
+
+
+def _nothing() -> None:
+    return None
+
+
+def drift_counts(plan: Plan) -> dict[str, int]:
+    """Planned cloud changes by reason, e.g. {"drift:missing": 1}: what the run found."""
+    counts: dict[str, int] = {}
+    for action in plan.mutating():
+        key = f"drift:{action.reason.value}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def apply_pass(
-    desired_dir: str | Path,
+    desired: DesiredState | str | Path,
     ledger: Ledger,
     *,
+    command: str = "apply",
     allow_mass_destroy: bool = False,
     gate: HealthGate | None = None,
+    should_stop: Callable[[], bool] = _never,
+    heartbeat: Callable[[], None] = _nothing,
 ) -> PassOutcome:
-    """One full pass. Raises GuardRefused (nothing changed) or returns the outcome."""
-    desired = read_desired(desired_dir)
-    run_id = ledger.start_run(command="apply", commit=desired.commit)
+    """One full pass. Raises GuardRefused (nothing changed) or returns the outcome.
+
+    `should_stop` is polled between operations (a stop lets the call in flight finish
+    and starts nothing new); `heartbeat` is called from every wait (systemd watchdog).
+    """
+    if not isinstance(desired, DesiredState):
+        desired = read_desired(desired)
+    run_id = ledger.start_run(command=command, commit=desired.commit)
+    with structlog.contextvars.bound_contextvars(run=run_id):
+        return _apply_run(
+            desired,
+            ledger,
+            run_id,
+            allow_mass_destroy=allow_mass_destroy,
+            gate=gate,
+            should_stop=should_stop,
+            heartbeat=heartbeat,
+        )
+
+
+def _apply_run(
+    desired: DesiredState,
+    ledger: Ledger,
+    run_id: int,
+    *,
+    allow_mass_destroy: bool,
+    gate: HealthGate | None,
+    should_stop: Callable[[], bool],
+    heartbeat: Callable[[], None],
+) -> PassOutcome:
     started = datetime.now(UTC)
     try:
         providers = build_providers(desired)
         observed = observe(desired, providers)
+        heartbeat()
         plan = compute_plan(desired=desired, observed=observed, ledger=ledger.view(), now=started)
         outcome = PassOutcome(desired=desired, observed=observed, plan=plan, run_id=run_id)
         reasons = check_guards(desired, observed, plan, allow_mass_destroy=allow_mass_destroy)
@@ -145,6 +193,8 @@ def apply_pass(
             ledger=ledger,
             run_id=run_id,
             gate=gate,
+            should_stop=should_stop,
+            heartbeat=heartbeat,
         )
         outcome.result = result
         _record_vanished(ledger, observed, before=started)
@@ -153,14 +203,17 @@ def apply_pass(
     except ReconcilerError as exc:
         ledger.finish_run(run_id, result="failed", counts={}, error=str(exc))
         raise
-    result_name = "failed" if not result.ok else ("no-op" if plan.empty else "changes")
+    if result.interrupted:
+        result_name = "interrupted"
+    elif not result.ok:
+        result_name = "failed"
+    else:
+        result_name = "no-op" if plan.empty else "changes"
+    counts = {**result.counts, **drift_counts(plan)}
     ledger.finish_run(
-        run_id,
-        result=result_name,
-        counts=result.counts,
-        error="; ".join(result.failures) or None,
+        run_id, result=result_name, counts=counts, error="; ".join(result.failures) or None
     )
-    log.info("run_finished", run=run_id, result=result_name, **result.counts)
+    log.info("run_finished", result=result_name, **counts)
     return outcome
 
 

@@ -432,6 +432,7 @@ def test_history_rows_count_created_and_live_instances(ledger: Ledger) -> None:
     ]
     assert set(rows[0]) == {
         "env", "service", "number", "state", "image", "size", "count", "commit",
+        "commit_author", "commit_subject",
         "created_at", "activated_at", "retired_at", "destroyed_at", "reason",
         "instances_created", "instances_live",
     }  # fmt: skip
@@ -585,3 +586,65 @@ def test_second_ledger_reads_while_the_first_writes(state_dir: Path, ledger: Led
     reader.close()
     assert seen == sorted(seen) and seen
     assert len(ledger.event_rows(kind="stream")) == 100
+
+
+def test_commits_are_remembered_with_validity_and_joined_into_history(ledger: Ledger) -> None:
+    good, bad = "a" * 40, "b" * 40
+    ledger.record_commit(
+        good,
+        author="Ada <ada@example.org>",
+        subject="web v2",
+        committed_at=iso(0),
+        valid=True,
+        at=at(1),
+    )
+    ledger.record_commit(
+        bad,
+        author="Bob <bob@example.org>",
+        subject="typo",
+        committed_at=iso(2),
+        valid=False,
+        at=at(3),
+        errors=["environments/prod.yaml:3: services.web.cuont: unknown key"],
+    )
+    assert ledger.last_valid_commit() == good
+    rows = ledger.commit_rows()
+    assert [(r["sha"], r["valid"]) for r in rows] == [(bad, False), (good, True)]
+    assert rows[1]["errors"] == []
+    assert rows[0]["errors"] == ["environments/prod.yaml:3: services.web.cuont: unknown key"]
+
+    # Seeing a commit again refreshes it rather than adding a row.
+    ledger.record_commit(
+        good,
+        author="Ada <ada@example.org>",
+        subject="web v2",
+        committed_at=iso(0),
+        valid=True,
+        at=at(5),
+    )
+    assert [r["sha"] for r in ledger.commit_rows()] == [good, bad]
+
+    ledger.record_generation(
+        env="prod",
+        service="web",
+        number=1,
+        provider="aws",
+        fingerprint="f" * 16,
+        image="ami-1",
+        size="t3.micro",
+        count=1,
+        commit=good,
+        state=GenerationState.CREATING,
+        at=at(6),
+    )
+    row = ledger.history_rows()[0]
+    assert (row["commit_author"], row["commit_subject"]) == ("Ada <ada@example.org>", "web v2")
+
+
+def test_last_applied_commit_skips_refused_runs(ledger: Ledger) -> None:
+    assert ledger.last_applied_commit() is None
+    first = ledger.start_run(command="daemon", commit="c" * 40)
+    ledger.finish_run(first, result="changes", counts={})
+    refused = ledger.start_run(command="daemon", commit="d" * 40)
+    ledger.finish_run(refused, result="refused", counts={})
+    assert ledger.last_applied_commit() == "c" * 40

@@ -67,6 +67,8 @@ def generation_rows(
 
 _HISTORY_COLUMNS = f"""
     g.env, g.service, g.number, g.state, g.image, g.size, g.count, g."commit",
+    (SELECT c.author FROM commits c WHERE c.sha = g."commit") AS commit_author,
+    (SELECT c.subject FROM commits c WHERE c.sha = g."commit") AS commit_subject,
     g.created_at, g.activated_at, g.retired_at, g.destroyed_at, g.reason,
     (SELECT count(*) FROM instances i
       WHERE i.env = g.env AND i.service = g.service AND i.generation = g.number
@@ -142,3 +144,27 @@ def event_rows(db: Database, *, kind: str | None, limit: int | None) -> list[dic
 def open_operations(db: Database) -> list[dict[str, Any]]:
     sql = "SELECT * FROM operations WHERE state IN ('intent', 'issued') ORDER BY intent_at, id"
     return list(db.query(sql))
+
+
+def last_applied_commit(db: Database) -> str | None:
+    sql = """
+        SELECT "commit" FROM runs
+        WHERE "commit" IS NOT NULL AND result IN ('ok', 'changes', 'no-op', 'failed', 'interrupted')
+        ORDER BY id DESC LIMIT 1
+    """
+    rows = list(db.query(sql))
+    return str(rows[0]["commit"]) if rows else None
+
+
+def last_commit(db: Database, *, valid: bool) -> str | None:
+    sql = "SELECT sha FROM commits WHERE valid = ? ORDER BY seen_at DESC LIMIT 1"
+    rows = list(db.query(sql, [1 if valid else 0]))
+    return str(rows[0]["sha"]) if rows else None
+
+
+def commit_rows(db: Database, *, limit: int | None) -> list[dict[str, Any]]:
+    rows = list(db.query("SELECT * FROM commits ORDER BY seen_at DESC LIMIT ?", [_limit(limit)]))
+    for row in rows:
+        row["valid"] = bool(row["valid"])
+        row["errors"] = (codec.decode_json(row["errors"]) or {}).get("problems", [])
+    return rows

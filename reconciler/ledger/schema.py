@@ -145,6 +145,27 @@ def _initial(db: Database) -> None:
     db.table("events").create_index(["kind"], index_name="events_kind")
 
 
+@migrations(name="0002_commits")
+def _commits(db: Database) -> None:
+    # Every desired-state commit the daemon looked at: who wrote it, what it says, and
+    # whether it was valid. History shows author and subject; the daemon heals against
+    # the newest valid commit after a restart.
+    db.table("commits").create(
+        {
+            "sha": str,
+            "author": str,
+            "subject": str,
+            "committed_at": str,
+            "seen_at": str,
+            "valid": int,
+            "errors": str,  # JSON list of problems for an invalid commit
+        },
+        pk="sha",
+        not_null=["seen_at", "valid"],
+    )
+    db.table("commits").create_index(["valid", "seen_at"], index_name="commits_valid_seen")
+
+
 def apply_migrations(db: Database) -> None:
     """Bring the schema up to date; the caller owns the surrounding transaction."""
     migrations.apply(db)

@@ -25,7 +25,7 @@ from reconciler.ledger import codec, queries
 from reconciler.ledger.connection import open_database, transaction
 from reconciler.model import GenerationState, LedgerView
 
-RUN_RESULTS = frozenset({"ok", "changes", "failed", "refused", "no-op"})
+RUN_RESULTS = frozenset({"ok", "changes", "failed", "refused", "no-op", "interrupted", "skipped"})
 # "stopped" is accepted beside DESIGN's four so an observed InstanceState can be recorded as is.
 INSTANCE_STATES = frozenset({"pending", "running", "stopped", "destroyed", "gone"})
 OPERATION_OUTCOMES = frozenset({"issued", "done", "failed"})
@@ -131,6 +131,45 @@ class Ledger:
                 "UPDATE runs SET finished_at = ?, result = ?, counts = ?, error = ? WHERE id = ?",
                 [*params, run_id],
             )
+
+    def last_applied_commit(self) -> str | None:
+        """The commit of the newest run that acted on a desired state (rewind detection)."""
+        with self._transaction("last_applied_commit", write=False) as db:
+            return queries.last_applied_commit(db)
+
+    # ------------------------------------------------------------ commits
+
+    def record_commit(
+        self,
+        sha: str,
+        *,
+        author: str | None,
+        subject: str | None,
+        committed_at: str | None,
+        valid: bool,
+        at: datetime,
+        errors: list[str] | None = None,
+    ) -> None:
+        """Remember a commit the daemon looked at; seeing it again refreshes `seen_at`."""
+        row = {
+            "sha": sha,
+            "author": author,
+            "subject": subject,
+            "committed_at": committed_at,
+            "seen_at": codec.encode_time(at),
+            "valid": 1 if valid else 0,
+            "errors": codec.encode_json({"problems": errors}) if errors else None,
+        }
+        with self._transaction("record_commit", write=True) as db:
+            db.table("commits").upsert(row, pk="sha")
+
+    def last_valid_commit(self) -> str | None:
+        with self._transaction("last_valid_commit", write=False) as db:
+            return queries.last_commit(db, valid=True)
+
+    def commit_rows(self, *, limit: int | None = None) -> list[dict[str, Any]]:
+        with self._transaction("commit_rows", write=False) as db:
+            return queries.commit_rows(db, limit=limit)
 
     # ------------------------------------------------------------ generations
 
