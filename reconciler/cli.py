@@ -7,9 +7,10 @@ beyond calling the engine, ledger and renderers.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -17,9 +18,11 @@ import click
 from rich.console import Console
 
 from reconciler import engine, render
+from reconciler.desired import parse_duration
 from reconciler.errors import GuardRefused, InvalidDesiredState, ReconcilerError
 from reconciler.ledger import Ledger, default_state_dir
 from reconciler.logs import configure_logging
+from reconciler.statelock import StateLock
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_REFUSED = 0, 1, 2, 3
 
@@ -89,6 +92,19 @@ def cli(ctx: click.Context, state_dir: Path | None, log_format: str, verbose: bo
     ctx.obj = {"state_dir": state_dir or default_state_dir(), "verbose": verbose}
 
 
+def refuse_libcloud_debug() -> None:
+    # With LIBCLOUD_DEBUG set, libcloud logs every request's headers: credentials included.
+    if os.environ.get("LIBCLOUD_DEBUG"):
+        _fail("LIBCLOUD_DEBUG is set; it makes libcloud log credentials. Unset it and retry.")
+
+
+def duration(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @contextmanager
 def open_ledger(ctx: click.Context) -> Iterator[Ledger]:
     with domain_errors():
@@ -120,6 +136,7 @@ def validate(desired_dir: Path) -> None:
 @click.pass_context
 def plan(ctx: click.Context, desired_dir: Path, as_json: bool, detailed_exitcode: bool) -> None:
     """Show what `apply` would do; changes nothing."""
+    refuse_libcloud_debug()
     with open_ledger(ctx) as ledger, domain_errors():
         outcome = engine.plan_pass(desired_dir, ledger)
     if as_json:
@@ -143,7 +160,8 @@ def plan(ctx: click.Context, desired_dir: Path, as_json: bool, detailed_exitcode
 @click.pass_context
 def apply(ctx: click.Context, desired_dir: Path, as_json: bool, allow_mass_destroy: bool) -> None:
     """Run one reconcile pass."""
-    with open_ledger(ctx) as ledger, domain_errors():
+    refuse_libcloud_debug()
+    with domain_errors(), StateLock(ctx.obj["state_dir"]), open_ledger(ctx) as ledger:
         outcome = engine.apply_pass(desired_dir, ledger, allow_mass_destroy=allow_mass_destroy)
     result = outcome.result
     assert result is not None
@@ -166,6 +184,105 @@ def apply(ctx: click.Context, desired_dir: Path, as_json: bool, allow_mass_destr
         err_console.print(f"[red]failed:[/red] {failure}", highlight=False, soft_wrap=True)
     if not result.ok:
         sys.exit(EXIT_ERROR)
+
+
+@cli.command()
+@click.option("--repo", required=True, help="Git URL or path of the desired-state repository.")
+@click.option("--branch", default="main", show_default=True)
+@click.option("--path", "subdir", default="", help="Desired-state directory inside the repo.")
+@click.option("--interval", default="60s", show_default=True, callback=duration)
+@click.option("--fetch-timeout", default="60s", show_default=True, callback=duration)
+@click.option("--once", is_flag=True, help="One pass, then exit with apply's exit code.")
+@click.option("--allow-rewind", is_flag=True, help="Accept a branch whose history was rewritten.")
+@click.option("--allow-mass-destroy", is_flag=True, help="Override the mass-destroy guard.")
+@click.option("--metrics-addr", help="Serve Prometheus metrics here, e.g. 127.0.0.1:9108.")
+@click.pass_context
+def daemon(
+    ctx: click.Context,
+    repo: str,
+    branch: str,
+    subdir: str,
+    interval: float,
+    fetch_timeout: float,
+    once: bool,
+    allow_rewind: bool,
+    allow_mass_destroy: bool,
+    metrics_addr: str | None,
+) -> None:
+    """Follow a git branch and reconcile on an interval (the systemd service)."""
+    from reconciler.daemon import Daemon, DaemonSettings
+    from reconciler.metrics import Metrics
+    from reconciler.systemd import Notifier, Watchdog
+
+    refuse_libcloud_debug()
+    settings = DaemonSettings(
+        repo=repo, branch=branch, path=subdir, interval=interval, once=once,
+        allow_rewind=allow_rewind, allow_mass_destroy=allow_mass_destroy,
+        fetch_timeout=fetch_timeout,
+    )  # fmt: skip
+    notifier = Notifier.from_environ()
+    with domain_errors(), StateLock(ctx.obj["state_dir"]), open_ledger(ctx) as ledger:
+        metrics = Metrics(ledger) if metrics_addr else None
+        if metrics is not None and metrics_addr:
+            metrics.serve(metrics_addr)
+        runner = Daemon(
+            settings, state_dir=ctx.obj["state_dir"], ledger=ledger, notifier=notifier,
+            watchdog=Watchdog(notifier), observer=metrics,
+            on_call=metrics.api_call if metrics else None,
+        )  # fmt: skip
+        runner.install_signal_handlers()
+        code = runner.run()
+    sys.exit(code)
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Last run, each service's active and standby generations, pending drift."""
+    with open_ledger(ctx) as store, domain_errors():
+        document = status_document(store)
+    if as_json:
+        render.print_json(document)
+        return
+    render.print_status(Console(), document)
+
+
+def status_document(store: Ledger) -> dict[str, Any]:
+    runs = store.run_rows(limit=1)
+    last = runs[0] if runs else None
+    services: dict[str, dict[str, Any]] = {}
+    for row in store.generation_rows():
+        if row["state"] not in ("active", "standby", "creating"):
+            continue
+        entry = services.setdefault(
+            f"{row['env']}/{row['service']}",
+            {"env": row["env"], "service": row["service"], "active": None, "standby": []},
+        )
+        if row["state"] == "active":
+            entry["active"] = row["number"]
+        elif row["state"] == "standby":
+            entry["standby"].append(row["number"])
+    commits = store.commit_rows(limit=20)
+    newest_valid = next((c for c in commits if c["valid"]), None)
+    invalid = next((c for c in commits if not c["valid"]), None)
+    if (
+        invalid is not None
+        and newest_valid is not None
+        and newest_valid["seen_at"] > invalid["seen_at"]
+    ):
+        invalid = None
+    counts = (last or {}).get("counts") or {}
+    return {
+        "last_run": last,
+        "services": list(services.values()),
+        "pending_drift": {
+            k.removeprefix("drift:"): n for k, n in counts.items() if k.startswith("drift:")
+        }
+        if last and last.get("result") in ("refused", "failed", "interrupted")
+        else {},
+        "invalid_commit": invalid,
+    }
 
 
 @cli.group()
@@ -235,10 +352,8 @@ def sandbox(ctx: click.Context, port: int) -> None:
     except OSError as exc:
         _fail(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}")
     click.echo(f"sandbox EC2 endpoint on {server.endpoint} (Ctrl-C to stop)", err=True)
-    try:
+    with suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 @cli.command()

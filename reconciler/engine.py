@@ -47,8 +47,16 @@ def read_desired(desired_dir: str | Path) -> DesiredState:
     return load_desired_state(desired_dir, commit=current_commit(desired_dir))
 
 
-def build_providers(desired: DesiredState) -> dict[str, ComputeProvider]:
-    return {name: build_provider(profile) for name, profile in desired.providers.items()}
+ApiCallListener = Callable[[str, str], None]
+
+
+def build_providers(
+    desired: DesiredState, *, on_call: ApiCallListener | None = None
+) -> dict[str, ComputeProvider]:
+    return {
+        name: build_provider(profile, on_call=on_call)
+        for name, profile in desired.providers.items()
+    }
 
 
 def observe(
@@ -133,6 +141,7 @@ def apply_pass(
     gate: HealthGate | None = None,
     should_stop: Callable[[], bool] = _never,
     heartbeat: Callable[[], None] = _nothing,
+    on_call: ApiCallListener | None = None,
 ) -> PassOutcome:
     """One full pass. Raises GuardRefused (nothing changed) or returns the outcome.
 
@@ -151,6 +160,7 @@ def apply_pass(
             gate=gate,
             should_stop=should_stop,
             heartbeat=heartbeat,
+            on_call=on_call,
         )
 
 
@@ -163,10 +173,11 @@ def _apply_run(
     gate: HealthGate | None,
     should_stop: Callable[[], bool],
     heartbeat: Callable[[], None],
+    on_call: ApiCallListener | None,
 ) -> PassOutcome:
     started = datetime.now(UTC)
     try:
-        providers = build_providers(desired)
+        providers = build_providers(desired, on_call=on_call)
         observed = observe(desired, providers)
         heartbeat()
         plan = compute_plan(desired=desired, observed=observed, ledger=ledger.view(), now=started)

@@ -130,3 +130,38 @@ def _cell(value: Any) -> str:
     if len(text) == 40 and all(c in "0123456789abcdef" for c in text):
         return text[:10]
     return text
+
+
+def print_status(console: Console, document: Mapping[str, Any]) -> None:
+    last = document.get("last_run")
+    if last:
+        counts = ", ".join(
+            f"{n} {k}" for k, n in sorted(last["counts"].items()) if not k.startswith("drift:")
+        )
+        console.print(
+            escape(
+                f"Last run {last['id']} ({last['command']}): {last['result'] or 'running'} "
+                f"at {_cell(last['started_at'])}, commit {_cell(last['commit'])}"
+                + (f" - {counts}" if counts else "")
+            )
+        )
+        if last.get("error"):
+            console.print(escape(f"  error: {last['error']}"))
+    else:
+        console.print("No run recorded yet.")
+    for service in document.get("services", []):
+        standby = ", ".join(f"g{n}" for n in service["standby"]) or "none"
+        active = f"g{service['active']}" if service["active"] is not None else "none"
+        console.print(
+            escape(f"  {service['env']}/{service['service']}: active {active}, standby {standby}")
+        )
+    drift = document.get("pending_drift") or {}
+    if drift:
+        console.print(escape("Pending drift: " + ", ".join(f"{n} {k}" for k, n in drift.items())))
+    invalid = document.get("invalid_commit")
+    if invalid:
+        console.print(
+            escape(f"Invalid commit {invalid['sha'][:12]} ({invalid['subject']}) not applied:")
+        )
+        for problem in invalid.get("errors") or []:
+            console.print(escape(f"  {problem}"))

@@ -58,7 +58,7 @@ def test_failed_rollout_is_compensated_and_not_retried(
     before = fetch_stats(sandbox.endpoint)["mutating"]
     again = engine.apply_pass(root, ledger)
     assert again.plan.empty
-    assert [n.message for n in again.plan.notes][0].startswith("spec ")
+    assert next(n.message for n in again.plan.notes).startswith("spec ")
     assert fetch_stats(sandbox.endpoint)["mutating"] == before
 
     # A new commit (another spec) is tried, as generation 3.

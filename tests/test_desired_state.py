@@ -159,6 +159,14 @@ def test_base_tree_builds_full_model(tmp_path: Path) -> None:
     assert web.user_data == "#!/bin/sh\necho hello\n"
 
 
+def test_credential_name_file_is_a_systemd_credential(tmp_path: Path) -> None:
+    # LoadCredential=aws_secret:... puts the file in $CREDENTIALS_DIRECTORY; the
+    # desired state names it without a path.
+    config = BASE_CONFIG.replace("/run/credentials/aws_secret", "aws_secret")
+    state = load_desired_state(write_tree(tmp_path, {CONF: config}))
+    assert state.providers["aws-east"].credentials["secret"] == SecretRef("file", "aws_secret")
+
+
 def fingerprint(tmp_path: Path, name: str, files: Files) -> str:
     root = write_tree(tmp_path / name, files)
     spec = load_desired_state(root).service("production", "web")
@@ -694,7 +702,23 @@ BAD_CASES = [
     ),
     Bad(
         "relative-secret-file",
-        {CONF: BASE_CONFIG.replace("/run/credentials/aws_secret", "aws_secret")},
+        {CONF: BASE_CONFIG.replace("/run/credentials/aws_secret", "credentials/aws_secret")},
+        CONF,
+        8,
+        "providers.aws-east.credentials.secret.file",
+        "must be an absolute path",
+    ),
+    Bad(
+        "parent-dir-secret-file",
+        {CONF: BASE_CONFIG.replace("/run/credentials/aws_secret", "../aws_secret")},
+        CONF,
+        8,
+        "providers.aws-east.credentials.secret.file",
+        "or a systemd credential name without '/'",
+    ),
+    Bad(
+        "dot-dot-secret-file",
+        {CONF: BASE_CONFIG.replace("/run/credentials/aws_secret", "'..'")},
         CONF,
         8,
         "providers.aws-east.credentials.secret.file",

@@ -341,13 +341,23 @@ def _parse_secret_ref(reporter: Reporter, node: YNode, *, path: str) -> SecretRe
         )
     else:
         name = get_str(reporter, value_node, path=join(path, "file"), echo=False)
-        if name is not None and not name.startswith("/"):
+        if name is not None and not _is_secret_file(name):
             reporter.add(
                 value_node.line,
                 join(path, "file"),
-                "must be an absolute path, e.g. /run/credentials/reconciler.service/aws_secret",
+                "must be an absolute path, e.g. /etc/reconciler/credentials/aws_secret, or a "
+                "systemd credential name without '/', e.g. aws_secret (read from "
+                "$CREDENTIALS_DIRECTORY, see LoadCredential=)",
             )
             name = None
     if name is None or len(node.entries) != 1:
         return None
     return SecretRef(source=source, name=name)
+
+
+def _is_secret_file(name: str) -> bool:
+    """An absolute path, or a systemd credential name (a plain file name, read from
+    $CREDENTIALS_DIRECTORY). Other relative paths would depend on the working directory."""
+    if name.startswith("/"):
+        return True
+    return name not in ("", ".", "..") and "/" not in name and "\0" not in name

@@ -23,8 +23,15 @@ def resolve_secret(ref: SecretRef, environ: Mapping[str, str] = os.environ) -> s
         return value
     if ref.source == "file":
         path = Path(ref.name)
-        if not path.is_absolute() and environ.get("CREDENTIALS_DIRECTORY"):
-            path = Path(environ["CREDENTIALS_DIRECTORY"]) / path
+        if not path.is_absolute():
+            # A bare name is a systemd credential (LoadCredential=): never the cwd's file.
+            directory = environ.get("CREDENTIALS_DIRECTORY")
+            if not directory:
+                raise ConfigurationError(
+                    f"credential {ref.name!r} is a systemd credential name, but "
+                    "$CREDENTIALS_DIRECTORY is not set (run under systemd or use an absolute path)"
+                )
+            path = Path(directory) / path
         try:
             value = path.read_text(encoding="utf-8").strip()
         except OSError as exc:

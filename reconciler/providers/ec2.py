@@ -106,6 +106,7 @@ class Ec2Provider:
         retry_attempts: int = 5,
         retry_seconds: float = 60.0,
         page_size: int = _PAGE_SIZE,
+        on_call: Callable[[str, str], None] | None = None,
     ) -> None:
         self.name = name
         self.region = region
@@ -117,6 +118,7 @@ class Ec2Provider:
         self._retry_attempts = retry_attempts
         self._retry_seconds = retry_seconds
         self._page_size = page_size
+        self._on_call = on_call  # (provider, action) per request sent: metrics
 
     # ------------------------------------------------------------ calls with retries
 
@@ -137,6 +139,8 @@ class Ec2Provider:
         )
         for attempt in retrying:
             with attempt:
+                if self._on_call is not None:
+                    self._on_call(self.name, action)
                 try:
                     return fn()
                 except Exception as exc:  # translated at this edge, re-raised typed

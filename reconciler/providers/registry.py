@@ -6,13 +6,18 @@ Must not: cache secrets beyond the adapter object it returns.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from reconciler.errors import ConfigurationError
 from reconciler.model import ProviderProfile
 from reconciler.providers.base import ComputeProvider
 from reconciler.providers.credentials import resolve_secret
 
 
-def build_provider(profile: ProviderProfile) -> ComputeProvider:
+def build_provider(
+    profile: ProviderProfile, *, on_call: Callable[[str, str], None] | None = None
+) -> ComputeProvider:
+    """The adapter for `profile`; `on_call(provider, action)` hears every API request."""
     if profile.driver == "sandbox":
         from reconciler.providers.ec2 import Ec2Provider
         from reconciler.sandbox import SANDBOX_KEY, SANDBOX_SECRET, in_process_endpoint
@@ -24,6 +29,7 @@ def build_provider(profile: ProviderProfile) -> ComputeProvider:
             secret=SANDBOX_SECRET,
             region=profile.region or "us-east-1",
             endpoint=endpoint,
+            on_call=on_call,
         )
     if profile.driver == "ec2":
         from reconciler.providers.ec2 import Ec2Provider
@@ -40,5 +46,6 @@ def build_provider(profile: ProviderProfile) -> ComputeProvider:
             secret=resolve_secret(secret_ref),
             region=profile.region or "us-east-1",
             endpoint=profile.endpoint,
+            on_call=on_call,
         )
     raise ConfigurationError(f"provider {profile.name}: no adapter for driver {profile.driver!r}")

@@ -1,0 +1,267 @@
+"""The daemon: follow a git branch and reconcile on an interval, under systemd.
+
+Owns: the loop (fetch → validate → apply, then sleep with jitter or backoff), the
+last-known-good desired state, history-rewrite refusal, signals (SIGHUP wakes,
+SIGTERM/SIGINT stop after the call in flight) and what systemd hears (READY,
+WATCHDOG, STATUS, STOPPING). Must not: plan or apply by itself (the engine does) or
+exit on a bad commit, an unreachable remote or a failed pass — those are logged,
+recorded and retried.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Protocol
+
+import structlog
+
+from reconciler import engine
+from reconciler.desired import load_desired_state
+from reconciler.errors import GuardRefused, InvalidDesiredState, ReconcilerError
+from reconciler.gitsource import FetchFailed, GitSource
+from reconciler.ledger import Ledger
+from reconciler.model import DesiredState
+from reconciler.systemd import Notifier, Watchdog
+
+log = structlog.get_logger(__name__)
+
+EXIT_OK, EXIT_ERROR, EXIT_REFUSED = 0, 1, 3
+MAX_BACKOFF = 600.0
+SLEEP_SLICE = 0.25
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    repo: str
+    branch: str = "main"
+    path: str = ""
+    interval: float = 60.0
+    once: bool = False
+    allow_rewind: bool = False
+    allow_mass_destroy: bool = False
+    fetch_timeout: float = 60.0
+    jitter: float = 0.1
+
+
+@dataclass(frozen=True)
+class GoodState:
+    sha: str
+    desired: DesiredState
+
+
+class PassObserver(Protocol):
+    """Receives each pass's outcome (the metrics exporter implements it)."""
+
+    def pass_finished(
+        self, *, result: str, seconds: float, outcome: engine.PassOutcome | None
+    ) -> None: ...
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        *,
+        state_dir: Path,
+        ledger: Ledger,
+        notifier: Notifier,
+        watchdog: Watchdog,
+        observer: PassObserver | None = None,
+        on_call: engine.ApiCallListener | None = None,
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.notifier = notifier
+        self.watchdog = watchdog
+        self.observer = observer
+        self.on_call = on_call
+        # Plain flags, not threading.Event: a signal handler that takes a lock the
+        # interrupted main thread already holds would deadlock.
+        self.stop_requested = False
+        self.pass_requested = False
+        self.source = GitSource(
+            settings.repo,
+            branch=settings.branch,
+            workdir=state_dir / "source",
+            timeout=settings.fetch_timeout,
+            heartbeat=watchdog.beat,
+        )
+        self.good: GoodState | None = None
+        self.seen: str | None = None
+        self.fetch_failures = 0
+
+    # ------------------------------------------------------------ lifecycle
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._request_stop)
+        signal.signal(signal.SIGINT, self._request_stop)
+        signal.signal(signal.SIGHUP, self._request_pass)
+
+    def _request_stop(self, signum: int, _frame: FrameType | None) -> None:
+        # Only a flag: the operation in flight finishes, nothing new starts.
+        self.stop_requested = True
+
+    def _request_pass(self, signum: int, _frame: FrameType | None) -> None:
+        self.pass_requested = True
+
+    def _should_stop(self) -> bool:
+        return self.stop_requested
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait for the next pass in short slices: feed the watchdog, notice signals."""
+        deadline = time.monotonic() + seconds
+        while not (self.stop_requested or self.pass_requested):
+            self.watchdog.beat()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            time.sleep(min(SLEEP_SLICE, remaining))
+
+    def run(self) -> int:
+        """Until stopped (or one pass with --once); returns the process exit code."""
+        self._restore_last_good()
+        self.notifier.ready(status=self._describe_start())
+        log.info("daemon_ready", repo=self.settings.repo, branch=self.settings.branch)
+        code = EXIT_OK
+        while not self.stop_requested:
+            code = self.run_pass()
+            if self.settings.once:
+                break
+            self._sleep(self._next_delay())
+        self.notifier.stopping(status="stopping")
+        log.info("daemon_stopped")
+        return code if self.settings.once else EXIT_OK
+
+    def _describe_start(self) -> str:
+        if self.good is None:
+            return "started; waiting for the first valid commit"
+        return f"started; last valid commit {self.good.sha[:12]}"
+
+    def _next_delay(self) -> float:
+        base = self.settings.interval
+        if self.fetch_failures:
+            base = min(base * 2 ** (self.fetch_failures - 1), max(base, MAX_BACKOFF))
+        spread = self.settings.jitter
+        return base * random.uniform(1 - spread, 1 + spread)
+
+    def _restore_last_good(self) -> None:
+        """After a restart, heal against the newest commit known to be valid."""
+        sha = self.ledger.last_valid_commit()
+        if sha is None:
+            return
+        try:
+            if not self.source.has_commit(sha):
+                return
+            path = self.source.checkout(sha, subdir=self.settings.path)
+            desired = load_desired_state(path, commit=sha)
+        except (FetchFailed, InvalidDesiredState) as exc:
+            log.warning("last_good_unavailable", commit=sha, error=str(exc))
+            return
+        # Resolving credentials now makes a missing secret fail the start, before READY.
+        engine.build_providers(desired)
+        self.good = GoodState(sha, desired)
+
+    # ------------------------------------------------------------ one pass
+
+    def run_pass(self) -> int:
+        self.pass_requested = False
+        self.watchdog.beat()
+        started = time.monotonic()
+        try:
+            head = self.source.fetch()
+        except FetchFailed as exc:
+            self.fetch_failures += 1
+            log.warning("fetch_failed", error=str(exc), failures=self.fetch_failures)
+            self.notifier.status(f"git fetch failed ({self.fetch_failures}x): {exc}")
+            self._finished("skipped", started, None)
+            return EXIT_ERROR
+        self.fetch_failures = 0
+        if head != self.seen:
+            self.seen = head
+            self._consider(head)
+        if self.good is None:
+            log.warning("no_valid_desired_state", head=head)
+            self.notifier.status(f"no valid desired state yet (head {head[:12]})")
+            self._finished("skipped", started, None)
+            return EXIT_ERROR
+        return self._apply(started)
+
+    def _consider(self, head: str) -> None:
+        """Adopt `head` as the desired state if it is a valid descendant of what ran."""
+        last = self.ledger.last_applied_commit()
+        if (
+            last is not None
+            and last != head
+            and not self.settings.allow_rewind
+            and self.source.has_commit(last)
+            and not self.source.descends_from(last, head)
+        ):
+            log.error("history_rewritten", head=head, last_applied=last)
+            self._event("history_rewritten", {"head": head, "last_applied": last})
+            self.notifier.status(f"refusing {head[:12]}: it does not descend from {last[:12]}")
+            return
+        path = self.source.checkout(head, subdir=self.settings.path)
+        info = self.source.info(head)
+        now = datetime.now(UTC)
+        try:
+            desired = load_desired_state(path, commit=head)
+        except InvalidDesiredState as exc:
+            problems = [str(p) for p in exc.problems]
+            self.ledger.record_commit(
+                head, author=info.author, subject=info.subject,
+                committed_at=info.committed_at, valid=False, at=now, errors=problems,
+            )  # fmt: skip
+            self._event("invalid_commit", {"commit": head, "errors": problems})
+            log.error("invalid_commit", commit=head, problems=len(problems), first=problems[0])
+            return
+        self.ledger.record_commit(
+            head, author=info.author, subject=info.subject,
+            committed_at=info.committed_at, valid=True, at=now,
+        )  # fmt: skip
+        self.good = GoodState(head, desired)
+        log.info("desired_state_loaded", commit=head, subject=info.subject)
+
+    def _apply(self, started: float) -> int:
+        assert self.good is not None
+        outcome: engine.PassOutcome | None = None
+        try:
+            outcome = engine.apply_pass(
+                self.good.desired,
+                self.ledger,
+                command="daemon",
+                allow_mass_destroy=self.settings.allow_mass_destroy,
+                should_stop=self._should_stop,
+                heartbeat=self.watchdog.beat,
+                on_call=self.on_call,
+            )
+        except GuardRefused as exc:
+            self.notifier.status(f"refused by a guard: {exc}")
+            self._finished("refused", started, None)
+            return EXIT_REFUSED
+        except ReconcilerError as exc:
+            log.error("pass_failed", error=str(exc))
+            self.notifier.status(f"pass failed: {exc}")
+            self._finished("failed", started, None)
+            return EXIT_ERROR
+        result = outcome.result
+        assert result is not None
+        summary = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items())) or "no changes"
+        state = "interrupted" if result.interrupted else ("ok" if result.ok else "failed")
+        self.notifier.status(f"run {outcome.run_id} {state} at {self.good.sha[:12]}: {summary}")
+        self._finished(state, started, outcome)
+        return EXIT_OK if result.ok else EXIT_ERROR
+
+    def _finished(self, result: str, started: float, outcome: engine.PassOutcome | None) -> None:
+        if self.observer is not None:
+            self.observer.pass_finished(
+                result=result, seconds=time.monotonic() - started, outcome=outcome
+            )
+
+    def _event(self, kind: str, detail: dict[str, object]) -> None:
+        self.ledger.record_event(kind=kind, at=datetime.now(UTC), detail=detail)

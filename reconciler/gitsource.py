@@ -1,0 +1,141 @@
+"""The daemon's git source: fetch a branch with a hard timeout, check out exact commits.
+
+Owns: a private clone under the state directory, `git` subprocesses that can never
+prompt (no terminal prompt, no askpass, no credential helper, SSH in batch mode), the
+timeout that kills a hung fetch, and commit metadata. Must not: apply anything, or
+check out a moving ref — the daemon always reconciles the sha it fetched.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.errors import ConfigurationError, TransientError
+
+# Environment for every git call: fail instead of asking anybody anything.
+_NO_PROMPT = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_ASKPASS": "/bin/false",
+    "SSH_ASKPASS": "/bin/false",
+    "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o ConnectTimeout=15",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "LC_ALL": "C",
+}
+_NO_HELPERS = ["-c", "credential.helper=", "-c", "core.askPass=/bin/false"]
+_POLL = 0.25
+
+
+class FetchFailed(TransientError):
+    """The remote could not be read this time (down, hung, refused); retry later."""
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    sha: str
+    author: str
+    subject: str
+    committed_at: str
+
+
+class GitSource:
+    """A branch of a remote (URL or local path), mirrored into `workdir`."""
+
+    def __init__(
+        self,
+        remote: str,
+        *,
+        branch: str,
+        workdir: Path,
+        timeout: float = 60.0,
+        heartbeat: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.remote = remote
+        self.branch = branch
+        self.workdir = Path(workdir)
+        self.timeout = timeout
+        self.heartbeat = heartbeat
+        self._ref = f"refs/reconciler/{branch}"
+
+    # ------------------------------------------------------------ plumbing
+
+    def _git(self, *args: str, timeout: float | None = None) -> str:
+        """Run git; poll so the watchdog keeps being fed, kill the group at the timeout."""
+        home = tempfile.gettempdir()  # no user config: HOME points at nothing of ours
+        env = {**os.environ, **_NO_PROMPT, "HOME": home, "XDG_CONFIG_HOME": home}
+        command = ["git", *_NO_HELPERS, "-C", str(self.workdir), *args]
+        deadline = time.monotonic() + (timeout or self.timeout)
+        with subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,  # its own process group, so a kill takes helpers too
+        ) as process:
+            while process.poll() is None:
+                self.heartbeat()
+                if time.monotonic() >= deadline:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+                    raise FetchFailed(
+                        f"git {args[0]} timed out after {timeout or self.timeout:.0f}s"
+                    )
+                time.sleep(_POLL)
+            stdout, stderr = process.communicate()
+        if process.returncode != 0:
+            message = stderr.decode(errors="replace").strip().splitlines()
+            raise FetchFailed(f"git {args[0]} failed: {message[-1] if message else 'no output'}")
+        return stdout.decode(errors="replace").strip()
+
+    def _ensure_repository(self) -> None:
+        if (self.workdir / ".git").is_dir():
+            return
+        self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._git("init", "-q")
+
+    # ------------------------------------------------------------ the source's API
+
+    def fetch(self) -> str:
+        """Fetch the branch; return the sha it points to now."""
+        self._ensure_repository()
+        self._git(
+            "fetch", "--no-tags", "--quiet", "--force", self.remote,
+            f"+refs/heads/{self.branch}:{self._ref}",
+        )  # fmt: skip
+        return self._git("rev-parse", "--verify", f"{self._ref}^{{commit}}")
+
+    def checkout(self, sha: str, *, subdir: str = "") -> Path:
+        """Detached checkout of exactly `sha`; returns the desired-state directory."""
+        self._git("checkout", "--quiet", "--force", "--detach", sha)
+        self._git("clean", "-q", "-ffdx")
+        target = (self.workdir / subdir).resolve()
+        if not target.is_relative_to(self.workdir.resolve()):
+            raise ConfigurationError(f"--path {subdir!r} leaves the repository")
+        return target
+
+    def descends_from(self, ancestor: str, sha: str) -> bool:
+        """Whether `sha` has `ancestor` in its history (False for a rewritten branch)."""
+        try:
+            self._git("merge-base", "--is-ancestor", ancestor, sha)
+        except FetchFailed:
+            return False
+        return True
+
+    def has_commit(self, sha: str) -> bool:
+        try:
+            self._git("cat-file", "-e", f"{sha}^{{commit}}")
+        except FetchFailed:
+            return False
+        return True
+
+    def info(self, sha: str) -> CommitInfo:
+        fields = self._git("show", "-s", "--format=%an <%ae>%x00%s%x00%cI", sha).split("\x00")
+        author, subject, committed_at = [*fields, "", "", ""][:3]
+        return CommitInfo(sha=sha, author=author, subject=subject, committed_at=committed_at)
