@@ -295,3 +295,40 @@ def test_a_canary_secret_never_leaks(
     for node in live_nodes(sandbox.endpoint):
         assert canary not in json.dumps(node.extra, default=str)
     assert os.environ.get("TEST_AWS_KEY") is None
+
+
+def test_metrics_endpoint_reports_runs_generations_api_calls_and_cost(
+    tmp_path: Path, remote: Remote, daemons: list[DaemonProcess]
+) -> None:
+    import re
+    import urllib.request
+
+    from tests.test_sandbox_and_demo import free_port
+
+    remote.push(WEB_V1, "web v1")
+    port = free_port()
+    start(daemons, tmp_path, str(remote.bare), extra=("--metrics-addr", f"127.0.0.1:{port}"))
+    state = tmp_path / "state"
+    wait_for(lambda: generation_states(state) == {1: "active"}, what="generation 1")
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            return str(response.read().decode())
+
+    def value(text: str, name: str) -> float | None:
+        match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+        return float(match.group(1)) if match else None
+
+    def counted() -> str | None:
+        text = scrape()
+        return text if value(text, 'reconciler_runs_total{result="ok"}') else None
+
+    text = wait_for(counted, what="a counted run")
+    assert value(text, 'reconciler_active_generation{env="prod",service="web"}') == 1
+    assert (
+        value(text, 'reconciler_cloud_api_calls_total{action="RunInstances",provider="cloud"}') == 2
+    )
+    assert value(text, "reconciler_hourly_cost_dollars") == pytest.approx(2 * 0.0104)
+    assert value(text, 'reconciler_drift_total{reason="spec-changed"}') == 2
+    assert (value(text, "reconciler_last_success_timestamp_seconds") or 0) > 0
+    assert "reconciler_pass_duration_seconds_count" in text
