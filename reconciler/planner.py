@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from reconciler.model import (
@@ -140,6 +140,7 @@ def _plan_service(facts: _ServiceFacts, *, now: datetime) -> tuple[list[Action],
         rollout, target = _roll_out(facts, spec, active, live)
         actions += rollout
     actions += _clean_up_others(facts, live, keep=target, active=active, spec=spec, now=now)
+    actions += _drop_useless_spare(facts, live, actions, spec)
     return actions, notes
 
 
@@ -163,10 +164,11 @@ def _failed_latest(facts: _ServiceFacts, fingerprint: str) -> bool:
 def _adopt_unrecorded(facts: _ServiceFacts) -> list[Action]:
     """Generations the cloud has but the ledger lacks (e.g. a lost ledger) are recorded,
     never destroyed: the newest becomes active if nothing else is."""
-    unknown = sorted({i.generation for i in facts.instances if i.alive} - set(facts.generations))
+    numbers = {i.generation for i in facts.instances if i.alive and i.generation is not None}
+    unknown = sorted(n for n in numbers if n not in facts.generations)
     actions: list[Action] = []
     has_active = any(g.state is GenerationState.ACTIVE for g in facts.generations.values())
-    for number in reversed([n for n in unknown if n is not None]):
+    for number in reversed(unknown):
         members = facts.alive(number)
         state = GenerationState.STANDBY if has_active else GenerationState.ACTIVE
         has_active = True
@@ -197,19 +199,26 @@ def _adopt_unrecorded(facts: _ServiceFacts) -> list[Action]:
 
 
 def _prune_destroyed_generations(facts: _ServiceFacts) -> list[Action]:
-    """Instances of a generation the ledger already destroyed survived their termination."""
+    """Instances of a generation the ledger already destroyed survived their termination;
+    stopped instances of a generation nobody recorded (nothing alive to adopt) are strays."""
     dead = {n for n, g in facts.generations.items() if g.state is GenerationState.DESTROYED}
-    return [
+    actions = [
         _destroy(i, Reason.UNOWNED_GENERATION, detail="generation already destroyed")
         for i in facts.instances
         if i.generation in dead
     ]
+    actions += [
+        _destroy(i, Reason.UNOWNED_GENERATION, detail="generation unrecorded, not running")
+        for i in facts.instances
+        if i.generation not in facts.generations  # runs after adoption
+    ]
+    return actions
 
 
 def _remove_service(facts: _ServiceFacts) -> list[Action]:
     """The service is no longer desired: prune every generation it still has."""
     actions: list[Action] = []
-    for number, gen in sorted(facts.generations.items()):
+    for _number, gen in sorted(facts.generations.items()):
         if gen.state is GenerationState.DESTROYED:
             continue
         actions += _dismantle(facts, gen, Reason.UNOWNED_GENERATION, detail="not desired")
@@ -221,8 +230,17 @@ def _remove_service(facts: _ServiceFacts) -> list[Action]:
 
 def _maintain(facts: _ServiceFacts, gen: GenerationRecord, spec: ServiceSpec) -> list[Action]:
     """Keep the active generation whole: replace missing/tampered, scale to count."""
+    creates, destroys = _repair(facts, gen, spec)
+    return creates + destroys
+
+
+def _repair(
+    facts: _ServiceFacts, gen: GenerationRecord, spec: ServiceSpec
+) -> tuple[list[Action], list[Action]]:
+    """What makes `gen` whole at `spec.count`: the creates, and the destroys that must
+    wait until those creates (and any activation) are done."""
     alive = facts.alive(gen.number)
-    tampered = [i for i in alive if _is_tampered(i, gen)]
+    tampered = [i for i in alive if _is_tampered(i, gen, spec)]
     healthy = [i for i in alive if i not in tampered]
     stopped = [i for i in facts.present(gen.number) if not i.alive]
     creates: list[Action] = []
@@ -235,7 +253,9 @@ def _maintain(facts: _ServiceFacts, gen: GenerationRecord, spec: ServiceSpec) ->
         destroys.append(_destroy(instance, Reason.SURPLUS))
     removed = {a.instance_id for a in destroys}
     for instance in (i for i in tampered if i.id not in removed):
-        creates.append(_create(gen, spec, instance.slot or 1, Reason.TAMPERED, replaces=instance.id))
+        creates.append(
+            _create(gen, spec, instance.slot or 1, Reason.TAMPERED, replaces=instance.id)
+        )
         destroys.append(_destroy(instance, Reason.TAMPERED))
 
     occupied = {i.slot for i in alive if i.id not in removed}
@@ -246,14 +266,18 @@ def _maintain(facts: _ServiceFacts, gen: GenerationRecord, spec: ServiceSpec) ->
         gone = missing_by_slot.get(slot)
         reason = Reason.MISSING if gone else Reason.DEFICIT
         creates.append(_create(gen, spec, slot, reason, replaces=gone))
-    return creates + destroys
+    return creates, destroys
 
 
-def _is_tampered(instance: ObservedInstance, gen: GenerationRecord) -> bool:
-    expected_image = gen.image_id or (gen.image if gen.image.startswith("ami-") else None)
+def _is_tampered(instance: ObservedInstance, gen: GenerationRecord, spec: ServiceSpec) -> bool:
+    # `gen` carries `spec`'s fingerprint, so the spec says what its instances must be; the
+    # record may not (an adopted generation is recorded from whichever instance came first).
+    if instance.fingerprint and instance.fingerprint != spec.fingerprint:
+        return True  # tagged into the generation, but not launched from its spec
+    expected_image = gen.image_id or (spec.image if spec.image.startswith("ami-") else None)
     if expected_image and instance.image and instance.image != expected_image:
         return True
-    return bool(instance.size) and instance.size != gen.size
+    return bool(instance.size) and instance.size != spec.size
 
 
 def _missing_by_slot(facts: _ServiceFacts, number: int, *, alive_ids: set[str]) -> dict[int, str]:
@@ -283,19 +307,33 @@ def _roll_out(
     spec: ServiceSpec,
     active: GenerationRecord | None,
     live: dict[int, GenerationRecord],
-) -> tuple[list[Action], int]:
+) -> tuple[list[Action], int | None]:
     """Bring the desired spec into service: re-activate a standby, resume an interrupted
     rollout, or start a new generation (blue-green or recreate)."""
     previous = active.number if active else None
+    if spec.count == 0:
+        # A generation is recorded by its first create, so one without instances would
+        # never exist and its activation would be planned again on every run: scaling
+        # to zero happens inside the serving generation instead.
+        if active is None:
+            return [], None
+        return [_destroy(i, Reason.SURPLUS) for i in facts.present(active.number)], active.number
     for gen in sorted(live.values(), key=lambda g: -g.number):
         if gen.fingerprint != spec.fingerprint or gen is active:
             continue
+        # A reused generation is made whole around its activation (missing slots filled
+        # before, stopped/tampered/surplus instances dropped after), so the next run has
+        # nothing left to do.
         if gen.state is GenerationState.STANDBY and facts.alive(gen.number):
-            return [_activate(gen, previous, spec, detail="revert to standby generation")], gen.number
+            creates, destroys = _repair(facts, gen, spec)
+            revert = _activate(gen, previous, spec, detail="revert to standby generation")
+            return [*creates, revert, *destroys], gen.number
         if gen.state is GenerationState.CREATING:
-            creates = _fill(facts, gen, spec)
-            return [*creates, _activate(gen, previous, spec, detail="resume rollout")], gen.number
-
+            creates, destroys = _repair(facts, gen, spec)
+            # Still part of the rollout: a failed create must mark the generation failed.
+            creates = [replace(c, reason=Reason.SPEC_CHANGED) for c in creates]
+            resume = _activate(gen, previous, spec, detail="resume rollout")
+            return [*creates, resume, *destroys], gen.number
     number = facts.next_number()
     new = GenerationRecord(
         env=facts.env,
@@ -314,12 +352,6 @@ def _roll_out(
     actions += [_create(new, spec, slot, Reason.SPEC_CHANGED) for slot in range(1, spec.count + 1)]
     actions.append(_activate(new, previous, spec))
     return actions, number
-
-
-def _fill(facts: _ServiceFacts, gen: GenerationRecord, spec: ServiceSpec) -> list[Action]:
-    occupied: set[int | None] = {i.slot for i in facts.alive(gen.number)}
-    needed = spec.count - len(facts.alive(gen.number))
-    return [_create(gen, spec, slot, Reason.SPEC_CHANGED) for slot in _free_slots(occupied, needed)]
 
 
 # ------------------------------------------------------------------ everything else
@@ -353,10 +385,27 @@ def _clean_up_others(
         elif gen.state is GenerationState.CREATING:
             actions += _dismantle(facts, gen, Reason.SPEC_CHANGED, detail="abandoned rollout")
         elif gen.state is GenerationState.FAILED:
-            actions += [
-                _destroy(i, Reason.FAILED_GENERATION) for i in facts.present(number)
-            ]
+            actions += [_destroy(i, Reason.FAILED_GENERATION) for i in facts.present(number)]
     return actions
+
+
+def _drop_useless_spare(
+    facts: _ServiceFacts,
+    live: dict[int, GenerationRecord],
+    actions: Sequence[Action],
+    spec: ServiceSpec,
+) -> list[Action]:
+    """The generation this plan's activation turns into a standby goes right after the
+    switch when it could never serve as a spare: no hot-spare time (keep_previous 0), or
+    no instances left. Waiting would leave the next run with work at the same `now`."""
+    activation = next((a for a in actions if a.kind is ActionKind.ACTIVATE), None)
+    if activation is None or activation.previous not in live:
+        return []
+    previous = live[activation.previous]
+    if spec.keep_previous > 0 and facts.present(previous.number):
+        return []
+    detail = "no instances" if spec.keep_previous > 0 else "keep_previous is 0"
+    return _dismantle(facts, previous, Reason.STANDBY_EXPIRED, detail=detail)
 
 
 def _dismantle(
@@ -374,7 +423,12 @@ def _dismantle(
 
 
 def _create(
-    gen: GenerationRecord, spec: ServiceSpec, slot: int, reason: Reason, *, replaces: str | None = None
+    gen: GenerationRecord,
+    spec: ServiceSpec,
+    slot: int,
+    reason: Reason,
+    *,
+    replaces: str | None = None,
 ) -> Action:
     return Action(
         ActionKind.CREATE,
