@@ -17,6 +17,8 @@ demo: $(STAMP)
 	$(BIN)/reconciler demo
 
 test: $(STAMP)
+	$(BIN)/ruff check reconciler tests
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 

@@ -1,118 +1,33 @@
-"""The command line (DESIGN §6): the only place that knows click and exit codes.
-
-Owns: argument parsing, turning domain errors into messages and exit codes
-(0 ok, 1 error, 2 changes pending, 3 refused by a guard). Must not: contain logic
-beyond calling the engine, ledger and renderers.
-"""
+"""The commands of DESIGN §6 that act or report: validate, plan, apply, daemon, status,
+sandbox, demo. Each only calls the engine, ledger or renderers."""
 
 from __future__ import annotations
 
-import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
 import click
 from rich.console import Console
 
 from reconciler import engine, render
-from reconciler.desired import parse_duration
-from reconciler.errors import GuardRefused, InvalidDesiredState, ReconcilerError
-from reconciler.ledger import Ledger, default_state_dir
-from reconciler.logs import configure_logging
+from reconciler.cli.common import (
+    EXIT_CHANGES,
+    EXIT_ERROR,
+    EXIT_REFUSED,
+    desired_option,
+    domain_errors,
+    duration,
+    err_console,
+    fail,
+    json_option,
+    open_ledger,
+    refuse_libcloud_debug,
+)
+from reconciler.cli.root import cli
+from reconciler.ledger import Ledger
 from reconciler.statelock import StateLock
-
-EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_REFUSED = 0, 1, 2, 3
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-err_console = Console(stderr=True)
-
-
-def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    sys.exit(code)
-
-
-@contextmanager
-def domain_errors() -> Iterator[None]:
-    """Translate the package's errors to messages and exit codes, here and only here."""
-    try:
-        yield
-    except InvalidDesiredState as exc:
-        err_console.print("[red]invalid desired state:[/red]", highlight=False)
-        for problem in exc.problems:
-            err_console.print(f"  {problem}", highlight=False, soft_wrap=True)
-        sys.exit(EXIT_ERROR)
-    except GuardRefused as exc:
-        err_console.print("[red]refused by a guard; nothing was changed:[/red]")
-        for reason in exc.reasons:
-            err_console.print(f"  {reason}", highlight=False, soft_wrap=True)
-        sys.exit(EXIT_REFUSED)
-    except ReconcilerError as exc:
-        _fail(str(exc))
-
-
-def desired_option(fn: F) -> F:
-    return click.option(
-        "--desired",
-        "desired_dir",
-        default="desired-state",
-        show_default=True,
-        type=click.Path(file_okay=False, path_type=Path),
-        help="Desired-state directory.",
-    )(fn)
-
-
-def json_option(fn: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")(fn)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where the ledger lives (default: $STATE_DIRECTORY, $RECONCILER_STATE_DIR, "
-    "~/.local/state/reconciler).",
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(["auto", "console", "json"]),
-    default="auto",
-    show_default=True,
-)
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-@click.version_option(package_name="reconciler")
-@click.pass_context
-def cli(ctx: click.Context, state_dir: Path | None, log_format: str, verbose: bool) -> None:
-    """Replace cloud instances to match a git-committed desired state."""
-    configure_logging(fmt=log_format, verbose=verbose)
-    ctx.obj = {"state_dir": state_dir or default_state_dir(), "verbose": verbose}
-
-
-def refuse_libcloud_debug() -> None:
-    # With LIBCLOUD_DEBUG set, libcloud logs every request's headers: credentials included.
-    if os.environ.get("LIBCLOUD_DEBUG"):
-        _fail("LIBCLOUD_DEBUG is set; it makes libcloud log credentials. Unset it and retry.")
-
-
-def duration(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-@contextmanager
-def open_ledger(ctx: click.Context) -> Iterator[Ledger]:
-    with domain_errors():
-        ledger = Ledger.open(ctx.obj["state_dir"])
-    try:
-        yield ledger
-    finally:
-        ledger.close()
 
 
 @cli.command()
@@ -285,61 +200,6 @@ def status_document(store: Ledger) -> dict[str, Any]:
     }
 
 
-@cli.group()
-def ledger() -> None:
-    """Query the ledger."""
-
-
-def _filters(fn: F) -> F:
-    fn = click.option("--env", help="Only this environment.")(fn)
-    fn = click.option("--service", help="Only this service.")(fn)
-    return fn
-
-
-@ledger.command()
-@_filters
-@click.option("--limit", type=int, help="At most this many generations.")
-@json_option
-@click.pass_context
-def history(
-    ctx: click.Context, env: str | None, service: str | None, limit: int | None, as_json: bool
-) -> None:
-    """Per service, its generations in order: image, commit, lifetime, why it ended."""
-    with open_ledger(ctx) as store, domain_errors():
-        rows = store.history_rows(env=env, service=service, limit=limit)
-    if as_json:
-        render.print_json(rows)
-    else:
-        render.print_rows(
-            Console(),
-            render.compact_generation_rows(rows),
-            render.COMPACT_COLUMNS,
-            title="Generation history",
-        )
-
-
-@ledger.command()
-@_filters
-@click.option("--state", help="Only generations in this state (active, standby, ...).")
-@json_option
-@click.pass_context
-def generations(
-    ctx: click.Context, env: str | None, service: str | None, state: str | None, as_json: bool
-) -> None:
-    """Every generation with its state."""
-    with open_ledger(ctx) as store, domain_errors():
-        rows = store.generation_rows(env=env, service=service, state=state)
-    if as_json:
-        render.print_json(rows)
-    else:
-        render.print_rows(
-            Console(),
-            render.compact_generation_rows(rows),
-            render.COMPACT_COLUMNS,
-            title="Generations",
-        )
-
-
 @cli.command()
 @click.option("--port", type=int, default=5000, show_default=True, help="Port on 127.0.0.1.")
 @click.pass_context
@@ -350,7 +210,7 @@ def sandbox(ctx: click.Context, port: int) -> None:
     try:
         server = SandboxServer(port, log_requests=ctx.obj["verbose"])
     except OSError as exc:
-        _fail(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}")
+        fail(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}")
     click.echo(f"sandbox EC2 endpoint on {server.endpoint} (Ctrl-C to stop)", err=True)
     with suppress(KeyboardInterrupt):
         server.serve_forever()
@@ -364,11 +224,7 @@ def demo(desired_dir: Path, fast: bool) -> None:
     from reconciler.demo import run_demo
 
     if not desired_dir.is_dir():
-        _fail(f"{desired_dir} not found: run the demo from the repository root")
+        fail(f"{desired_dir} not found: run the demo from the repository root")
     with domain_errors():
         code = run_demo(desired_dir, pause=0.0 if fast else 2.0)
     sys.exit(code)
-
-
-def main() -> None:
-    cli(prog_name="reconciler")

@@ -1,0 +1,15 @@
+"""The command line (DESIGN §6): the only package that knows click and exit codes.
+
+Owns: argument parsing and presenting results. Must not: contain logic beyond calling
+the engine, ledger and renderers.
+"""
+
+from reconciler.cli import commands, ledger  # noqa: F401  (registers the commands)
+from reconciler.cli.root import cli
+
+
+def main() -> None:
+    cli(prog_name="reconciler")
+
+
+__all__ = ["cli", "main"]
