@@ -16,11 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from threading import Lock
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import structlog
 
 from reconciler.errors import ReconcilerError
+from reconciler.extensions import PluginError
 from reconciler.ledger import Ledger
 from reconciler.model import (
     Action,
@@ -33,11 +34,15 @@ from reconciler.model import (
     Reason,
     ServiceSpec,
 )
+from reconciler.notify import Notifications, Silent
 from reconciler.providers import ComputeProvider, LaunchRequest, ownership_tags
+from reconciler.rollout import TrafficPort
 
 log = structlog.get_logger(__name__)
 
 POLL_INTERVAL = 1.0
+# Destroys of instances that may be in the load balancer: detached before they go.
+TAKES_TRAFFIC = frozenset({Reason.SURPLUS, Reason.TAMPERED, Reason.MISSING, Reason.SPEC_CHANGED})
 
 
 def utcnow() -> datetime:
@@ -99,8 +104,13 @@ class Applier:
     sleep: Callable[[float], None] = time.sleep
     should_stop: Callable[[], bool] = _never
     heartbeat: Callable[[], None] = _nothing
+    traffic: TrafficPort = field(default_factory=TrafficPort)
+    notifications: Notifications = field(default_factory=Silent)
     result: ApplyResult = field(default_factory=ApplyResult)
     _lock: Lock = field(default_factory=Lock)
+    # Per (env, service, generation): instances launched (and gated) by this apply.
+    _launched: dict[tuple[str, str, int], list[ObservedInstance]] = field(default_factory=dict)
+    _activating: set[tuple[str, str, int]] = field(default_factory=set)
 
     def apply(self, plan: Plan) -> ApplyResult:
         groups = list(plan.by_service().values())
@@ -121,6 +131,9 @@ class Applier:
     def _run_group(self, actions: list[Action]) -> None:
         first = actions[0]
         bound = log.bind(run=self.run_id, env=first.env, service=first.service)
+        self._activating.update(
+            (a.env, a.service, a.generation) for a in actions if a.kind is ActionKind.ACTIVATE
+        )
         batch: list[Action] = []
         try:
             for action in actions:
@@ -208,6 +221,15 @@ class Applier:
         except ReconcilerError as exc:
             self._compensate(launched, provider, spec, generation, new_generation, str(exc))
             raise
+        key = (spec.env, spec.name, generation)
+        self._launched.setdefault(key, []).extend(running)
+        if key not in self._activating:
+            # Replacements inside the serving generation take traffic once healthy.
+            try:
+                self.traffic.switch(spec, old=[], new=running)
+            except PluginError as exc:
+                self._compensate(launched, provider, spec, generation, False, str(exc))
+                raise RolloutFailed(f"traffic switch: {exc}") from None
         for op, instance in launched:
             self.ledger.mark_operation(op, state="done", at=self.now(), instance_id=instance.id)
             self.ledger.set_instance_state(instance.id, state="running", at=self.now())
@@ -336,6 +358,17 @@ class Applier:
             generation=generation,
             detail={"error": why},
         )
+        if new_generation:
+            self._notify_failed(spec, generation, why)
+
+    def _notify_failed(self, spec: ServiceSpec, generation: int, why: str) -> None:
+        self.notifications.send(
+            "generation-failed",
+            f"{spec.env}/{spec.name} generation {generation} ({spec.image}) failed: {why}; "
+            "the previous generation keeps serving",
+            env=spec.env, service=spec.name, generation=generation, commit=self.desired.commit,
+            detail={"error": why},
+        )  # fmt: skip
 
     # ------------------------------------------------------------ other actions
 
@@ -343,6 +376,14 @@ class Applier:
         provider = self.providers[action.provider]
         assert action.instance_id is not None
         reason = action.reason.value + (f" ({action.detail})" if action.detail else "")
+        spec = self.desired.service(action.env, action.service)
+        serving = [i for i in self.observed if i.id == action.instance_id and i.alive]
+        if spec is not None and serving and action.reason in TAKES_TRAFFIC:
+            # Out of the load balancer before it goes, so no request hits a dying instance.
+            try:
+                self.traffic.switch(spec, old=serving, new=[])
+            except PluginError as exc:
+                raise ReconcilerError(f"traffic switch before destroy: {exc}") from None
         self._terminate(action.instance_id, action.provider, provider, reason=reason)
         log.info(
             "instance_destroyed",
@@ -369,6 +410,27 @@ class Applier:
         self.ledger.set_instance_state(instance_id, state="destroyed", at=self.now(), reason=reason)
 
     def _activate(self, action: Action) -> None:
+        """Healthy → switch traffic → mark active → previous to standby."""
+        spec = self._spec(action)
+        key = (action.env, action.service, action.generation)
+        launched = self._launched.get(key, [])
+        gated = {i.id for i in launched}
+        new = launched + [
+            i for i in self._alive(action.env, action.service, action.generation)
+            if i.id not in gated
+        ]  # fmt: skip
+        failure = self.gate.wait_healthy([i for i in new if i.id not in gated], spec)
+        if failure:
+            self._fail_activation(action, spec, f"health gate: {failure}")
+        old = self._alive(action.env, action.service, action.previous)
+        try:
+            self.traffic.switch(spec, old=old, new=new)
+        except PluginError as exc:
+            try:
+                self.traffic.switch(spec, old=new, new=old)  # back to where it was
+            except PluginError as back:
+                log.error("traffic_switch_back_failed", service=spec.name, error=str(back))
+            self._fail_activation(action, spec, f"traffic switch: {exc}")
         at = self.now()
         self.ledger.set_generation_state(
             action.env, action.service, action.generation, state=GenerationState.ACTIVE, at=at
@@ -399,6 +461,44 @@ class Applier:
             generation=action.generation,
             previous=action.previous,
         )
+        replacing = f", replacing generation {action.previous}" if action.previous else ""
+        self.notifications.send(
+            "generation-activated",
+            f"{spec.env}/{spec.name} generation {action.generation} ({spec.image}) is active"
+            f"{replacing}",
+            env=spec.env, service=spec.name, generation=action.generation,
+            commit=self.desired.commit, detail={"previous": action.previous},
+        )  # fmt: skip
+
+    def _alive(self, env: str, service: str, generation: int | None) -> list[ObservedInstance]:
+        if generation is None:
+            return []
+        return [
+            i for i in self.observed
+            if (i.env, i.service, i.generation) == (env, service, generation) and i.alive
+        ]  # fmt: skip
+
+    def _fail_activation(self, action: Action, spec: ServiceSpec, why: str) -> NoReturn:
+        """The old generation keeps serving; a new generation's instances go."""
+        provider = self.providers[spec.provider]
+        rows = self.ledger.generation_rows(env=action.env, service=action.service)
+        state = next((r["state"] for r in rows if r["number"] == action.generation), None)
+        launched = self._launched.get((action.env, action.service, action.generation), [])
+        doomed = {i.id for i in launched}
+        if state == GenerationState.CREATING.value:
+            doomed |= {i.id for i in self._alive(action.env, action.service, action.generation)}
+            self.ledger.set_generation_state(
+                action.env, action.service, action.generation, state=GenerationState.FAILED,
+                at=self.now(), reason=f"failed: {why}",
+            )  # fmt: skip
+            self._notify_failed(spec, action.generation, why)
+        for instance_id in sorted(doomed):
+            self._terminate(instance_id, spec.provider, provider, reason=f"failed: {why}")
+        self.ledger.record_event(
+            kind="rollout_failed", at=self.now(), run=self.run_id, env=action.env,
+            service=action.service, generation=action.generation, detail={"error": why},
+        )  # fmt: skip
+        raise RolloutFailed(why)
 
     def _retire(self, action: Action) -> None:
         reason = action.reason.value + (f" ({action.detail})" if action.detail else "")
@@ -476,6 +576,8 @@ def apply_plan(
     gate: HealthGate | None = None,
     should_stop: Callable[[], bool] = _never,
     heartbeat: Callable[[], None] = _nothing,
+    traffic: TrafficPort | None = None,
+    notifications: Notifications | None = None,
 ) -> ApplyResult:
     """Execute `plan`; every create and destroy is an operation row before its API call."""
     applier = Applier(
@@ -487,5 +589,7 @@ def apply_plan(
         gate=gate or RunningGate(),
         should_stop=should_stop,
         heartbeat=heartbeat,
+        traffic=traffic or TrafficPort(),
+        notifications=notifications or Silent(),
     )
     return applier.apply(plan)

@@ -12,7 +12,7 @@ generation's instances before its successor has been created and activated.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -27,6 +27,7 @@ from reconciler.model import (
     LedgerView,
     Note,
     ObservedInstance,
+    Pin,
     Plan,
     Reason,
     ServiceSpec,
@@ -64,11 +65,24 @@ def compute_plan(
     observed: Sequence[ObservedInstance],
     ledger: LedgerView,
     now: datetime,
+    pins: Mapping[tuple[str, str], Pin] | None = None,
 ) -> Plan:
     """Decide the actions that move the observed world to the desired state."""
     actions: list[Action] = []
     notes: list[Note] = []
     for facts in _gather(desired, observed, ledger):
+        pin = (pins or {}).get((facts.env, facts.service))
+        if pin is not None and facts.spec is not None:
+            # Held by `rollback`: observed and reported, never changed, until released.
+            notes.append(
+                Note(
+                    facts.env,
+                    facts.service,
+                    f"pinned to generation {pin.generation} by rollback; "
+                    f"`reconciler release {facts.env} {facts.service}` returns it to git",
+                )
+            )
+            continue
         service_actions, service_notes = _plan_service(facts, now=now)
         actions.extend(service_actions)
         notes.extend(service_notes)

@@ -168,6 +168,8 @@ def _parse_service(
     price, _ = _inherit(
         "price_per_hour", own.price_per_hour, defaults.price_per_hour, own=own, defaults=defaults
     )
+    traffic, _ = _inherit("traffic", own.traffic, defaults.traffic, own=own, defaults=defaults)
+    batch, _ = _inherit("batch", own.batch, defaults.batch, own=own, defaults=defaults)
 
     profile = settings.providers.get(provider) if provider is not None else None
     if image is None or size is None or profile is None or own.invalid:
@@ -195,6 +197,8 @@ def _parse_service(
         health=health,
         price_per_hour=price,
         source_file=reporter.file,
+        traffic=traffic,
+        batch=batch if batch is not None else 1,
     )
 
 

@@ -26,7 +26,7 @@ from reconciler.desired.schema import (
 )
 from reconciler.desired.userdata import read_user_data
 from reconciler.desired.yamlsource import YMap, YNode
-from reconciler.model import HealthSpec, Strategy
+from reconciler.model import HealthSpec, Strategy, TrafficSpec
 
 SHARED_KEYS: Final = (
     "size",
@@ -36,7 +36,10 @@ SHARED_KEYS: Final = (
     "user_data",
     "health",
     "price_per_hour",
+    "traffic",
+    "batch",
 )
+TRAFFIC_KINDS: Final = ("command", "libcloud-lb")
 HEALTH_KINDS: Final = ("http", "tcp", "command")
 HEALTH_KEYS: Final = (*HEALTH_KINDS, "timeout", "interval", "warmup", "healthy_after")
 
@@ -52,6 +55,8 @@ class ServiceFields:
     user_data: tuple[str, str] | None = None  # (relative path, contents)
     health: HealthSpec | None = None
     price_per_hour: float | None = None
+    traffic: TrafficSpec | None = None
+    batch: int | None = None
     invalid: set[str] = field(default_factory=set)
 
 
@@ -117,7 +122,33 @@ def parse_service_fields(
             reporter, entries["price_per_hour"], path=join(path, "price_per_hour"), minimum=0
         )
         note("price_per_hour", found.price_per_hour)
+    if "traffic" in entries:
+        found.traffic = parse_traffic(reporter, entries["traffic"], path=join(path, "traffic"))
+        note("traffic", found.traffic)
+    if "batch" in entries:
+        found.batch = get_int(reporter, entries["batch"], path=join(path, "batch"), minimum=1)
+        note("batch", found.batch)
     return found
+
+
+def parse_traffic(reporter: Reporter, node: YNode, *, path: str) -> TrafficSpec | None:
+    """Validate a `traffic:` mapping: exactly one switch, e.g. `{libcloud-lb: web-lb}`."""
+    traffic = get_map(reporter, node, path=path)
+    if traffic is None:
+        return None
+    check_keys(reporter, traffic, path=path, allowed=TRAFFIC_KINDS)
+    kinds = [kind for kind in TRAFFIC_KINDS if kind in traffic.entries]
+    if len(kinds) != 1:
+        got = f"got {', '.join(kinds)}" if kinds else "got none"
+        reporter.add(traffic.line, path, f"needs exactly one of {', '.join(TRAFFIC_KINDS)}; {got}")
+        return None
+    target = get_str(reporter, traffic.entries[kinds[0]], path=join(path, kinds[0]))
+    if target is None:
+        return None
+    if not target.strip():
+        reporter.add(traffic.entries[kinds[0]].line, join(path, kinds[0]), "must not be empty")
+        return None
+    return TrafficSpec(kind=kinds[0], target=target)
 
 
 def parse_health(reporter: Reporter, node: YNode, *, path: str) -> HealthSpec | None:

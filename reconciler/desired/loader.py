@@ -98,6 +98,7 @@ def load_desired_state(root: str | os.PathLike[str], *, commit: str | None = Non
         environments=tuple(sorted(environments, key=lambda e: e.name)),
         policy=settings.policy,
         commit=commit,
+        notifiers=settings.notifiers,
     )
 
 

@@ -1,0 +1,111 @@
+"""Operator commands that act outside the loop: rollback, release, retry.
+
+Owns: switching a service back to its standby generation and pinning it, lifting a
+pin, and allowing a failed spec to be tried again. Must not: create instances
+(rollback only re-uses a live standby) or run without the state lock (the CLI holds it).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from reconciler import engine
+from reconciler.errors import ReconcilerError
+from reconciler.extensions import PluginError
+from reconciler.ledger import Ledger
+from reconciler.model import GenerationState
+from reconciler.notify import Notifications
+from reconciler.rollout import Rollout
+
+log = structlog.get_logger(__name__)
+
+
+class NothingToDo(ReconcilerError):
+    """The requested change does not apply to the service's current state."""
+
+
+def rollback(desired_dir: str | Path, ledger: Ledger, env: str, service: str) -> str:
+    """Make the newest live standby generation active again and pin the service to it."""
+    desired = engine.read_desired(desired_dir)
+    spec = desired.service(env, service)
+    if spec is None:
+        raise NothingToDo(f"{env}/{service} is not in the desired state")
+    providers = engine.build_providers(desired)
+    observed = engine.observe(desired, providers)
+    rows = ledger.generation_rows(env=env, service=service)
+    active = next((r["number"] for r in rows if r["state"] == "active"), None)
+
+    def alive(number: int | None) -> list:  # type: ignore[type-arg]
+        return [
+            i for i in observed
+            if (i.env, i.service, i.generation) == (env, service, number) and i.alive
+        ]  # fmt: skip
+
+    standbys = [r["number"] for r in rows if r["state"] == "standby" and alive(r["number"])]
+    if not standbys:
+        raise NothingToDo(f"{env}/{service} has no standby generation with running instances")
+    target = max(standbys)
+    rollout = Rollout(desired, load_balancers=engine.load_balancer_ports(providers))
+    failure = rollout.wait_healthy(alive(target), spec)
+    if failure:
+        raise NothingToDo(f"generation {target} is not healthy, not rolling back: {failure}")
+    try:
+        rollout.switch(spec, old=alive(active), new=alive(target))
+    except PluginError as exc:
+        raise ReconcilerError(f"traffic switch failed, nothing changed: {exc}") from None
+    now = datetime.now(UTC)
+    ledger.set_generation_state(env, service, target, state=GenerationState.ACTIVE, at=now)
+    if active is not None:
+        ledger.set_generation_state(
+            env, service, active, state=GenerationState.STANDBY, at=now,
+            reason=f"rolled back to g{target}",
+        )  # fmt: skip
+    ledger.record_event(
+        kind="rollback", at=now, env=env, service=service, generation=target,
+        detail={"from": active},
+    )  # fmt: skip
+    ledger.record_event(
+        kind="pinned", at=now, env=env, service=service, generation=target,
+        detail={"fingerprint": spec.fingerprint},
+    )  # fmt: skip
+    message = (
+        f"{env}/{service} rolled back from generation {active} to {target} and pinned; "
+        f"`reconciler release {env} {service}` returns it to git"
+    )
+    Notifications(desired.notifiers).send(
+        "rollback", message, env=env, service=service, generation=target,
+        commit=desired.commit, detail={"from": active},
+    )  # fmt: skip
+    log.info("rolled_back", env=env, service=service, generation=target, previous=active)
+    return message
+
+
+def release(ledger: Ledger, desired_dir: str | Path, env: str, service: str) -> str:
+    desired = engine.read_desired(desired_dir)
+    pins = engine.current_pins(ledger, desired)
+    pin = pins.get((env, service))
+    if pin is None:
+        raise NothingToDo(f"{env}/{service} is not pinned")
+    ledger.record_event(
+        kind="released", at=datetime.now(UTC), env=env, service=service,
+        generation=pin.generation, detail={"why": "reconciler release"},
+    )  # fmt: skip
+    return f"{env}/{service} released from generation {pin.generation}; git is the truth again"
+
+
+def retry(ledger: Ledger, env: str, service: str) -> str:
+    rows = ledger.generation_rows(env=env, service=service)
+    if not rows:
+        raise NothingToDo(f"{env}/{service} has no generations")
+    latest = max(rows, key=lambda r: r["number"])
+    failed = latest["state"] == "failed" or str(latest["reason"] or "").startswith("failed")
+    if not failed:
+        raise NothingToDo(f"the latest generation of {env}/{service} did not fail")
+    ledger.set_generation_state(
+        env, service, latest["number"], state=GenerationState.DESTROYED, at=datetime.now(UTC),
+        reason=f"retry requested after: {latest['reason']}",
+    )  # fmt: skip
+    return f"{env}/{service}: the spec of generation {latest['number']} will be tried again"

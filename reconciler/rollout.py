@@ -1,0 +1,126 @@
+"""The rollout gates: health probing and traffic switching, driven through plugins.
+
+Owns: the probing loop of DESIGN §4's health gate (warmup, interval, consecutive
+successes, timeout), and calling a service's traffic switch. Must not: create or
+destroy instances or touch the ledger (apply does), or hide a hung probe from the
+watchdog (every wait beats the heartbeat).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from reconciler.extensions import (
+    InstanceRef,
+    LoadBalancerPort,
+    PluginSet,
+    TrafficContext,
+    load_plugins,
+)
+from reconciler.model import DesiredState, ObservedInstance, ServiceSpec
+
+log = structlog.get_logger(__name__)
+
+
+def instance_ref(instance: ObservedInstance) -> InstanceRef:
+    return InstanceRef(
+        id=instance.id,
+        name=instance.name or instance.id,
+        env=instance.env or "",
+        service=instance.service or "",
+        generation=instance.generation or 0,
+        image=instance.image,
+        private_ip=instance.private_ip,
+        public_ip=instance.public_ip,
+    )
+
+
+class TrafficPort:
+    """What apply needs to move traffic; `Rollout` is the real one."""
+
+    def switch(
+        self,
+        spec: ServiceSpec,
+        *,
+        old: Sequence[ObservedInstance],
+        new: Sequence[ObservedInstance],
+    ) -> None:
+        return None
+
+
+@dataclass
+class Rollout(TrafficPort):
+    desired: DesiredState
+    load_balancers: Mapping[str, LoadBalancerPort | None] = field(default_factory=dict)
+    plugins: PluginSet = field(default_factory=load_plugins)
+    heartbeat: Callable[[], None] = lambda: None
+    should_stop: Callable[[], bool] = lambda: False
+    sleep: Callable[[float], None] = time.sleep
+
+    # ------------------------------------------------------------ the health gate
+
+    def wait_healthy(self, instances: Sequence[ObservedInstance], spec: ServiceSpec) -> str | None:
+        """None once every instance passed `healthy_after` probes in a row, else why not."""
+        health = spec.health
+        if health is None or not instances:
+            return None
+        check = self.plugins.health_check(health.kind)(health.target, timeout=health.timeout)
+        refs = [instance_ref(i) for i in instances]
+        streak = {ref.id: 0 for ref in refs}
+        last: dict[str, str] = {}
+        started = time.monotonic()
+        self._wait(health.warmup)
+        while True:
+            for ref in refs:
+                if streak[ref.id] >= health.healthy_after:
+                    continue
+                self.heartbeat()
+                result = check.probe(ref)
+                streak[ref.id] = streak[ref.id] + 1 if result.ok else 0
+                last[ref.id] = result.detail
+            if all(n >= health.healthy_after for n in streak.values()):
+                log.info("health_gate_passed", service=spec.name, instances=len(refs))
+                return None
+            if time.monotonic() - started >= health.timeout or self.should_stop():
+                failing = sorted(i for i, n in streak.items() if n < health.healthy_after)
+                return (
+                    f"{len(failing)} instance(s) not healthy after {health.timeout:.0f}s "
+                    f"({failing[0]}: {last.get(failing[0], 'no answer')})"
+                )
+            self._wait(health.interval)
+
+    def _wait(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0 and not self.should_stop():
+            self.heartbeat()
+            self.sleep(min(remaining, 0.5))
+
+    # ------------------------------------------------------------ traffic
+
+    def switch(
+        self,
+        spec: ServiceSpec,
+        *,
+        old: Sequence[ObservedInstance],
+        new: Sequence[ObservedInstance],
+    ) -> None:
+        if spec.traffic is None or (not old and not new):
+            return
+        context = TrafficContext(
+            target=spec.traffic.target,
+            env=spec.env,
+            service=spec.name,
+            desired_root=self.desired.root,
+            load_balancers=self.load_balancers.get(spec.provider),
+            heartbeat=self.heartbeat,
+        )
+        switch = self.plugins.traffic_switch(spec.traffic.kind)(context)
+        switch.switch(old=[instance_ref(i) for i in old], new=[instance_ref(i) for i in new])
+        log.info(
+            "traffic_switched", env=spec.env, service=spec.name,
+            old=[i.id for i in old], new=[i.id for i in new],
+        )  # fmt: skip
