@@ -17,6 +17,7 @@ from enum import StrEnum
 class Strategy(StrEnum):
     BLUE_GREEN = "blue-green"
     RECREATE = "recreate"
+    ROLLING = "rolling"
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class ProviderProfile:
     region: str | None = None
     endpoint: str | None = None
     credentials: Mapping[str, SecretRef] = field(default_factory=dict)
+    # How the provider bills an instance's lifetime (see reconciler.costs):
+    # "per-second" with a minimum (EC2 Linux: 60 s) or "per-hour" rounded up.
+    billing: str = "per-second"
+    billing_minimum: float = 60.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,22 @@ class HealthSpec:
     interval: float = 5.0
     healthy_after: int = 1
     warmup: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrafficSpec:
+    """How traffic moves to a new generation: a plugin name and its one setting."""
+
+    kind: str  # "command" or "libcloud-lb" (or a third-party plugin's name)
+    target: str  # the command line, or the load balancer's name
+
+
+@dataclass(frozen=True)
+class NotifierSpec:
+    kind: str  # "webhook" or "command" (or a third-party plugin's name)
+    target: str  # URL or command line
+    secret: SecretRef | None = None  # webhook HMAC key
+    events: tuple[str, ...] = ()  # empty: every event
 
 
 @dataclass(frozen=True)
@@ -67,6 +88,8 @@ class ServiceSpec:
     health: HealthSpec | None = None
     price_per_hour: float | None = None
     source_file: str = ""
+    traffic: TrafficSpec | None = None
+    batch: int = 1  # rolling: instances replaced at a time
 
     @property
     def key(self) -> tuple[str, str]:
@@ -96,6 +119,7 @@ class DesiredState:
     environments: tuple[Environment, ...]
     policy: Policy = Policy()
     commit: str | None = None
+    notifiers: tuple[NotifierSpec, ...] = ()
 
     def services(self) -> tuple[ServiceSpec, ...]:
         return tuple(s for env in self.environments for s in env.services)
@@ -182,6 +206,16 @@ class InstanceRecord:
     slot: int | None
     state: str  # "pending", "running", "destroyed", "gone"
     created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Pin:
+    """A service held on a generation by `rollback` until `release` or a spec change."""
+
+    env: str
+    service: str
+    generation: int
+    fingerprint: str  # the desired spec's fingerprint when the pin was set
 
 
 @dataclass(frozen=True)

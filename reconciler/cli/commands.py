@@ -201,6 +201,74 @@ def status_document(store: Ledger) -> dict[str, Any]:
 
 
 @cli.command()
+@click.argument("env")
+@click.argument("service")
+@desired_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def rollback(ctx: click.Context, env: str, service: str, desired_dir: Path, yes: bool) -> None:
+    """Switch traffic back to the standby generation and pin the service to it."""
+    from reconciler import operator
+
+    refuse_libcloud_debug()
+    # Never a question when told --yes or when nobody is there to answer it.
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"Roll {env}/{service} back to its standby generation?", abort=True)
+    with domain_errors(), StateLock(ctx.obj["state_dir"]), open_ledger(ctx) as ledger:
+        click.echo(operator.rollback(desired_dir, ledger, env, service))
+
+
+@cli.command()
+@click.argument("env")
+@click.argument("service")
+@desired_option
+@click.pass_context
+def release(ctx: click.Context, env: str, service: str, desired_dir: Path) -> None:
+    """Drop a rollback pin: git is the truth again."""
+    from reconciler import operator
+
+    with domain_errors(), StateLock(ctx.obj["state_dir"]), open_ledger(ctx) as ledger:
+        click.echo(operator.release(ledger, desired_dir, env, service))
+
+
+@cli.command()
+@click.argument("env")
+@click.argument("service")
+@click.pass_context
+def retry(ctx: click.Context, env: str, service: str) -> None:
+    """Allow a failed spec to be tried again."""
+    from reconciler import operator
+
+    with domain_errors(), StateLock(ctx.obj["state_dir"]), open_ledger(ctx) as ledger:
+        click.echo(operator.retry(ledger, env, service))
+
+
+@cli.command()
+@json_option
+def plugins(as_json: bool) -> None:
+    """Installed health, traffic and notifier plugins (and any that failed to load)."""
+    from reconciler.extensions import load_plugins
+
+    found = load_plugins()
+    rows = [
+        {"kind": group.removeprefix("reconciler."), "name": name, "source": source,
+         "status": "ok"}
+        for (group, name), source in sorted(found.sources.items())
+    ] + [
+        {"kind": group.removeprefix("reconciler."), "name": name, "source": source,
+         "status": f"failed: {error}"}
+        for group, name, source, error in found.broken
+    ]  # fmt: skip
+    if as_json:
+        render.print_json(rows)
+    else:
+        render.print_rows(Console(), rows, ("kind", "name", "source", "status"), title="Plugins")
+    for row in rows:
+        if row["status"] != "ok":
+            err_console.print(f"plugin {row['name']} ({row['kind']}) {row['status']}")
+
+
+@cli.command()
 @click.option("--port", type=int, default=5000, show_default=True, help="Port on 127.0.0.1.")
 @click.pass_context
 def sandbox(ctx: click.Context, port: int) -> None:

@@ -7,11 +7,16 @@ Must not: cache secrets beyond the adapter object it returns.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
 
 from reconciler.errors import ConfigurationError
 from reconciler.model import ProviderProfile
 from reconciler.providers.base import ComputeProvider
 from reconciler.providers.credentials import resolve_secret
+
+if TYPE_CHECKING:
+    from reconciler.providers.ec2 import Ec2Provider
 
 
 def build_provider(
@@ -23,13 +28,18 @@ def build_provider(
         from reconciler.sandbox import SANDBOX_KEY, SANDBOX_SECRET, in_process_endpoint
 
         endpoint = profile.endpoint or in_process_endpoint()
-        return Ec2Provider(
-            profile.name,
+        return _with_load_balancers(
+            Ec2Provider(
+                profile.name,
+                key=SANDBOX_KEY,
+                secret=SANDBOX_SECRET,
+                region=profile.region or "us-east-1",
+                endpoint=endpoint,
+                on_call=on_call,
+            ),
             key=SANDBOX_KEY,
             secret=SANDBOX_SECRET,
-            region=profile.region or "us-east-1",
             endpoint=endpoint,
-            on_call=on_call,
         )
     if profile.driver == "ec2":
         from reconciler.providers.ec2 import Ec2Provider
@@ -40,12 +50,30 @@ def build_provider(
             raise ConfigurationError(
                 f"provider {profile.name}: credentials.{exc.args[0]} is required for ec2"
             ) from None
-        return Ec2Provider(
-            profile.name,
-            key=resolve_secret(key_ref),
-            secret=resolve_secret(secret_ref),
-            region=profile.region or "us-east-1",
+        key, secret = resolve_secret(key_ref), resolve_secret(secret_ref)
+        return _with_load_balancers(
+            Ec2Provider(
+                profile.name,
+                key=key,
+                secret=secret,
+                region=profile.region or "us-east-1",
+                endpoint=profile.endpoint,
+                on_call=on_call,
+            ),
+            key=key,
+            secret=secret,
             endpoint=profile.endpoint,
-            on_call=on_call,
         )
     raise ConfigurationError(f"provider {profile.name}: no adapter for driver {profile.driver!r}")
+
+
+def _with_load_balancers(
+    provider: Ec2Provider, *, key: str, secret: str, endpoint: str | None
+) -> Ec2Provider:
+    """Give an EC2 provider its classic-ELB port, built only when a service uses one."""
+    from reconciler.providers.elb import ElbBalancers
+
+    provider.lb_factory = partial(
+        ElbBalancers, key=key, secret=secret, region=provider.region, endpoint=endpoint
+    )
+    return provider
