@@ -33,9 +33,11 @@ from reconciler.model import (
     Plan,
     Reason,
     ServiceSpec,
+    Strategy,
 )
 from reconciler.notify import Notifications, Silent
 from reconciler.providers import ComputeProvider, LaunchRequest, ownership_tags
+from reconciler.rolling import roll_back_batches
 from reconciler.rollout import TrafficPort
 
 log = structlog.get_logger(__name__)
@@ -111,6 +113,10 @@ class Applier:
     # Per (env, service, generation): instances launched (and gated) by this apply.
     _launched: dict[tuple[str, str, int], list[ObservedInstance]] = field(default_factory=dict)
     _activating: set[tuple[str, str, int]] = field(default_factory=set)
+    _destroyed: set[str] = field(default_factory=set)
+    # Rolling updates: old instances taken out so far, and the user data to relaunch them.
+    _rolled: dict[tuple[str, str], list[ObservedInstance]] = field(default_factory=dict)
+    _old_user_data: dict[tuple[str, str], str | None] = field(default_factory=dict)
 
     def apply(self, plan: Plan) -> ApplyResult:
         groups = list(plan.by_service().values())
@@ -156,6 +162,13 @@ class Applier:
             bound.error("service_apply_failed", error=str(exc))
             with self._lock:
                 self.result.failures.append(f"{first.env}/{first.service}: {exc}")
+            if self._rolled.get((first.env, first.service)):
+                try:
+                    roll_back_batches(self, first.env, first.service)
+                except ReconcilerError as back:
+                    bound.error("rolling_rollback_failed", error=str(back))
+                    with self._lock:
+                        self.result.failures.append(f"rollback of {first.service}: {back}")
 
     def _dispatch(self, action: Action) -> None:
         handlers = {
@@ -223,7 +236,7 @@ class Applier:
             raise
         key = (spec.env, spec.name, generation)
         self._launched.setdefault(key, []).extend(running)
-        if key not in self._activating:
+        if key not in self._activating or spec.strategy is Strategy.ROLLING:
             # Replacements inside the serving generation take traffic once healthy.
             try:
                 self.traffic.switch(spec, old=[], new=running)
@@ -378,6 +391,18 @@ class Applier:
         reason = action.reason.value + (f" ({action.detail})" if action.detail else "")
         spec = self.desired.service(action.env, action.service)
         serving = [i for i in self.observed if i.id == action.instance_id and i.alive]
+        rolling = spec is not None and spec.strategy is Strategy.ROLLING
+        if (
+            rolling
+            and serving
+            and action.reason is Reason.SPEC_CHANGED
+            and "batch" in action.detail
+        ):
+            key = (action.env, action.service)
+            if key not in self._old_user_data:
+                # Read before the first old instance goes: a rollback relaunches its like.
+                self._old_user_data[key] = provider.user_data_of(action.instance_id)
+            self._rolled.setdefault(key, []).extend(serving)
         if spec is not None and serving and action.reason in TAKES_TRAFFIC:
             # Out of the load balancer before it goes, so no request hits a dying instance.
             try:
@@ -408,6 +433,7 @@ class Applier:
             raise
         self.ledger.mark_operation(op, state="done", at=self.now(), instance_id=instance_id)
         self.ledger.set_instance_state(instance_id, state="destroyed", at=self.now(), reason=reason)
+        self._destroyed.add(instance_id)
 
     def _activate(self, action: Action) -> None:
         """Healthy → switch traffic → mark active → previous to standby."""
@@ -476,6 +502,7 @@ class Applier:
         return [
             i for i in self.observed
             if (i.env, i.service, i.generation) == (env, service, generation) and i.alive
+            and i.id not in self._destroyed
         ]  # fmt: skip
 
     def _fail_activation(self, action: Action, spec: ServiceSpec, why: str) -> NoReturn:

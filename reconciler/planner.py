@@ -360,12 +360,44 @@ def _roll_out(
         state=GenerationState.CREATING,
     )
     actions: list[Action] = []
+    if spec.strategy is Strategy.ROLLING and active is not None and facts.alive(active.number):
+        return _rolling(facts, spec, new, active), number
     if spec.strategy is Strategy.RECREATE and active is not None:
         actions += _dismantle(facts, active, Reason.SPEC_CHANGED, detail="recreate")
         previous = None
     actions += [_create(new, spec, slot, Reason.SPEC_CHANGED) for slot in range(1, spec.count + 1)]
     actions.append(_activate(new, previous, spec))
     return actions, number
+
+
+def _rolling(
+    facts: _ServiceFacts, spec: ServiceSpec, new: GenerationRecord, active: GenerationRecord
+) -> list[Action]:
+    """Replace `batch` instances at a time: each batch's new instances are created (and
+    health-gated by apply) before the same number of old ones go, so serving capacity
+    never drops below count - batch. The new generation is activated after the last batch."""
+    old = sorted(facts.alive(active.number), key=lambda i: (i.slot or 0, i.id))
+    size = max(spec.batch, 1)
+    rounds = max(spec.count, len(old))
+    total = -(-rounds // size)
+    actions: list[Action] = []
+    for k, start in enumerate(range(0, rounds, size), start=1):
+        slots = range(start + 1, min(start + size, spec.count) + 1)
+        actions += [_create(new, spec, slot, Reason.SPEC_CHANGED) for slot in slots]
+        detail = f"rolling batch {k}/{total}"
+        actions += [
+            _destroy(i, Reason.SPEC_CHANGED, detail=detail) for i in old[start : start + size]
+        ]
+    actions.append(_activate(new, active.number, spec))
+    stragglers = [i for i in facts.present(active.number) if not i.alive]
+    actions += [_destroy(i, Reason.SPEC_CHANGED, detail="rolling") for i in stragglers]
+    actions.append(
+        Action(
+            ActionKind.RETIRE, Reason.SPEC_CHANGED, active.env, active.service, active.number,
+            spec.provider, detail="rolled over",
+        )
+    )  # fmt: skip
+    return actions
 
 
 # ------------------------------------------------------------------ everything else
@@ -416,8 +448,9 @@ def _drop_useless_spare(
     if activation is None or activation.previous not in live:
         return []
     previous = live[activation.previous]
-    if spec.keep_previous > 0 and facts.present(previous.number):
-        return []
+    already = any(a.kind is ActionKind.RETIRE and a.generation == previous.number for a in actions)
+    if already or (spec.keep_previous > 0 and facts.present(previous.number)):
+        return []  # a rolling update retires it itself; otherwise it is the hot spare
     detail = "no instances" if spec.keep_previous > 0 else "keep_previous is 0"
     return _dismantle(facts, previous, Reason.STANDBY_EXPIRED, detail=detail)
 

@@ -30,7 +30,20 @@ class HealthServer(_Server):
     def __init__(self) -> None:
         self.bad: set[str] = set()
         self.probes: list[str] = []
+        # image -> how many distinct instances of it may pass; later ones fail.
+        self.quota: dict[str, int] = {}
+        self._passed: dict[str, set[str]] = {}
         super().__init__(_HealthHandler)
+
+    def healthy(self, image: str, instance: str) -> bool:
+        if image in self.bad or instance in self.bad:
+            return False
+        if image in self.quota:
+            passed = self._passed.setdefault(image, set())
+            if instance not in passed and len(passed) >= self.quota[image]:
+                return False
+            passed.add(instance)
+        return True
 
     def template(self) -> str:
         return f"http://127.0.0.1:{self.port}/{{image}}/{{id}}"
@@ -39,9 +52,9 @@ class HealthServer(_Server):
 class _HealthHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         server: HealthServer = self.server.owner  # type: ignore[attr-defined]
-        parts = self.path.strip("/").split("/")
+        image, _, instance = self.path.strip("/").partition("/")
         server.probes.append(self.path)
-        healthy = not (set(parts) & server.bad)
+        healthy = server.healthy(image, instance)
         self.send_response(200 if healthy else 503)
         self.end_headers()
         self.wfile.write(b"ok" if healthy else b"unhealthy")

@@ -292,3 +292,114 @@ def test_load_balancer_members_follow_the_active_generation(
     write(IMAGE_V1)
     assert cli("apply", "--desired", str(root)).code == 0
     assert balancers.members("web-lb") == generation_ids(IMAGE_V1), "revert switched back"
+
+
+def _serving_watcher(endpoint: str, balancer: str) -> tuple[list[int], Any]:
+    """Samples, until stopped, how many balancer members are running instances."""
+    import threading
+
+    from reconciler.providers.elb import ElbBalancers
+    from reconciler.sandbox import SANDBOX_KEY, SANDBOX_SECRET
+
+    balancers = ElbBalancers(
+        key=SANDBOX_KEY, secret=SANDBOX_SECRET, region="us-east-1", endpoint=endpoint
+    )
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            running = {n.id for n in live_nodes(endpoint) if n.state == "running"}
+            samples.append(len(balancers.members(balancer) & running))
+            stop.wait(0.05)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+
+    def finish() -> None:
+        stop.set()
+        thread.join(timeout=10)
+
+    return samples, finish
+
+
+def _rolling_fleet(root: Path, endpoint: str, health: HealthServer, image: str) -> None:
+    service = {
+        "image": image,
+        "count": 6,
+        "strategy": "rolling",
+        "batch": 2,
+        "health": {"http": health.template(), "timeout": "3s", "interval": "1s"},
+        "traffic": {"libcloud-lb": "fleet-lb"},
+    }
+    write_desired(root, endpoint=endpoint, environments={"prod": {"fleet": service}})
+
+
+@pytest.fixture
+def fleet_lb(sandbox: SandboxServer) -> None:
+    from libcloud.loadbalancer.base import Algorithm
+
+    from reconciler.providers.elb import _EndpointElbDriver
+    from reconciler.sandbox import SANDBOX_KEY, SANDBOX_SECRET
+
+    _EndpointElbDriver(SANDBOX_KEY, SANDBOX_SECRET, "us-east-1", sandbox.endpoint).create_balancer(
+        "fleet-lb", 80, "http", Algorithm.ROUND_ROBIN, []
+    )
+
+
+def test_rolling_batches_keep_capacity_and_finish_on_the_new_generation(
+    cli: Cli, tmp_path: Path, sandbox: SandboxServer, health: HealthServer, fleet_lb: None
+) -> None:
+    root = tmp_path / "desired"
+    _rolling_fleet(root, sandbox.endpoint, health, IMAGE_V1)
+    assert cli("apply", "--desired", str(root)).code == 0
+    _rolling_fleet(root, sandbox.endpoint, health, IMAGE_V2)
+    plan = json.loads(cli("plan", "--desired", str(root), "--json").stdout)
+    kinds = [a["kind"][0] for a in plan["actions"]]
+    assert "".join(kinds) == "ccddccddccddar", "three batches of two, then activate and retire"
+
+    samples, finish = _serving_watcher(sandbox.endpoint, "fleet-lb")
+    try:
+        result = cli("apply", "--desired", str(root))
+    finally:
+        finish()
+    assert result.code == 0, result.stderr
+    assert len(samples) > 10
+    assert min(samples) >= 4, samples
+    nodes = live_nodes(sandbox.endpoint)
+    assert sorted(n.extra["image_id"] for n in nodes) == [IMAGE_V2] * 6
+    rows = json.loads(cli("ledger", "generations", "--json").stdout)
+    assert {r["number"]: r["state"] for r in rows} == {1: "destroyed", 2: "active"}
+
+
+def test_rolling_failure_rolls_the_finished_batches_back(
+    cli: Cli, tmp_path: Path, sandbox: SandboxServer, health: HealthServer, fleet_lb: None
+) -> None:
+    from reconciler.providers.elb import ElbBalancers
+    from reconciler.sandbox import SANDBOX_KEY, SANDBOX_SECRET
+
+    root = tmp_path / "desired"
+    _rolling_fleet(root, sandbox.endpoint, health, IMAGE_V1)
+    assert cli("apply", "--desired", str(root)).code == 0
+    health.quota[IMAGE_V2] = 2  # the first batch passes, the second never does
+    _rolling_fleet(root, sandbox.endpoint, health, IMAGE_V2)
+    samples, finish = _serving_watcher(sandbox.endpoint, "fleet-lb")
+    try:
+        result = cli("apply", "--desired", str(root))
+    finally:
+        finish()
+    assert result.code == 1
+    assert min(samples) >= 4, samples
+    nodes = live_nodes(sandbox.endpoint)
+    assert sorted(n.extra["image_id"] for n in nodes) == [IMAGE_V1] * 6, "rolled back"
+    assert sorted(n.extra["tags"]["Name"] for n in nodes) == [
+        f"prod-fleet-g1-{n}" for n in range(1, 7)
+    ]
+    balancers = ElbBalancers(
+        key=SANDBOX_KEY, secret=SANDBOX_SECRET, region="us-east-1", endpoint=sandbox.endpoint
+    )
+    assert balancers.members("fleet-lb") == {n.id for n in nodes}
+    rows = json.loads(cli("ledger", "generations", "--json").stdout)
+    assert {r["number"]: r["state"] for r in rows} == {1: "active", 2: "failed"}
+    again = cli("apply", "--desired", str(root), "--json")
+    assert again.code == 0 and json.loads(again.stdout)["actions"] == []
