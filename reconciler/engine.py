@@ -14,9 +14,12 @@ from pathlib import Path
 
 import structlog
 
+from reconciler import accounting
 from reconciler.apply import ApplyResult, HealthGate, apply_plan
+from reconciler.costs import PlanCosts
 from reconciler.desired import load_desired_state
 from reconciler.errors import GuardRefused, ReconcilerError
+from reconciler.extensions import LoadBalancerPort
 from reconciler.gitinfo import current_commit
 from reconciler.ledger import Ledger
 from reconciler.model import (
@@ -25,10 +28,13 @@ from reconciler.model import (
     DesiredState,
     InstanceState,
     ObservedInstance,
+    Pin,
     Plan,
 )
+from reconciler.notify import Notifications
 from reconciler.planner import compute_plan
 from reconciler.providers import ComputeProvider, build_provider
+from reconciler.rollout import Rollout
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +47,7 @@ class PassOutcome:
     run_id: int | None = None
     result: ApplyResult | None = None
     guards: list[str] = field(default_factory=list)
+    costs: PlanCosts | None = None  # plan_pass only: monthly delta and overlap cost
 
 
 def read_desired(desired_dir: str | Path) -> DesiredState:
@@ -108,10 +115,17 @@ def plan_pass(desired_dir: str | Path, ledger: Ledger) -> PassOutcome:
     providers = build_providers(desired)
     observed = observe(desired, providers)
     plan = compute_plan(
-        desired=desired, observed=observed, ledger=ledger.view(), now=datetime.now(UTC)
+        desired=desired,
+        observed=observed,
+        ledger=ledger.view(),
+        now=datetime.now(UTC),
+        pins=current_pins(ledger, desired),
     )
     outcome = PassOutcome(desired=desired, observed=observed, plan=plan)
     outcome.guards = check_guards(desired, observed, plan, allow_mass_destroy=False)
+    outcome.costs = accounting.plan_costs(
+        plan, desired=desired, observed=observed, providers=providers, ledger=ledger
+    )
     return outcome
 
 
@@ -176,11 +190,19 @@ def _apply_run(
     on_call: ApiCallListener | None,
 ) -> PassOutcome:
     started = datetime.now(UTC)
+    notifications = Notifications(desired.notifiers)
     try:
         providers = build_providers(desired, on_call=on_call)
         observed = observe(desired, providers)
+        # One ledger row per provider: what `ledger orphans` judges between passes.
+        accounting.record_observation(
+            ledger, desired=desired, providers=providers, observed=observed, run=run_id, at=started
+        )
         heartbeat()
-        plan = compute_plan(desired=desired, observed=observed, ledger=ledger.view(), now=started)
+        pins = current_pins(ledger, desired, release_stale=True)
+        plan = compute_plan(
+            desired=desired, observed=observed, ledger=ledger.view(), now=started, pins=pins
+        )
         outcome = PassOutcome(desired=desired, observed=observed, plan=plan, run_id=run_id)
         reasons = check_guards(desired, observed, plan, allow_mass_destroy=allow_mass_destroy)
         if reasons:
@@ -195,7 +217,17 @@ def _apply_run(
                 },
             )
             ledger.finish_run(run_id, result="refused", counts={}, error="; ".join(reasons))
+            notifications.send(
+                "guard-tripped", "reconciler refused a run: " + "; ".join(reasons),
+                commit=desired.commit, detail={"reasons": reasons},
+            )  # fmt: skip
             raise GuardRefused(reasons)
+        rollout = Rollout(
+            desired,
+            load_balancers=load_balancer_ports(providers),
+            heartbeat=heartbeat,
+            should_stop=should_stop,
+        )
         result = apply_plan(
             plan,
             desired=desired,
@@ -203,9 +235,11 @@ def _apply_run(
             providers=providers,
             ledger=ledger,
             run_id=run_id,
-            gate=gate,
+            gate=gate or rollout,
             should_stop=should_stop,
             heartbeat=heartbeat,
+            traffic=rollout,
+            notifications=notifications,
         )
         outcome.result = result
         _record_vanished(ledger, observed, before=started)
@@ -213,7 +247,14 @@ def _apply_run(
         raise
     except ReconcilerError as exc:
         ledger.finish_run(run_id, result="failed", counts={}, error=str(exc))
+        notifications.send("run-failed", f"reconciler run {run_id} failed: {exc}",
+                           commit=desired.commit)  # fmt: skip
         raise
+    if result.failures:
+        notifications.send(
+            "run-failed", f"reconciler run {run_id} failed: " + "; ".join(result.failures),
+            commit=desired.commit, detail={"failures": result.failures},
+        )  # fmt: skip
     if result.interrupted:
         result_name = "interrupted"
     elif not result.ok:
@@ -226,6 +267,47 @@ def _apply_run(
     )
     log.info("run_finished", result=result_name, **counts)
     return outcome
+
+
+def load_balancer_ports(
+    providers: Mapping[str, ComputeProvider],
+) -> dict[str, LoadBalancerPort | None]:
+    """Each provider's load-balancer adapter, for adapters that offer one."""
+    ports: dict[str, LoadBalancerPort | None] = {}
+    for name, provider in providers.items():
+        factory = getattr(provider, "load_balancers", None)
+        ports[name] = factory() if callable(factory) else None
+    return ports
+
+
+def current_pins(
+    ledger: Ledger, desired: DesiredState, *, release_stale: bool = False
+) -> dict[tuple[str, str], Pin]:
+    """Services pinned by `rollback` and not released. A pin lapses when a commit
+    changes the service's spec (its fingerprint differs from the one pinned against)."""
+    pins: dict[tuple[str, str], Pin] = {}
+    for event in ledger.event_rows(kind=None):
+        if event["kind"] not in ("pinned", "released") or not event["env"]:
+            continue
+        key = (event["env"], event["service"])
+        if event["kind"] == "released":
+            pins.pop(key, None)
+        else:
+            detail = event["detail"] or {}
+            pins[key] = Pin(
+                env=key[0], service=key[1], generation=int(event["generation"]),
+                fingerprint=str(detail.get("fingerprint", "")),
+            )  # fmt: skip
+    for key, pin in list(pins.items()):
+        spec = desired.service(*key)
+        if spec is None or spec.fingerprint != pin.fingerprint:
+            del pins[key]
+            if release_stale:
+                ledger.record_event(
+                    kind="released", at=datetime.now(UTC), env=key[0], service=key[1],
+                    generation=pin.generation, detail={"why": "the desired spec changed"},
+                )  # fmt: skip
+    return pins
 
 
 def _record_vanished(

@@ -37,7 +37,11 @@ class Notifications:
                 plugins.notifier(spec.kind)(spec.target, secret=secret).notify(notification)
             except ReconcilerError as exc:
                 log.warning(
-                    "notify_failed", notifier=index, kind=spec.kind, notification=kind, error=str(exc)
+                    "notify_failed",
+                    notifier=index,
+                    kind=spec.kind,
+                    notification=kind,
+                    error=str(exc),
                 )
             else:
                 log.info("notified", notifier=index, kind=spec.kind, notification=kind)

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from reconciler.costs import HOURS_PER_MONTH, PlanCosts
 from reconciler.model import Action, ActionKind, Plan
 
 _SYMBOL = {
@@ -46,8 +47,10 @@ def plan_summary(plan: Plan) -> dict[str, int]:
     return {kind.value: plan.count(kind) for kind in ActionKind}
 
 
-def plan_to_json(plan: Plan, *, commit: str | None, guards: Sequence[str]) -> dict[str, Any]:
-    return {
+def plan_to_json(
+    plan: Plan, *, commit: str | None, guards: Sequence[str], costs: PlanCosts | None = None
+) -> dict[str, Any]:
+    document: dict[str, Any] = {
         "commit": commit,
         "changes": not plan.empty,
         "summary": plan_summary(plan),
@@ -55,9 +58,39 @@ def plan_to_json(plan: Plan, *, commit: str | None, guards: Sequence[str]) -> di
         "notes": [{"env": n.env, "service": n.service, "message": n.message} for n in plan.notes],
         "refused_by_guards": list(guards),
     }
+    if costs is not None:
+        for entry, monthly, overlap in zip(
+            document["actions"], costs.monthly, costs.overlap, strict=True
+        ):
+            entry["monthly_cost_delta"] = round(monthly, 4)
+            entry["overlap_cost"] = round(overlap, 4)
+        document["monthly_cost_delta"] = costs.monthly_cost_delta
+        document["overlap_cost"] = costs.overlap_cost
+        document["unpriced"] = list(costs.unpriced)
+    return document
 
 
-def print_plan(console: Console, plan: Plan, *, commit: str | None) -> None:
+def money(value: float, *, signed: bool = False) -> str:
+    """`$15.18`, or `+$15.18` / `-$0.50` when the sign matters; sub-cent amounts keep 4."""
+    sign = ("+" if value > 0 else "-" if value < 0 else "") if signed else ""
+    digits = 2 if abs(value) >= 0.01 or value == 0 else 4
+    return f"{sign}${abs(value):,.{digits}f}"
+
+
+def _action_cost(costs: PlanCosts | None, index: int) -> str:
+    if costs is None:
+        return ""
+    parts = []
+    if costs.monthly[index]:
+        parts.append(f"{money(costs.monthly[index], signed=True)}/month")
+    if costs.overlap[index]:
+        parts.append(f"overlap {money(costs.overlap[index])}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def print_plan(
+    console: Console, plan: Plan, *, commit: str | None, costs: PlanCosts | None = None
+) -> None:
     header = f"desired state at {commit[:12]}" if commit else "desired state (not a git checkout)"
     console.print(f"[bold]Plan[/bold] for {header}")
     if plan.empty:
@@ -66,12 +99,21 @@ def print_plan(console: Console, plan: Plan, *, commit: str | None) -> None:
         console.print(f"  [bold]{env}/{service}[/bold]")
         for action in actions:
             detail = f" - {action.detail}" if action.detail else ""
-            console.print(escape(f"    {_SYMBOL[action.kind]} {action.describe()}{detail}"))
+            price = _action_cost(costs, plan.actions.index(action))
+            console.print(escape(f"    {_SYMBOL[action.kind]} {action.describe()}{detail}{price}"))
     for note in plan.notes:
         console.print(escape(f"  ! {note.env}/{note.service}: {note.message}"))
     summary = ", ".join(f"{n} {k}" for k, n in plan_summary(plan).items() if n)
     if summary:
         console.print(f"Summary: {summary}")
+    if costs is not None and not plan.empty:
+        line = (
+            f"Cost: {money(costs.monthly_cost_delta, signed=True)}/month "
+            f"({HOURS_PER_MONTH:g} h), overlap {money(costs.overlap_cost)} one-off"
+        )
+        if costs.unpriced:
+            line += f"; no price known for {', '.join(costs.unpriced)}"
+        console.print(escape(line))
 
 
 def print_json(document: Any) -> None:

@@ -798,7 +798,8 @@ BAD_CASES = [
         PROD,
         5,
         "services.web.strategy",
-        "must be one of blue-green, recreate; got 'blue_green' (did you mean 'blue-green'?)",
+        "must be one of blue-green, recreate, rolling; got 'blue_green' "
+        "(did you mean 'blue-green'?)",
     ),
     Bad(
         "bad-endpoint",
@@ -962,7 +963,7 @@ def test_bad_case_table_is_large_and_distinct() -> None:
 
 def test_all_problems_are_collected_in_one_pass(tmp_path: Path) -> None:
     config = BASE_CONFIG.replace("owner: acme", "owner: ''") + "policy: {max_parallel: 0}\n"
-    env = env_with("image: 1.10\ncount: -1\nstrategy: rolling\n")
+    env = env_with("image: 1.10\ncount: -1\nstrategy: rolling-update\n")
     staging = "provider: nowhere\nservices:\n  api: {image: ami-1, size: 2}\n"
     root = write_tree(
         tmp_path,
@@ -1017,3 +1018,39 @@ def test_yaml_bomb_is_refused_quickly_with_few_problems(tmp_path: Path) -> None:
     problems = problems_of(write_tree(tmp_path, {PROD: bomb}))
     assert len(problems) < 30
     assert any("more refused YAML constructs" in p.message for p in problems)
+
+
+# ---------------------------------------------------------------- billing (issue 6)
+
+_LOCAL = "  local:\n    driver: sandbox\n"
+
+
+def test_provider_billing_defaults_and_settings(tmp_path: Path) -> None:
+    state = load_desired_state(write_tree(tmp_path / "default", {}))
+    assert (state.providers["local"].billing, state.providers["local"].billing_minimum) == (
+        "per-second",
+        60.0,
+    )
+    extra = "    billing: per-hour\n    billing_minimum: 2m\n"
+    config = BASE_CONFIG.replace(_LOCAL, _LOCAL + extra)
+    state = load_desired_state(write_tree(tmp_path / "set", {CONF: config}))
+    assert (state.providers["local"].billing, state.providers["local"].billing_minimum) == (
+        "per-hour",
+        120.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "fragment"),
+    [
+        ("    billing: per-minute\n", "providers.local.billing", "per-second"),
+        ("    billing_minimum: 60\n", "providers.local.billing_minimum", "duration"),
+    ],
+)
+def test_provider_billing_errors_name_file_line_and_key(
+    tmp_path: Path, extra: str, key: str, fragment: str
+) -> None:
+    config = BASE_CONFIG.replace(_LOCAL, _LOCAL + extra)
+    (problem,) = problems_of(write_tree(tmp_path, {CONF: config}))
+    assert problem.file.endswith(CONF) and (problem.line, problem.key) == (11, key)
+    assert fragment in problem.message

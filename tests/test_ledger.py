@@ -434,7 +434,7 @@ def test_history_rows_count_created_and_live_instances(ledger: Ledger) -> None:
         "env", "service", "number", "state", "image", "size", "count", "commit",
         "commit_author", "commit_subject",
         "created_at", "activated_at", "retired_at", "destroyed_at", "reason",
-        "instances_created", "instances_live",
+        "instances_created", "instances_live", "cost",
     }  # fmt: skip
     # limit keeps each service's newest generations, still oldest first.
     limited = ledger.history_rows(limit=2)
@@ -648,3 +648,27 @@ def test_last_applied_commit_skips_refused_runs(ledger: Ledger) -> None:
     refused = ledger.start_run(command="daemon", commit="d" * 40)
     ledger.finish_run(refused, result="refused", counts={})
     assert ledger.last_applied_commit() == "c" * 40
+
+
+def test_corrupt_ledger_is_refused_naming_the_file_and_the_rebuild_command(
+    state_dir: Path,
+) -> None:
+    with Ledger.open(state_dir) as ledger:
+        for n in range(200):
+            ledger.record_event(kind="filler", at=T0, detail={"n": n, "pad": "x" * 200})
+    conn = raw(state_dir)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    (root,) = conn.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'events_kind'"
+    ).fetchone()
+    (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+    conn.close()
+    # Scribble over the index's root page: the file still opens, but is inconsistent.
+    with open(state_dir / "ledger.sqlite", "r+b") as handle:
+        handle.seek((root - 1) * page_size + 8)
+        handle.write(b"\xff" * 64)
+    with pytest.raises(LedgerError) as caught:
+        Ledger.open(state_dir)
+    message = str(caught.value)
+    assert str(state_dir / "ledger.sqlite") in message
+    assert "reconciler ledger rebuild" in message

@@ -56,10 +56,17 @@ def plan(ctx: click.Context, desired_dir: Path, as_json: bool, detailed_exitcode
         outcome = engine.plan_pass(desired_dir, ledger)
     if as_json:
         render.print_json(
-            render.plan_to_json(outcome.plan, commit=outcome.desired.commit, guards=outcome.guards)
+            render.plan_to_json(
+                outcome.plan,
+                commit=outcome.desired.commit,
+                guards=outcome.guards,
+                costs=outcome.costs,
+            )
         )
     else:
-        render.print_plan(Console(), outcome.plan, commit=outcome.desired.commit)
+        render.print_plan(
+            Console(), outcome.plan, commit=outcome.desired.commit, costs=outcome.costs
+        )
     if outcome.guards:
         for reason in outcome.guards:
             err_console.print(f"[red]apply would be refused:[/red] {reason}", highlight=False)

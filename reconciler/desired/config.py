@@ -10,15 +10,18 @@ contact any provider.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
 from reconciler.desired.fields import SHARED_KEYS, ServiceFields, parse_service_fields
+from reconciler.desired.notifiers import parse_notifiers
 from reconciler.desired.schema import (
     Reporter,
     check_keys,
+    get_choice,
     get_duration,
     get_int,
     get_map,
@@ -31,11 +34,19 @@ from reconciler.desired.schema import (
 from reconciler.desired.userdata import display_path, is_inside
 from reconciler.desired.yamlsource import YMap, YNode, YScalar, read_yaml_file
 from reconciler.errors import Problem
-from reconciler.model import Policy, ProviderProfile, SecretRef
+from reconciler.model import NotifierSpec, Policy, ProviderProfile, SecretRef
 
 CONFIG_FILE: Final = "reconciler.yaml"
-TOP_KEYS: Final = ("owner", "providers", "defaults", "policy")
-PROVIDER_KEYS: Final = ("driver", "region", "endpoint", "credentials")
+TOP_KEYS: Final = ("owner", "providers", "defaults", "policy", "notifiers")
+PROVIDER_KEYS: Final = (
+    "driver",
+    "region",
+    "endpoint",
+    "credentials",
+    "billing",
+    "billing_minimum",
+)
+BILLING_MODES: Final = ("per-second", "per-hour")
 POLICY_KEYS: Final = ("max_parallel", "max_destroy_fraction", "boot_timeout", "max_count")
 CREDENTIAL_NAMES: Final = ("key", "secret", "token")
 SECRET_SOURCES: Final = ("env", "file")
@@ -66,6 +77,7 @@ class Settings:
     defaults: ServiceFields = field(default_factory=lambda: ServiceFields(invalid=set(SHARED_KEYS)))
     policy: Policy = field(default_factory=Policy)
     max_count: int | None = None  # None: unknown, so counts are not checked against it
+    notifiers: tuple[NotifierSpec, ...] = ()
 
 
 def parse_settings(
@@ -116,6 +128,12 @@ def parse_settings(
     providers = require(reporter, top, "providers", path="")
     if providers is not None:
         _parse_providers(reporter, providers, settings=settings)
+
+    notifiers = top.entries.get("notifiers")
+    if notifiers is not None:
+        settings.notifiers = (
+            parse_notifiers(reporter, notifiers, parse_secret=_parse_secret_ref) or ()
+        )
 
     defaults = top.entries.get("defaults")
     settings.defaults = ServiceFields()
@@ -259,11 +277,38 @@ def _parse_profile(
             f"required key 'credentials' is missing: driver {driver} needs {needed}",
         )
         ok = False
-    if driver is None or not ok:
+    billing, billing_minimum, billing_ok = _parse_billing(reporter, entries, path=path)
+    if driver is None or not ok or not billing_ok:
         return None
     return ProviderProfile(
-        name=name, driver=driver, region=region, endpoint=endpoint, credentials=credentials
+        name=name,
+        driver=driver,
+        region=region,
+        endpoint=endpoint,
+        credentials=credentials,
+        billing=billing,
+        billing_minimum=billing_minimum,
     )
+
+
+def _parse_billing(
+    reporter: Reporter, entries: Mapping[str, YNode], *, path: str
+) -> tuple[str, float, bool]:
+    """(billing mode, minimum billed seconds, valid); defaults are EC2 Linux's."""
+    billing, minimum, ok = "per-second", 60.0, True
+    if "billing" in entries:
+        text = get_choice(
+            reporter, entries["billing"], path=join(path, "billing"), choices=BILLING_MODES
+        )
+        ok = text is not None
+        billing = text or billing
+    if "billing_minimum" in entries:
+        seconds = get_duration(
+            reporter, entries["billing_minimum"], path=join(path, "billing_minimum")
+        )
+        ok = ok and seconds is not None
+        minimum = seconds if seconds is not None else minimum
+    return billing, minimum, ok
 
 
 def _present_keys(node: YNode) -> frozenset[str]:

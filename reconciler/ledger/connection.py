@@ -1,9 +1,10 @@
 """Opening the ledger file: durability settings, transactions, schema migration.
 
 Owns: the one sqlite3 connection's settings (WAL, synchronous=FULL, 5 s busy timeout,
-no driver-managed transactions), the `BEGIN` / `COMMIT` / `ROLLBACK` discipline every
-caller uses, and translating open-time sqlite3 errors into `LedgerError`. Must not:
-know the tables beyond asking `schema` to migrate them, or take the `Ledger`'s lock.
+no driver-managed transactions), the integrity check that refuses a corrupt file, the
+`BEGIN` / `COMMIT` / `ROLLBACK` discipline every caller uses, and translating open-time
+sqlite3 errors into `LedgerError`. Must not: know the tables beyond asking `schema` to
+migrate them, or take the `Ledger`'s lock.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from reconciler.ledger.paths import ensure_ledger_file
 from reconciler.ledger.schema import apply_migrations
 
 BUSY_TIMEOUT_MS = 5000
+RECOVERY = (
+    "move the file aside and run `reconciler ledger rebuild` to rebuild the ledger "
+    "from the instances' tags"
+)
+_CHECKS = {"full": "PRAGMA integrity_check(10)", "quick": "PRAGMA quick_check(10)"}
 
 
 @contextmanager
@@ -42,8 +48,15 @@ def transaction(conn: sqlite3.Connection, *, write: bool) -> Iterator[None]:
         raise
 
 
-def open_database(state_dir: Path) -> tuple[Path, Database]:
-    """Create or open `state_dir/ledger.sqlite`, configured and migrated."""
+def open_database(state_dir: Path, *, check: str = "full") -> tuple[Path, Database]:
+    """Create or open `state_dir/ledger.sqlite`, checked, configured and migrated.
+
+    `check` is "full" (PRAGMA integrity_check: every page and index) or "quick"
+    (quick_check: every page, not index contents), for read-only listings of very
+    large ledgers.
+    """
+    if check not in _CHECKS:
+        raise ValueError(f"unknown ledger check {check!r}; expected one of {sorted(_CHECKS)}")
     try:
         path = ensure_ledger_file(state_dir)
     except OSError as exc:
@@ -59,22 +72,27 @@ def open_database(state_dir: Path) -> tuple[Path, Database]:
     except sqlite3.Error as exc:
         raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
     try:
-        db = _configure(conn, path)
+        db = _configure(conn, path, check=check)
     except sqlite3.Error as exc:
         conn.close()
-        raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
+        raise LedgerError(f"cannot open ledger {path}: {exc}; {RECOVERY}") from exc
     except BaseException:
         conn.close()
         raise
     return path, db
 
 
-def _configure(conn: sqlite3.Connection, path: Path) -> Database:
+def _configure(conn: sqlite3.Connection, path: Path, *, check: str) -> Database:
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     # The first statement that reads the file: a file that is not a database fails here.
     (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
     if str(mode).lower() != "wal":
         raise LedgerError(f"cannot open ledger {path}: journal mode stays {mode!r}, not WAL")
+    # Writing into a damaged file spreads the damage: refuse it, and say how to recover.
+    found = [str(row[0]) for row in conn.execute(_CHECKS[check]).fetchall()]
+    if found != ["ok"]:
+        detail = "; ".join(found[:3]) + (f" (and {len(found) - 3} more)" if len(found) > 3 else "")
+        raise LedgerError(f"ledger {path} is corrupt ({detail}); {RECOVERY}")
     # FULL: an operation's intent must survive a power cut, as it precedes the cloud call.
     conn.execute("PRAGMA synchronous = FULL")
     # No sqlite-utils plugins: the daemon's connection is not an extension point.

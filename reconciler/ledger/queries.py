@@ -9,11 +9,12 @@ take locks; the `Ledger` calls these under its lock.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlite_utils import Database
 
-from reconciler.ledger import codec
+from reconciler.ledger import codec, costsql
 from reconciler.model import LedgerView
 
 # Instance states after which the instance no longer exists (or bills) in the cloud.
@@ -66,7 +67,7 @@ def generation_rows(
 
 
 _HISTORY_COLUMNS = f"""
-    g.env, g.service, g.number, g.state, g.image, g.size, g.count, g."commit",
+    g.id AS _id, g.env, g.service, g.number, g.state, g.image, g.size, g.count, g."commit",
     (SELECT c.author FROM commits c WHERE c.sha = g."commit") AS commit_author,
     (SELECT c.subject FROM commits c WHERE c.sha = g."commit") AS commit_subject,
     g.created_at, g.activated_at, g.retired_at, g.destroyed_at, g.reason,
@@ -81,10 +82,26 @@ _HISTORY_COLUMNS = f"""
 
 
 def history_rows(
-    db: Database, *, env: str | None, service: str | None, limit: int | None
+    db: Database,
+    *,
+    env: str | None,
+    service: str | None,
+    limit: int | None,
+    offset: int = 0,
+    since: str | None = None,
+    now: datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """Each service's generations, oldest first; `limit` keeps each service's newest N."""
+    """Each service's generations, oldest first, with their cost so far.
+
+    Pages count from each service's newest generation: `offset` skips N, `limit` keeps N.
+    """
     where, params = _where({"env": env, "service": service}, alias="g")
+    if since is not None:
+        where = f"{where} AND" if where else "WHERE"
+        where += " g.created_at >= ?"
+        params.append(since)
+    if offset < 0:
+        raise ValueError(f"offset must be zero or positive, got {offset}")
     sql = f"""
         SELECT * FROM (
             SELECT {_HISTORY_COLUMNS},
@@ -93,13 +110,21 @@ def history_rows(
                    ) AS newest_rank
             FROM generations g {where}
         )
-        WHERE ? < 0 OR newest_rank <= ?
+        WHERE newest_rank > ? AND (? < 0 OR newest_rank <= ? + ?)
         ORDER BY env, service, number
     """
     bound = _limit(limit)
-    rows = list(db.query(sql, [*params, bound, bound]))
+    rows = list(db.query(sql, [*params, offset, bound, offset, bound]))
+    moment = (now or datetime.now(UTC)).timestamp()
     for row in rows:
         del row["newest_rank"]
+    # Cost per page row, not in the window query: a page prices a page's generations only.
+    cost_sql = (
+        f"SELECT {costsql.generation_costs_sql()} AS cost FROM generations g WHERE g.id = :gen"
+    )
+    for row in rows:
+        found = list(db.query(cost_sql, {"now": moment, "gen": row.pop("_id")}))
+        row["cost"] = round(found[0]["cost"] or 0.0, 6) if found else 0.0
     return rows
 
 
@@ -127,9 +152,21 @@ def instance_rows(
     return list(db.query(sql, params))
 
 
-def event_rows(db: Database, *, kind: str | None, limit: int | None) -> list[dict[str, Any]]:
+def event_rows(
+    db: Database,
+    *,
+    kind: str | None,
+    limit: int | None,
+    env: str | None = None,
+    service: str | None = None,
+    since: str | None = None,
+) -> list[dict[str, Any]]:
     """Events oldest first; `limit` keeps the newest N (a log's tail)."""
-    where, params = _where({"kind": kind})
+    where, params = _where({"kind": kind, "env": env, "service": service})
+    if since is not None:
+        where = f"{where} AND" if where else "WHERE"
+        where += " at >= ?"
+        params.append(since)
     sql = f"""
         SELECT * FROM (
             SELECT * FROM events {where} ORDER BY at DESC, id DESC LIMIT ?
@@ -138,6 +175,30 @@ def event_rows(db: Database, *, kind: str | None, limit: int | None) -> list[dic
     rows = list(db.query(sql, [*params, _limit(limit)]))
     for row in rows:
         row["detail"] = codec.decode_json(row["detail"])
+    return rows
+
+
+def instance_rows_by_id(db: Database, ids: list[str]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    # Chunks stay below SQLite's bound-parameter limit on old builds (999).
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ", ".join("?" for _ in chunk)
+        for row in db.query(f"SELECT * FROM instances WHERE id IN ({marks})", chunk):
+            found[row["id"]] = row
+    return found
+
+
+def latest_snapshots(db: Database) -> list[dict[str, Any]]:
+    """Each provider's newest observation row, `document` decoded."""
+    sql = """
+        SELECT s.* FROM snapshots s
+        WHERE s.id = (SELECT max(id) FROM snapshots t WHERE t.provider = s.provider)
+        ORDER BY s.provider
+    """
+    rows = list(db.query(sql))
+    for row in rows:
+        row["document"] = codec.decode_json(row["document"])
     return rows
 
 

@@ -166,6 +166,48 @@ def _commits(db: Database) -> None:
     db.table("commits").create_index(["valid", "seen_at"], index_name="commits_valid_seen")
 
 
+@migrations(name="0003_costs_snapshots")
+def _costs_snapshots(db: Database) -> None:
+    # Epoch seconds beside the ISO text: summing a million lifetimes must not parse a
+    # million timestamps (julianday() on every row costs most of a second).
+    instances = db.table("instances")
+    instances.add_column("created_s", float)
+    instances.add_column("ended_s", float)
+    db.execute(
+        "UPDATE instances SET created_s = (julianday(created_at) - 2440587.5) * 86400.0, "
+        "ended_s = (julianday(destroyed_at) - 2440587.5) * 86400.0"
+    )
+    # Covering index for `ledger cost --by env|service|generation`: the aggregate reads
+    # the index alone, never the wider table rows.
+    instances.create_index(
+        ["env", "service", "generation", "provider", "price_per_hour", "created_s", "ended_s"],
+        index_name="instances_cost",
+    )
+    # How each provider profile bills, as the last pass saw it (one row per profile).
+    db.table("provider_billing").create(
+        {"provider": str, "billing": str, "billing_minimum": float, "updated_at": str},
+        pk="provider",
+        not_null=["billing", "billing_minimum", "updated_at"],
+    )
+    # The newest observations, one row per provider per pass (JSON documents), so
+    # `ledger orphans` can answer without listing the clouds. Only a few are kept.
+    db.table("snapshots").create(
+        {
+            "id": int,
+            "at": str,
+            "run": int,
+            "provider": str,
+            "commit": str,
+            "document": str,  # JSON: instances, desired services, size prices
+        },
+        pk="id",
+        not_null=["at", "provider", "document"],
+    )
+    db.table("snapshots").create_index(["provider", "id"], index_name="snapshots_provider_id")
+    # Event listings filtered by service and time.
+    db.table("events").create_index(["env", "service", "at"], index_name="events_env_service_at")
+
+
 def apply_migrations(db: Database) -> None:
     """Bring the schema up to date; the caller owns the surrounding transaction."""
     migrations.apply(db)

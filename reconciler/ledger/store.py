@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from reconciler.errors import LedgerError
-from reconciler.ledger import codec, queries
+from reconciler.ledger import codec, costsql, queries
 from reconciler.ledger.connection import open_database, transaction
 from reconciler.model import GenerationState, LedgerView
 
@@ -29,6 +29,7 @@ RUN_RESULTS = frozenset({"ok", "changes", "failed", "refused", "no-op", "interru
 # "stopped" is accepted beside DESIGN's four so an observed InstanceState can be recorded as is.
 INSTANCE_STATES = frozenset({"pending", "running", "stopped", "destroyed", "gone"})
 OPERATION_OUTCOMES = frozenset({"issued", "done", "failed"})
+SNAPSHOTS_KEPT = 5  # observations kept per provider: enough to compare, never a history
 
 # Which timestamp column a generation state change stamps.
 _GENERATION_STAMP = {
@@ -62,12 +63,15 @@ class Ledger:
     # ------------------------------------------------------------ lifecycle
 
     @classmethod
-    def open(cls, state_dir: Path, *, clock: Callable[[], datetime] = _utcnow) -> Ledger:
+    def open(
+        cls, state_dir: Path, *, clock: Callable[[], datetime] = _utcnow, check: str = "full"
+    ) -> Ledger:
         """Open (creating if needed) `state_dir/ledger.sqlite` and bring its schema up to date.
 
         `clock` stamps the run start and finish times (the other writes are given theirs).
+        A file that fails its integrity `check` ("full" or "quick") raises `LedgerError`.
         """
-        path, db = open_database(state_dir)
+        path, db = open_database(state_dir, check=check)
         return cls(path, db, clock=clock)
 
     def close(self) -> None:
@@ -298,6 +302,7 @@ class Ledger:
             "price_per_hour": price_per_hour,
             "state": _require(str(state), INSTANCE_STATES, "instance state"),
             "created_at": codec.encode_time(created_at),
+            "created_s": created_at.timestamp(),
             "op": op,
         }
         with self._transaction("record_instance", write=True) as db:
@@ -315,6 +320,7 @@ class Ledger:
         updates: dict[str, Any] = {"state": state}
         if state in queries.ENDED_INSTANCE_STATES:
             updates["destroyed_at"] = codec.encode_time(at)
+            updates["ended_s"] = at.timestamp()
             updates["reason"] = reason
         elif reason is not None:
             updates["reason"] = reason
@@ -419,11 +425,30 @@ class Ledger:
             return queries.generation_rows(db, env=env, service=service, state=state)
 
     def history_rows(
-        self, *, env: str | None = None, service: str | None = None, limit: int | None = None
+        self,
+        *,
+        env: str | None = None,
+        service: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        since: datetime | None = None,
+        now: datetime | None = None,
     ) -> list[dict[str, Any]]:
-        """Each service's generations oldest first; `limit` keeps each service's newest N."""
+        """Each service's generations oldest first, with their cost so far.
+
+        `offset` skips each service's newest N and `limit` keeps the next N (pages, newest
+        first); `since` keeps generations created at or after it.
+        """
         with self._transaction("history_rows", write=False) as db:
-            return queries.history_rows(db, env=env, service=service, limit=limit)
+            return queries.history_rows(
+                db,
+                env=env,
+                service=service,
+                limit=limit,
+                offset=offset,
+                since=codec.encode_time(since) if since is not None else None,
+                now=now or self._clock(),
+            )
 
     def run_rows(self, *, limit: int | None = None) -> list[dict[str, Any]]:
         """Runs newest first, `counts` decoded."""
@@ -444,8 +469,109 @@ class Ledger:
             )
 
     def event_rows(
-        self, *, kind: str | None = None, limit: int | None = None
+        self,
+        *,
+        kind: str | None = None,
+        limit: int | None = None,
+        env: str | None = None,
+        service: str | None = None,
+        since: datetime | None = None,
     ) -> list[dict[str, Any]]:
         """Events oldest first, `detail` decoded; `limit` keeps the newest N."""
         with self._transaction("event_rows", write=False) as db:
-            return queries.event_rows(db, kind=kind, limit=limit)
+            return queries.event_rows(
+                db,
+                kind=kind,
+                limit=limit,
+                env=env,
+                service=service,
+                since=codec.encode_time(since) if since is not None else None,
+            )
+
+    def instance_rows_by_id(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The ledger's rows for these node ids (destroyed ones too), keyed by id."""
+        with self._transaction("instance_rows_by_id", write=False) as db:
+            return queries.instance_rows_by_id(db, list(ids))
+
+    # ------------------------------------------------------------ costs
+
+    def cost_rows(
+        self,
+        *,
+        by: str,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        now: datetime | None = None,
+    ) -> list[dict[str, Any]]:
+        """Cost per env, service, generation or day within [since, until) (DESIGN §5)."""
+        with self._transaction("cost_rows", write=False) as db:
+            return costsql.cost_rows(db, by=by, now=now or self._clock(), since=since, until=until)
+
+    def safety_net_cost(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        now: datetime | None = None,
+    ) -> dict[str, float]:
+        """What standby time and failed generations cost within the window."""
+        with self._transaction("safety_net_cost", write=False) as db:
+            return costsql.safety_net(db, now=now or self._clock(), since=since, until=until)
+
+    # ------------------------------------------------------------ observations
+
+    def record_observation(
+        self,
+        *,
+        run: int | None,
+        at: datetime,
+        commit: str | None,
+        documents: Mapping[str, Mapping[str, Any]],
+        billing: Mapping[str, tuple[str, float]],
+        keep: int = SNAPSHOTS_KEPT,
+    ) -> None:
+        """Store one pass's observation: one row per provider, and each profile's billing.
+
+        One transaction of O(providers) rows, whatever the fleet size; only the newest
+        `keep` observations per provider are kept.
+        """
+        stamp = codec.encode_time(at)
+        with self._transaction("record_observation", write=True) as db:
+            for provider, document in sorted(documents.items()):
+                db.table("snapshots").insert(
+                    {
+                        "at": stamp,
+                        "run": run,
+                        "provider": provider,
+                        "commit": commit,
+                        "document": codec.encode_json(document),
+                    }
+                )
+                db.execute(
+                    "DELETE FROM snapshots WHERE provider = ? AND id NOT IN "
+                    "(SELECT id FROM snapshots WHERE provider = ? ORDER BY id DESC LIMIT ?)",
+                    [provider, provider, keep],
+                )
+            for provider, (mode, minimum) in sorted(billing.items()):
+                db.table("provider_billing").upsert(
+                    {
+                        "provider": provider,
+                        "billing": mode,
+                        "billing_minimum": minimum,
+                        "updated_at": stamp,
+                    },
+                    pk="provider",
+                )
+
+    def latest_observation(self) -> list[dict[str, Any]]:
+        """The newest pass's observation rows (one per provider), `document` decoded."""
+        with self._transaction("latest_observation", write=False) as db:
+            return queries.latest_snapshots(db)
+
+    def provider_billing(self) -> dict[str, tuple[str, float]]:
+        """Each provider profile's billing (mode, minimum seconds) as the last pass saw it."""
+        with self._transaction("provider_billing", write=False) as db:
+            return {
+                row["provider"]: (row["billing"], row["billing_minimum"])
+                for row in db.query("SELECT * FROM provider_billing")
+            }
