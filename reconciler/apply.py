@@ -243,9 +243,16 @@ class Applier:
             except PluginError as exc:
                 self._compensate(launched, provider, spec, generation, False, str(exc))
                 raise RolloutFailed(f"traffic switch: {exc}") from None
-        for op, instance in launched:
+        for action, (op, instance) in zip(batch, launched, strict=True):
             self.ledger.mark_operation(op, state="done", at=self.now(), instance_id=instance.id)
             self.ledger.set_instance_state(instance.id, state="running", at=self.now())
+            if action.reason in (Reason.MISSING, Reason.TAMPERED):
+                # What the thrash detector counts: instances that had to be replaced.
+                self.ledger.record_event(
+                    kind="instance_replaced", at=self.now(), run=self.run_id, env=spec.env,
+                    service=spec.name, generation=generation, instance=instance.id,
+                    detail={"reason": action.reason.value, "replaces": action.replaces},
+                )  # fmt: skip
         if new_generation and launched:
             self.ledger.set_generation_fields(
                 spec.env, spec.name, generation, image_id=launched[0][1].image

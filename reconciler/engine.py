@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -30,6 +31,7 @@ from reconciler.model import (
     ObservedInstance,
     Pin,
     Plan,
+    Reason,
 )
 from reconciler.notify import Notifications
 from reconciler.planner import compute_plan
@@ -120,6 +122,7 @@ def plan_pass(desired_dir: str | Path, ledger: Ledger) -> PassOutcome:
         ledger=ledger.view(),
         now=datetime.now(UTC),
         pins=current_pins(ledger, desired),
+        frozen=current_freezes(ledger, desired),
     )
     outcome = PassOutcome(desired=desired, observed=observed, plan=plan)
     outcome.guards = check_guards(desired, observed, plan, allow_mass_destroy=False)
@@ -200,9 +203,27 @@ def _apply_run(
         )
         heartbeat()
         pins = current_pins(ledger, desired, release_stale=True)
+        frozen = current_freezes(ledger, desired)
+        view = ledger.view()
         plan = compute_plan(
-            desired=desired, observed=observed, ledger=ledger.view(), now=started, pins=pins
+            desired=desired, observed=observed, ledger=view, now=started, pins=pins, frozen=frozen
         )
+        tripped = detect_thrash(ledger, desired, plan, now=started)
+        for (env, service), detail in tripped.items():
+            ledger.record_event(
+                kind="frozen", at=started, run=run_id, env=env, service=service, detail=detail
+            )
+            log.error("service_frozen", env=env, service=service, why=detail["why"])
+            notifications.send(
+                "guard-tripped", f"{env}/{service} frozen: {detail['why']}",
+                env=env, service=service, commit=desired.commit, detail=detail,
+            )  # fmt: skip
+            frozen[(env, service)] = detail["why"]
+        if tripped:
+            plan = compute_plan(
+                desired=desired, observed=observed, ledger=view, now=started, pins=pins,
+                frozen=frozen,
+            )  # fmt: skip
         outcome = PassOutcome(desired=desired, observed=observed, plan=plan, run_id=run_id)
         reasons = check_guards(desired, observed, plan, allow_mass_destroy=allow_mass_destroy)
         if reasons:
@@ -286,8 +307,8 @@ def current_pins(
     """Services pinned by `rollback` and not released. A pin lapses when a commit
     changes the service's spec (its fingerprint differs from the one pinned against)."""
     pins: dict[tuple[str, str], Pin] = {}
-    for event in ledger.event_rows(kind=None):
-        if event["kind"] not in ("pinned", "released") or not event["env"]:
+    for event in _events_in_order(ledger, "pinned", "released"):
+        if not event["env"]:
             continue
         key = (event["env"], event["service"])
         if event["kind"] == "released":
@@ -308,6 +329,64 @@ def current_pins(
                     generation=pin.generation, detail={"why": "the desired spec changed"},
                 )  # fmt: skip
     return pins
+
+
+def _events_in_order(ledger: Ledger, *kinds: str) -> list[dict[str, Any]]:
+    rows = [row for kind in kinds for row in ledger.event_rows(kind=kind)]
+    return sorted(rows, key=lambda row: (row["at"], row["id"]))
+
+
+def current_freezes(ledger: Ledger, desired: DesiredState) -> dict[tuple[str, str], str]:
+    """Services a guard froze, with why; a freeze lasts until `unfreeze` or a new commit."""
+    freezes: dict[tuple[str, str], str] = {}
+    for event in _events_in_order(ledger, "frozen", "unfrozen"):
+        key = (event["env"], event["service"])
+        if event["kind"] == "unfrozen":
+            freezes.pop(key, None)
+            continue
+        detail = event["detail"] or {}
+        if detail.get("commit") == desired.commit:
+            freezes[key] = str(detail.get("why", "guard"))
+        else:
+            freezes.pop(key, None)  # the desired state moved on since
+    return freezes
+
+
+def detect_thrash(
+    ledger: Ledger, desired: DesiredState, plan: Plan, *, now: datetime
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Services whose replacements (missing/tampered) in the policy window, counting
+    this plan's, exceed `thrash_limit`: something keeps killing them; stop feeding it."""
+    policy = desired.policy
+    planned: dict[tuple[str, str], int] = {}
+    for action in plan.actions:
+        if action.kind is ActionKind.CREATE and action.reason in (Reason.MISSING, Reason.TAMPERED):
+            key = (action.env, action.service)
+            planned[key] = planned.get(key, 0) + 1
+    tripped: dict[tuple[str, str], dict[str, Any]] = {}
+    window_start = now - timedelta(seconds=policy.thrash_window)
+    for key, count in planned.items():
+        # Counting restarts after a freeze or an unfreeze: the operator has looked.
+        resets = [
+            datetime.fromisoformat(e["at"])
+            for e in _events_in_order(ledger, "frozen", "unfrozen")
+            if (e["env"], e["service"]) == key
+        ]
+        since = max([window_start, *resets])
+        recent = len(
+            ledger.event_rows(kind="instance_replaced", env=key[0], service=key[1], since=since)
+        )
+        if recent + count > policy.thrash_limit:
+            tripped[key] = {
+                "why": f"thrash: {recent} replacements in {policy.thrash_window:.0f}s "
+                f"and {count} more planned, limit {policy.thrash_limit}",
+                "replacements": recent,
+                "planned": count,
+                "limit": policy.thrash_limit,
+                "window_seconds": policy.thrash_window,
+                "commit": desired.commit,
+            }
+    return tripped
 
 
 def _record_vanished(

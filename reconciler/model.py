@@ -90,6 +90,7 @@ class ServiceSpec:
     source_file: str = ""
     traffic: TrafficSpec | None = None
     batch: int = 1  # rolling: instances replaced at a time
+    frozen: bool = False  # observed and reported, never changed
 
     @property
     def key(self) -> tuple[str, str]:
@@ -102,6 +103,7 @@ class Environment:
     provider: str
     services: tuple[ServiceSpec, ...]
     source_file: str = ""
+    frozen: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,10 @@ class Policy:
     max_parallel: int = 8
     max_destroy_fraction: float = 0.5
     boot_timeout: float = 600.0  # seconds to wait for a new instance to run
+    # Thrash detector: more than `thrash_limit` instance replacements of one service
+    # within `thrash_window` seconds freezes it until a new commit or `unfreeze`.
+    thrash_limit: int = 5
+    thrash_window: float = 3600.0
 
 
 @dataclass(frozen=True)

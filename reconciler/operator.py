@@ -109,3 +109,27 @@ def retry(ledger: Ledger, env: str, service: str) -> str:
         reason=f"retry requested after: {latest['reason']}",
     )  # fmt: skip
     return f"{env}/{service}: the spec of generation {latest['number']} will be tried again"
+
+
+def unfreeze(ledger: Ledger, desired_dir: str | Path, env: str, service: str | None) -> str:
+    """Lift the freezes a guard set on `env` (or one service of it)."""
+    desired = engine.read_desired(desired_dir)
+    frozen = engine.current_freezes(ledger, desired)
+    lifted = sorted(k for k in frozen if k[0] == env and service in (None, k[1]))
+    if not lifted:
+        in_git = [
+            s.name for s in desired.services()
+            if s.env == env and s.frozen and service in (None, s.name)
+        ]  # fmt: skip
+        if in_git:
+            raise NothingToDo(
+                f"{env}/{', '.join(in_git)} is frozen in the desired state (frozen: true); "
+                "change it in git"
+            )
+        raise NothingToDo(f"nothing in {env} is frozen by a guard")
+    for key in lifted:
+        ledger.record_event(
+            kind="unfrozen", at=datetime.now(UTC), env=key[0], service=key[1],
+            detail={"why": "reconciler unfreeze", "was": frozen[key]},
+        )  # fmt: skip
+    return "unfrozen: " + ", ".join(f"{e}/{s}" for e, s in lifted)

@@ -66,11 +66,20 @@ def compute_plan(
     ledger: LedgerView,
     now: datetime,
     pins: Mapping[tuple[str, str], Pin] | None = None,
+    frozen: Mapping[tuple[str, str], str] | None = None,
 ) -> Plan:
-    """Decide the actions that move the observed world to the desired state."""
+    """Decide the actions that move the observed world to the desired state.
+
+    `pins` hold services on a rolled-back generation; `frozen` maps services a guard
+    froze to why. Both, and `frozen: true` in the desired state, are observed and
+    reported, never changed."""
     actions: list[Action] = []
     notes: list[Note] = []
     for facts in _gather(desired, observed, ledger):
+        why_frozen = _frozen_because(facts, frozen or {})
+        if why_frozen is not None:
+            notes.append(Note(facts.env, facts.service, why_frozen))
+            continue
         pin = (pins or {}).get((facts.env, facts.service))
         if pin is not None and facts.spec is not None:
             # Held by `rollback`: observed and reported, never changed, until released.
@@ -88,6 +97,18 @@ def compute_plan(
         notes.extend(service_notes)
     actions.extend(_prune_unidentified(observed))
     return Plan(actions=tuple(actions), notes=tuple(notes))
+
+
+def _frozen_because(facts: _ServiceFacts, frozen: Mapping[tuple[str, str], str]) -> str | None:
+    if facts.spec is not None and facts.spec.frozen:
+        return "frozen in the desired state: observed, not changed"
+    guard = frozen.get((facts.env, facts.service))
+    if guard is not None:
+        return (
+            f"frozen by a guard ({guard}); a new commit or "
+            f"`reconciler unfreeze {facts.env} {facts.service}` lifts it"
+        )
+    return None
 
 
 def _gather(

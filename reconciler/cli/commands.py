@@ -251,6 +251,19 @@ def retry(ctx: click.Context, env: str, service: str) -> None:
 
 
 @cli.command()
+@click.argument("env")
+@click.argument("service", required=False)
+@desired_option
+@click.pass_context
+def unfreeze(ctx: click.Context, env: str, service: str | None, desired_dir: Path) -> None:
+    """Lift a freeze set by a guard (the thrash detector) on ENV or one SERVICE."""
+    from reconciler import operator
+
+    with domain_errors(), StateLock(ctx.obj["state_dir"]), open_ledger(ctx) as ledger:
+        click.echo(operator.unfreeze(ledger, desired_dir, env, service))
+
+
+@cli.command()
 @json_option
 def plugins(as_json: bool) -> None:
     """Installed health, traffic and notifier plugins (and any that failed to load)."""

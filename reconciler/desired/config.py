@@ -47,7 +47,14 @@ PROVIDER_KEYS: Final = (
     "billing_minimum",
 )
 BILLING_MODES: Final = ("per-second", "per-hour")
-POLICY_KEYS: Final = ("max_parallel", "max_destroy_fraction", "boot_timeout", "max_count")
+POLICY_KEYS: Final = (
+    "max_parallel",
+    "max_destroy_fraction",
+    "boot_timeout",
+    "max_count",
+    "thrash_limit",
+    "thrash_window",
+)
 CREDENTIAL_NAMES: Final = ("key", "secret", "token")
 SECRET_SOURCES: Final = ("env", "file")
 # Drivers with an adapter in reconciler.providers; a new adapter adds its name here.
@@ -186,12 +193,32 @@ def _parse_policy(reporter: Reporter, node: YNode | None) -> tuple[Policy | None
         )
     if "max_count" in entries:
         max_count = get_int(reporter, entries["max_count"], path="policy.max_count", minimum=1)
-    if max_parallel is None or fraction is None or boot_timeout is None:
+    thrash_limit: int | None = built.thrash_limit
+    thrash_window: float | None = built.thrash_window
+    if "thrash_limit" in entries:
+        thrash_limit = get_int(
+            reporter, entries["thrash_limit"], path="policy.thrash_limit", minimum=1
+        )
+    if "thrash_window" in entries:
+        thrash_window = get_duration(
+            reporter, entries["thrash_window"], path="policy.thrash_window", positive=True
+        )
+    if (
+        max_parallel is None
+        or fraction is None
+        or boot_timeout is None
+        or thrash_limit is None
+        or thrash_window is None
+    ):
         return None, max_count
-    return (
-        Policy(max_parallel=max_parallel, max_destroy_fraction=fraction, boot_timeout=boot_timeout),
-        max_count,
+    policy_value = Policy(
+        max_parallel=max_parallel,
+        max_destroy_fraction=fraction,
+        boot_timeout=boot_timeout,
+        thrash_limit=thrash_limit,
+        thrash_window=thrash_window,
     )
+    return policy_value, max_count
 
 
 def _parse_providers(reporter: Reporter, node: YNode, *, settings: Settings) -> None:

@@ -10,6 +10,7 @@ a guard's decision, with its own exit code), or read anything but user data.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -18,6 +19,7 @@ from reconciler.desired.fields import SHARED_KEYS, ServiceFields, parse_service_
 from reconciler.desired.schema import (
     Reporter,
     check_keys,
+    get_bool,
     get_map,
     get_str,
     join,
@@ -27,8 +29,8 @@ from reconciler.desired.yamlsource import YamlDocument, YMap
 from reconciler.fingerprint import compute_fingerprint
 from reconciler.model import Environment, ServiceSpec, Strategy
 
-ENV_KEYS: Final = ("provider", "services")
-SERVICE_KEYS: Final = ("image", *SHARED_KEYS)
+ENV_KEYS: Final = ("provider", "services", "frozen")
+SERVICE_KEYS: Final = ("image", "frozen", *SHARED_KEYS)
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
 NAME_HINT: Final = "use 1 to 31 lowercase letters, digits or '-', starting with a letter or digit"
 
@@ -72,6 +74,9 @@ def parse_environment(
             allow_null=True,
         )
     has_services = services is None or bool(services.entries)
+    env_frozen = False
+    if "frozen" in top.entries:
+        env_frozen = get_bool(reporter, top.entries["frozen"], path="frozen") or False
 
     provider: str | None = None
     provider_node = (
@@ -109,11 +114,14 @@ def parse_environment(
         )
         if spec is not None:
             specs.append(spec)
+    if env_frozen:
+        specs = [replace(spec, frozen=True) for spec in specs]
     env = Environment(
         name=name,
         provider=provider or "",
         services=tuple(sorted(specs, key=lambda s: s.name)),
         source_file=reporter.file,
+        frozen=env_frozen,
     )
     return _unless_reported(reporter, before, env)
 
@@ -139,6 +147,10 @@ def _parse_service(
     check_keys(reporter, node_map, path=path, allowed=SERVICE_KEYS)
     image_node = require(reporter, node_map, "image", path=path)
     image = None if image_node is None else get_str(reporter, image_node, path=join(path, "image"))
+    frozen = False
+    if "frozen" in node_map.entries:
+        parsed = get_bool(reporter, node_map.entries["frozen"], path=join(path, "frozen"))
+        frozen = bool(parsed)
     own = parse_service_fields(
         reporter,
         node_map,
@@ -199,6 +211,7 @@ def _parse_service(
         source_file=reporter.file,
         traffic=traffic,
         batch=batch if batch is not None else 1,
+        frozen=frozen,
     )
 
 

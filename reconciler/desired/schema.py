@@ -108,6 +108,16 @@ def get_map(
     return None
 
 
+def get_bool(reporter: Reporter, node: YNode, *, path: str) -> bool | None:
+    """Return `node` as true/false; "yes", 1 or a quoted "true" are errors, never coerced."""
+    if is_rejected(node):
+        return None
+    if not isinstance(node, YScalar) or not isinstance(node.value, bool):
+        reporter.add(node.line, path, f"must be true or false, got {describe(node)}")
+        return None
+    return node.value
+
+
 def get_str(
     reporter: Reporter,
     node: YNode,
