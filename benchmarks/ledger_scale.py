@@ -49,7 +49,7 @@ def build(state_dir: Path, instances: int) -> None:
                     ended and ended.isoformat(timespec="microseconds"),
                 )
                 gen_rows.append((f"env{e}", f"svc{s}", g, "cloud", f"fp{g}", "ami", "t3.micro",
-                                 PER_GENERATION, "active" if last else "destroyed", c, c, d, d))  # fmt: skip
+                                 PER_GENERATION, "active" if last else "destroyed", c, c, d, d))  # noqa: E501  # fmt: skip
                 for slot in range(PER_GENERATION):
                     n += 1
                     inst_rows.append((f"i-{n:017x}", "cloud", f"env{e}", f"svc{s}", g, slot,
@@ -110,7 +110,7 @@ def main() -> None:
         build(state_dir, args.instances)
         print(f"build took {time.perf_counter() - began:.1f} s")
         for check in ("full", "quick"):
-            timed(f"open ({check} integrity check)", lambda c=check: Ledger.open(state_dir, check=c).close() or 0)  # type: ignore[func-returns-value]  # fmt: skip
+            timed(f"open ({check} integrity check)", lambda c=check: Ledger.open(state_dir, check=c).close() or 0)  # type: ignore[func-returns-value]  # noqa: E501  # fmt: skip
         with Ledger.open(state_dir, check="quick") as ledger:
             timed("ledger cost --by service", lambda: ledger.cost_rows(by="service", now=NOW))
             timed("ledger cost --by env --since 30d", lambda: ledger.cost_rows(

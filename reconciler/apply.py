@@ -20,7 +20,7 @@ from typing import NoReturn, Protocol
 
 import structlog
 
-from reconciler.errors import ReconcilerError
+from reconciler.errors import ObservationIncomplete, ReconcilerError
 from reconciler.extensions import PluginError
 from reconciler.ledger import Ledger
 from reconciler.model import (
@@ -333,7 +333,16 @@ class Applier:
         deadline = time.monotonic() + self.desired.policy.boot_timeout
         while True:
             self._check_stop()
-            current = {i.id: i for i in provider.list_owned(self.desired.owner) if i.id in wanted}
+            try:
+                listed = provider.list_owned(self.desired.owner)
+            except ObservationIncomplete as exc:
+                # A listing that failed says nothing about the new instances: keep waiting.
+                log.warning("boot_wait_listing_failed", service=spec.name, error=str(exc))
+                if time.monotonic() >= deadline:
+                    raise RolloutFailed(f"could not see the new instances boot: {exc}") from None
+                self.sleep(POLL_INTERVAL)
+                continue
+            current = {i.id: i for i in listed if i.id in wanted}
             running = [i for i in current.values() if i.state is InstanceState.RUNNING]
             if len(running) == len(wanted):
                 return running

@@ -26,7 +26,9 @@ MAX_YAML_BYTES: Final = 1024 * 1024
 # Deep nesting is never needed by the schema; the cap keeps the (recursive)
 # composer and our walker far from Python's recursion limit.
 MAX_DEPTH: Final = 40
-MAX_REFUSALS_REPORTED: Final = 5
+# A YAML bomb holds thousands of aliases: one problem per kind of refused construct
+# (anchor, alias, tag) per file names the first one and lists the lines of a few more.
+MAX_REFUSED_LINES_LISTED: Final = 10
 
 _CORE = "tag:yaml.org,2002:"
 # Explicit tags that merely restate what a plain value already is; anything else
@@ -128,6 +130,10 @@ def compose_yaml(text: str, *, display: str, problems: list[Problem]) -> YamlDoc
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
+        if exc.context_mark is not None and mark is not None and not text[mark.index :].strip():
+            # "got <stream end>": the end of the file says nothing; the unclosed
+            # construct's start does.
+            mark = exc.context_mark
         line = mark.line + 1 if mark is not None else None
         detail = " ".join(part for part in (exc.context, exc.problem) if part)
         problems.append(Problem(display, line, "", f"YAML syntax error: {detail}"))
@@ -153,9 +159,7 @@ def compose_yaml(text: str, *, display: str, problems: list[Problem]) -> YamlDoc
     # Refused and duplicate constructs are reported by the walker with their key
     # path; the rest of the file is still validated so one pass shows every problem.
     root = walker.convert(node, line=_line(node.start_mark), depth=0, path="")
-    if walker.refusals > MAX_REFUSALS_REPORTED:
-        more = walker.refusals - MAX_REFUSALS_REPORTED
-        problems.append(Problem(display, None, "", f"... and {more} more refused YAML constructs"))
+    walker.summarize_refusals()
     return YamlDocument(display, root)
 
 
@@ -180,6 +184,7 @@ class _StrictLoader(yaml.SafeLoader):
             alias: Any = self.get_event()  # type: ignore[no-untyped-call]
             return _placeholder(
                 alias,
+                "alias",
                 f"YAML alias *{alias.anchor} is not allowed: anchors and aliases are "
                 "refused (YAML-bomb protection); write the value out",
             )
@@ -189,20 +194,26 @@ class _StrictLoader(yaml.SafeLoader):
         if event.anchor is not None:
             return _placeholder(
                 event,
+                "anchor",
                 f"YAML anchor &{event.anchor} is not allowed: anchors and aliases are "
                 "refused (YAML-bomb protection); write the value out",
             )
         if tag is not None and tag not in _ALLOWED_EXPLICIT_TAGS:
             return _placeholder(
                 event,
+                "tag",
                 f"explicit YAML tag {_short_tag(tag)!r} is not allowed: desired state "
                 "holds plain values only",
             )
         return node
 
 
-def _placeholder(event: Any, reason: str) -> ScalarNode:
-    return ScalarNode(_REJECTED_TAG, reason, event.start_mark, event.end_mark)
+def _placeholder(event: Any, kind: str, reason: str) -> ScalarNode:
+    return ScalarNode(f"{_REJECTED_TAG}:{kind}", reason, event.start_mark, event.end_mark)
+
+
+def _is_placeholder(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag.startswith(_REJECTED_TAG + ":")
 
 
 class _Walker:
@@ -212,20 +223,43 @@ class _Walker:
         self.display = display
         self.problems = problems
         self.constructor = SafeConstructor()
-        self.refusals = 0
+        # Per kind of refused construct: the index of its first problem, later lines.
+        self.first_refusal: dict[str, int] = {}
+        self.more_refusal_lines: dict[str, list[int]] = {}
 
     def fail(self, line: int, path: str, message: str) -> None:
         self.problems.append(Problem(self.display, line, path, message))
 
     def refuse(self, node: ScalarNode, path: str) -> None:
-        # A YAML bomb holds thousands of aliases; a few locations are enough to fix it.
-        self.refusals += 1
-        if self.refusals <= MAX_REFUSALS_REPORTED:
+        kind = node.tag.rsplit(":", 1)[-1]
+        if kind not in self.first_refusal:
+            self.first_refusal[kind] = len(self.problems)
             self.fail(_line(node.start_mark), path, str(node.value))
+        else:
+            self.more_refusal_lines.setdefault(kind, []).append(_line(node.start_mark))
+
+    def summarize_refusals(self) -> None:
+        """Fold the later refusals of each kind into the first one's message."""
+        for kind, more in self.more_refusal_lines.items():
+            index = self.first_refusal[kind]
+            first = self.problems[index]
+            lines = sorted(set(more))
+            shown = ", ".join(str(n) for n in lines[:MAX_REFUSED_LINES_LISTED])
+            if len(lines) > MAX_REFUSED_LINES_LISTED:
+                shown += ", ..."
+            many = len(more) > 1
+            self.problems[index] = Problem(
+                first.file,
+                first.line,
+                first.key,
+                f"{first.message} ({len(more)} more refused YAML construct{'s' if many else ''}"
+                f" like it in this file, on line{'s' if len(lines) > 1 else ''} {shown})",
+            )
 
     def convert(self, node: Node, *, line: int, depth: int, path: str) -> YNode:
         if depth > MAX_DEPTH:
-            self.fail(line, path, f"YAML is nested deeper than {MAX_DEPTH} levels")
+            shown = path if len(path) <= 60 else path[:57] + "..."
+            self.fail(line, shown, f"YAML is nested deeper than {MAX_DEPTH} levels")
             return YScalar(REJECTED, "", line)
         if isinstance(node, MappingNode):
             return self.convert_mapping(node, line=line, depth=depth, path=path)
@@ -236,9 +270,13 @@ class _Walker:
                 )
                 for index, item in enumerate(node.value)
             )
+            if any(isinstance(item, YScalar) and item.value is REJECTED for item in items):
+                # The item's problem is reported; a list missing it is no value to
+                # validate further (that would only add "must be ..., got a list").
+                return YScalar(REJECTED, "", line)
             return YSeq(items, line)
         assert isinstance(node, ScalarNode)
-        if node.tag == _REJECTED_TAG:
+        if _is_placeholder(node):
             self.refuse(node, path)
             return YScalar(REJECTED, "", line)
         try:
@@ -263,7 +301,7 @@ class _Walker:
             if not isinstance(key_node, ScalarNode):
                 self.fail(key_line, path, "mapping keys must be plain strings")
                 continue
-            if key_node.tag == _REJECTED_TAG:
+            if _is_placeholder(key_node):
                 self.refuse(key_node, path)
                 continue
             # Keys keep the text as written: `on:` or `123:` name things, they are

@@ -88,3 +88,11 @@ class ComputeProvider(Protocol):
     def price_per_hour(self, size: str) -> float | None:
         """The on-demand price for `size` in this provider's region, if known."""
         ...
+
+    def user_data_of(self, instance_id: str) -> str | None:
+        """The user data an instance was launched with (rolling rollbacks relaunch it)."""
+        ...
+
+    def list_unowned(self, owner: str) -> Sequence[ObservedInstance]:
+        """Every instance without the `owner` tag, all pages: reported, never touched."""
+        ...

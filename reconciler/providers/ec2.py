@@ -4,11 +4,22 @@ Owns: everything EC2-specific — paginated DescribeInstances (libcloud's `list_
 makes one call and ignores NextToken, so fleets past one page would go unseen),
 state mapping, tags at launch, the ClientToken derived from the operation id, prices
 from libcloud's pricing data, and translating libcloud/requests exceptions into ours
-with bounded retries (tenacity). Must not: decide what to create or destroy.
+with bounded retries (tenacity). Must not: decide what to create or destroy, or let
+libcloud retry on its own (a hidden retry of RunInstances could launch twice).
+
+Fault model: throttling (EC2 sends `RequestLimitExceeded` as an XML error with HTTP
+503, which libcloud does not map to its rate-limit exception) means the call was not
+executed; a 5xx, a timeout, a reset connection or an unreadable body means its outcome
+is unknown. A create with an unknown outcome is looked up by its `reconciler:op` tag
+before it is sent again (EC2's ClientToken also protects it; EC2-compatible endpoints
+may ignore the token). A listing that cannot be read to the end raises
+ObservationIncomplete, never a partial answer.
 """
 
 from __future__ import annotations
 
+import base64
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import partial
@@ -20,8 +31,7 @@ import structlog
 from libcloud.common.exceptions import BaseHTTPError
 from libcloud.common.types import InvalidCredsError, LibcloudError, MalformedResponseError
 from libcloud.compute.base import Node, NodeImage, NodeSize
-from libcloud.compute.drivers.ec2 import NAMESPACE, EC2NodeDriver
-from libcloud.compute.types import NodeState
+from libcloud.compute.drivers.ec2 import NAMESPACE, EC2Connection, EC2NodeDriver
 from libcloud.pricing import get_size_price
 from libcloud.utils.xml import findall, findattr, findtext
 from tenacity import (
@@ -33,6 +43,7 @@ from tenacity import (
 )
 
 from reconciler.errors import ObservationIncomplete, ProviderError, TransientError
+from reconciler.extensions import LoadBalancerPort
 from reconciler.model import InstanceState, ObservedInstance
 from reconciler.providers.base import (
     TAG_ENV,
@@ -60,8 +71,31 @@ _STATES = {
 }
 _PAGE_SIZE = 1000  # the largest page DescribeInstances allows with filters
 _MAX_PAGES = 10_000  # a server that never stops paging is a fault, not a fleet
-_TRANSIENT_CODES = ("RequestLimitExceeded", "Throttling", "InternalError", "Unavailable")
+# Rejected before execution: retrying cannot duplicate anything.
+_THROTTLE_CODES = ("RequestLimitExceeded", "Throttling", "RequestThrottled")
+_TRANSIENT_CODES = (*_THROTTLE_CODES, "InternalError", "Unavailable", "ServiceUnavailable")
 _GONE_CODES = ("InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed")
+# EC2 is eventually consistent: an instance we launched may be unknown to other calls
+# for a while. Within this window "not found" means "not visible yet", not "gone".
+_NOT_VISIBLE_WINDOW = 120.0
+_TERMINATING_STATES = ("shutting-down", "terminated")
+
+
+class OutcomeUnknown(TransientError):
+    """The request may or may not have taken effect (lost response, 5xx, timeout)."""
+
+
+class _EdgeRetriedConnection(EC2Connection):
+    """libcloud's own retry (LIBCLOUD_RETRY_FAILED_HTTP_REQUESTS) stays off: retries
+    happen only in `Ec2Provider._call`, where each one is bounded and logged."""
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["retry_failed"] = False
+        return super().request(*args, **kwargs)
+
+
+class _Driver(EC2NodeDriver):
+    connectionCls = _EdgeRetriedConnection
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int, bool]:
@@ -76,19 +110,34 @@ def _first(values: list[str] | None) -> str | None:
 
 
 def _translate(exc: Exception, action: str) -> Exception:
-    """Our error for a libcloud/requests failure; messages carry no credentials."""
+    """Our error for a libcloud/requests failure; messages carry no credentials (nor
+    request URLs, headers or bodies: only the cloud's error code and message)."""
+    if isinstance(exc, TransientError | ProviderError):
+        return exc
     if isinstance(exc, InvalidCredsError):
         return ProviderError(f"{action}: the cloud rejected the credentials")
+    if isinstance(exc, requests.ConnectTimeout):
+        # No connection was made, so the request was never sent.
+        return TransientError(f"{action}: connection timed out")
     if isinstance(exc, (requests.RequestException, OSError)):
-        return TransientError(f"{action}: connection failed ({type(exc).__name__})")
+        return OutcomeUnknown(f"{action}: connection failed ({type(exc).__name__})")
     if isinstance(exc, BaseHTTPError):
         message = str(exc.message)[:300]
-        if exc.code >= 500 or exc.code == 429 or any(c in message for c in _TRANSIENT_CODES):
+        if exc.code == 429 or any(code in message for code in _THROTTLE_CODES):
             return TransientError(f"{action}: {message}")
+        if exc.code >= 500 or any(code in message for code in _TRANSIENT_CODES):
+            return OutcomeUnknown(f"{action}: {message}")
         return ProviderError(f"{action}: {message}")
     if isinstance(exc, (LibcloudError, MalformedResponseError)):
-        return TransientError(f"{action}: malformed response from the cloud")
+        # Not echoed: libcloud puts the whole response body in the message.
+        return OutcomeUnknown(f"{action}: malformed response from the cloud")
     return exc
+
+
+def _root_is(body: Any, response: str) -> bool:
+    """True if `body` is the EC2 document `response` (not a proxy's page, not an error)."""
+    tag = getattr(body, "tag", "")
+    return isinstance(tag, str) and tag.rsplit("}", 1)[-1] == response
 
 
 class Ec2Provider:
@@ -114,17 +163,18 @@ class Ec2Provider:
         if endpoint:
             host, port, secure = parse_endpoint(endpoint)
             options.update(host=host, port=port, secure=secure)
-        self._driver: Any = EC2NodeDriver(key, secret, **options)
+        self._driver: Any = _Driver(key, secret, **options)
         self._retry_attempts = retry_attempts
         self._retry_seconds = retry_seconds
         self._page_size = page_size
         self._on_call = on_call  # (provider, action) per request sent: metrics
+        self._launched: dict[str, float] = {}  # instance id -> monotonic launch time
 
     # ------------------------------------------------------------ calls with retries
 
-    def _call(self, action: str, fn: Callable[[], T]) -> T:
-        """Run one API call; retry transient failures with jittered backoff."""
-        retrying = Retrying(
+    def _retrying(self, action: str) -> Retrying:
+        """Bounded attempts and total time, jittered exponential waits, each retry logged."""
+        return Retrying(
             retry=retry_if_exception_type(TransientError),
             stop=stop_after_attempt(self._retry_attempts) | stop_after_delay(self._retry_seconds),
             wait=wait_random_exponential(multiplier=0.5, max=10),
@@ -137,15 +187,23 @@ class Ec2Provider:
             ),
             reraise=True,
         )
-        for attempt in retrying:
+
+    def _call(self, action: str, fn: Callable[[], T], *, retry: bool = True) -> T:
+        """Run one API call; retry transient failures with jittered backoff."""
+        if not retry:
+            return self._attempt(action, fn)
+        for attempt in self._retrying(action):
             with attempt:
-                if self._on_call is not None:
-                    self._on_call(self.name, action)
-                try:
-                    return fn()
-                except Exception as exc:  # translated at this edge, re-raised typed
-                    raise _translate(exc, action) from None
+                return self._attempt(action, fn)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _attempt(self, action: str, fn: Callable[[], T]) -> T:
+        if self._on_call is not None:
+            self._on_call(self.name, action)
+        try:
+            return fn()
+        except Exception as exc:  # translated at this edge, re-raised typed
+            raise _translate(exc, action) from None
 
     def _request(self, params: dict[str, str]) -> Any:
         return self._driver.connection.request(self._driver.path, params=params).object
@@ -153,33 +211,60 @@ class Ec2Provider:
     # ------------------------------------------------------------ observation
 
     def list_owned(self, owner: str) -> Sequence[ObservedInstance]:
-        return self._describe({"tag:" + TAG_OWNER: owner})
+        # The server-side filter is a convenience, not the guard: EC2 filter values
+        # take wildcards and compatible endpoints filter loosely, so ownership is
+        # checked again here, exactly.
+        return [
+            i for i in self._describe({"tag:" + TAG_OWNER: owner}) if i.tags.get(TAG_OWNER) == owner
+        ]
 
-    def find_by_op(self, owner: str, op: str) -> ObservedInstance | None:
+    def find_by_op(self, owner: str, op: str, *, retry: bool = True) -> ObservedInstance | None:
+        filters = {"tag:" + TAG_OWNER: owner, "tag:" + TAG_OP: op}
         found = [
-            i for i in self._describe({"tag:" + TAG_OWNER: owner, "tag:" + TAG_OP: op}) if i.alive
+            i
+            for i in self._describe(filters, retry=retry)
+            if i.alive and i.tags.get(TAG_OWNER) == owner and i.tags.get(TAG_OP) == op
         ]
         return found[0] if found else None
 
-    def _describe(self, filters: dict[str, str]) -> list[ObservedInstance]:
+    def _describe(self, filters: dict[str, str], *, retry: bool = True) -> list[ObservedInstance]:
         base = {"Action": "DescribeInstances", "MaxResults": str(self._page_size)}
         for n, (name, value) in enumerate(sorted(filters.items()), start=1):
             base[f"Filter.{n}.Name"] = name
             base[f"Filter.{n}.Value.1"] = value
-        instances: list[ObservedInstance] = []
+        # Keyed by id: a server whose pages overlap must not make one instance count twice.
+        instances: dict[str, ObservedInstance] = {}
         token: str | None = None
+        seen_tokens: set[str] = set()
         try:
             for _page in range(_MAX_PAGES):
                 params = dict(base, NextToken=token) if token else base
-                body = self._call("DescribeInstances", partial(self._request, params))
+                body = self._call("DescribeInstances", partial(self._page, params), retry=retry)
                 for item in findall(body, "reservationSet/item/instancesSet/item", NAMESPACE):
-                    instances.append(self._to_observed(item))
+                    observed = self._to_observed(item)
+                    instances[observed.id] = observed
                 token = findtext(body, "nextToken", NAMESPACE)
                 if not token:
-                    return instances
+                    return list(instances.values())
+                if token in seen_tokens:
+                    raise ObservationIncomplete(f"{self.name}: listing repeats a page token")
+                seen_tokens.add(token)
         except (TransientError, ProviderError) as exc:
             raise ObservationIncomplete(f"{self.name}: listing failed: {exc}") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # One unreadable instance makes the whole listing untrustworthy.
+            raise ObservationIncomplete(
+                f"{self.name}: listing held an unreadable instance ({type(exc).__name__})"
+            ) from None
         raise ObservationIncomplete(f"{self.name}: listing did not end after {_MAX_PAGES} pages")
+
+    def _page(self, params: dict[str, str]) -> Any:
+        body = self._request(params)
+        if not _root_is(body, "DescribeInstancesResponse"):
+            # A 200 that is not a listing (a proxy's page, say) would read as "no
+            # instances" and make the planner replace the whole fleet.
+            raise OutcomeUnknown("DescribeInstances: the response is not an EC2 listing")
+        return body
 
     def _to_observed(self, item: Any) -> ObservedInstance:
         node: Node = self._driver._to_node(item)
@@ -221,7 +306,7 @@ class Ec2Provider:
         owner = request.tags[TAG_OWNER]
 
         def launch() -> Node:
-            node: Node = self._driver.create_node(
+            node: Any = self._driver.create_node(
                 name=request.name,
                 image=image,
                 size=size,
@@ -230,16 +315,33 @@ class Ec2Provider:
                 # Same operation, same token: EC2 returns the first instance on a retry.
                 ex_clienttoken=f"reconciler-{request.op}",
             )
+            if not isinstance(node, Node):  # zero or several instances: not our launch
+                raise OutcomeUnknown("RunInstances: the response holds no single instance")
             return node
 
+        unknown = False  # did an earlier attempt possibly launch the instance?
         try:
-            node = self._call("RunInstances", launch)
+            for attempt in self._retrying("RunInstances"):
+                with attempt:
+                    if unknown:
+                        existing = self._look_up_launch(owner, request.op)
+                        if existing is not None:
+                            return existing
+                    try:
+                        node = self._attempt("RunInstances", launch)
+                    except OutcomeUnknown:
+                        unknown = True
+                        raise
         except TransientError:
-            # The outcome is unknown (e.g. the response was lost): look before relaunching.
-            existing = self.find_by_op(owner, request.op)
-            if existing is not None:
-                return existing
+            if unknown:  # last chance, with the listing's own retries
+                try:
+                    existing = self.find_by_op(owner, request.op)
+                except ObservationIncomplete:
+                    existing = None
+                if existing is not None:
+                    return existing
             raise
+        self._launched[str(node.id)] = time.monotonic()
         return ObservedInstance(
             id=str(node.id),
             provider=self.name,
@@ -258,21 +360,60 @@ class Ec2Provider:
             tags=dict(request.tags),
         )
 
-    def destroy_instance(self, instance_id: str) -> None:
-        node = Node(
-            id=instance_id,
-            name=instance_id,
-            state=NodeState.UNKNOWN,
-            public_ips=[],
-            private_ips=[],
-            driver=self._driver,
-        )
+    def _look_up_launch(self, owner: str, op: str) -> ObservedInstance | None:
+        """One unretried lookup by operation tag; if it fails, the launch must not be
+        sent again, so the failure counts as one more unknown outcome."""
         try:
-            self._call("TerminateInstances", lambda: self._driver.destroy_node(node))
-        except ProviderError as exc:
-            if any(code in str(exc) for code in _GONE_CODES):
+            found = self.find_by_op(owner, op, retry=False)
+        except ObservationIncomplete as exc:
+            raise OutcomeUnknown(
+                f"RunInstances: cannot check for an earlier launch: {exc}"
+            ) from None
+        if found is not None:
+            self._launched.setdefault(found.id, time.monotonic())
+            log.info("provider_launch_found_by_op", provider=self.name, op=op, instance=found.id)
+        return found
+
+    def destroy_instance(self, instance_id: str) -> None:
+        params = {"Action": "TerminateInstances", "InstanceId.1": instance_id}
+
+        def terminate() -> None:
+            try:
+                body = self._request(params)
+            except BaseHTTPError as exc:
+                if not any(code in str(exc.message) for code in _GONE_CODES):
+                    raise
+                launched = self._launched.get(instance_id)
+                if launched is not None and time.monotonic() - launched < _NOT_VISIBLE_WINDOW:
+                    raise TransientError(
+                        f"TerminateInstances: {instance_id} is not visible yet"
+                    ) from None
                 return  # already gone: the goal of a destroy is met
-            raise
+            states = [
+                findtext(item, "currentState/name", NAMESPACE)
+                for item in findall(body, "instancesSet/item", NAMESPACE)
+            ]
+            if not _root_is(body, "TerminateInstancesResponse") or not states:
+                raise OutcomeUnknown("TerminateInstances: the response is not an EC2 answer")
+            if not all(state in _TERMINATING_STATES for state in states):
+                raise TransientError(f"TerminateInstances: {instance_id} is still {states[0]}")
+
+        self._call("TerminateInstances", terminate)
+        self._launched.pop(instance_id, None)
+
+    def user_data_of(self, instance_id: str) -> str | None:
+        """The user data an instance was launched with (to relaunch its like in a rollback)."""
+        params = {"Action": "DescribeInstanceAttribute", "InstanceId": instance_id,
+                  "Attribute": "userData"}  # fmt: skip
+        body = self._call("DescribeInstanceAttribute", partial(self._request, params))
+        encoded = findtext(body, "userData/value", NAMESPACE)
+        return base64.b64decode(encoded).decode("utf-8", "replace") if encoded else None
+
+    # Set by the registry when the profile can reach a load-balancer API (classic ELB).
+    lb_factory: Callable[[], LoadBalancerPort] | None = None
+
+    def load_balancers(self) -> LoadBalancerPort | None:
+        return self.lb_factory() if self.lb_factory is not None else None
 
     def price_per_hour(self, size: str) -> float | None:
         try:
@@ -282,3 +423,12 @@ class Ec2Provider:
         except (KeyError, LibcloudError):
             return None
         return float(price) if price is not None else None
+
+    def list_unowned(self, owner: str) -> Sequence[ObservedInstance]:
+        """Every instance in this account and region WITHOUT our owner tag, all pages.
+
+        For reports only (`ledger orphans --include-unowned`): nothing here is ever
+        modified. EC2 filters cannot say "tag absent", so the listing is unfiltered and
+        the owned ones are dropped here.
+        """
+        return [i for i in self._describe({}) if i.tags.get(TAG_OWNER) != owner]
