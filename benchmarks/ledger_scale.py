@@ -48,8 +48,9 @@ def build(state_dir: Path, instances: int) -> None:
                     created.isoformat(timespec="microseconds"),
                     ended and ended.isoformat(timespec="microseconds"),
                 )
+                state = "active" if last else "destroyed"
                 gen_rows.append((f"env{e}", f"svc{s}", g, "cloud", f"fp{g}", "ami", "t3.micro",
-                                 PER_GENERATION, "active" if last else "destroyed", c, c, d, d))  # noqa: E501  # fmt: skip
+                                 PER_GENERATION, state, c, c, d, d))  # fmt: skip
                 for slot in range(PER_GENERATION):
                     n += 1
                     inst_rows.append((f"i-{n:017x}", "cloud", f"env{e}", f"svc{s}", g, slot,
