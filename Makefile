@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck clean sandbox
+.PHONY: demo test lint typecheck clean sandbox bench soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,12 +22,20 @@ test: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
+# More SIGKILL trials than the default suite's 10 (tests/test_crash_safety.py).
+soak: $(STAMP)
+	SOAK_TRIALS=200 $(BIN)/python -m pytest -q tests/test_crash_safety.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check reconciler tests
 	$(BIN)/mypy
 
 sandbox: $(STAMP)
 	$(BIN)/reconciler sandbox
+
+# Figures against the issue-7 targets, written to benchmarks/RESULTS.md (minutes).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .hypothesis

@@ -36,6 +36,7 @@ from reconciler.model import (
 from reconciler.notify import Notifications
 from reconciler.planner import compute_plan
 from reconciler.providers import ComputeProvider, build_provider
+from reconciler.recovery import resolve_open_operations
 from reconciler.rollout import Rollout
 
 log = structlog.get_logger(__name__)
@@ -196,6 +197,11 @@ def _apply_run(
     notifications = Notifications(desired.notifiers)
     try:
         providers = build_providers(desired, on_call=on_call)
+        # What an interrupted pass left open is closed first, so the plan sees it settled.
+        resolve_open_operations(
+            ledger, providers, desired, now=started, run=run_id,
+            frozen=current_freezes(ledger, desired),
+        )  # fmt: skip
         observed = observe(desired, providers)
         # One ledger row per provider: what `ledger orphans` judges between passes.
         accounting.record_observation(

@@ -1,6 +1,6 @@
 """`reconciler ledger ...`: the ledger's listings for people and machines.
 
-Owns: the options of history, generations, events, cost, orphans and report, and
+Owns: the options of history, generations, events, cost, orphans, report and rebuild, and
 choosing the output (rich tables that fit 80 columns, `--json`, `--csv`). Must not:
 compute costs or classify orphans (the ledger, `costs`, `orphans` and `accounting` do).
 """
@@ -32,7 +32,9 @@ from reconciler.cli.root import cli
 from reconciler.desired import parse_duration
 from reconciler.ledger import Ledger
 from reconciler.orphans import desired_services
+from reconciler.rebuild import rebuild_ledger
 from reconciler.report import build_report, tables
+from reconciler.statelock import StateLock
 
 
 @cli.group()
@@ -294,3 +296,34 @@ def report(ctx: click.Context, html_path: Path, days: int) -> None:
     except OSError as exc:
         fail(f"cannot write {html_path}: {exc}")
     click.echo(f"wrote {html_path}", err=True)
+
+
+# ---------------------------------------------------------------- rebuild
+
+
+@ledger.command()
+@desired_option
+@click.option("--yes", is_flag=True, help="Set an existing ledger aside (never deleted).")
+@json_option
+@click.pass_context
+def rebuild(ctx: click.Context, desired_dir: Path, yes: bool, as_json: bool) -> None:
+    """Rebuild generations and instances from the cloud's tags after losing the ledger.
+
+    Runs, events and the cost history before the rebuild cannot be recovered.
+    """
+    refuse_libcloud_debug()
+    state_dir = ctx.obj["state_dir"]
+    with domain_errors(), StateLock(state_dir):
+        desired = engine.read_desired(desired_dir)
+        providers = engine.build_providers(desired)
+        result = rebuild_ledger(state_dir, desired, providers, force=yes, now=datetime.now(UTC))
+    click.echo(f"warning: {result.warning}", err=True)
+    if result.backup is not None:
+        click.echo(f"the previous ledger was moved to {result.backup}", err=True)
+    if as_json:
+        render.print_json(result.to_json())
+        return
+    render.print_rows(Console(), result.generations,
+                      ("env", "service", "number", "state", "count", "fingerprint"),
+                      title="Rebuilt generations")  # fmt: skip
+    click.echo(f"Rebuilt {len(result.generations)} generations, {result.instances} instances.")

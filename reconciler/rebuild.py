@@ -1,0 +1,182 @@
+"""`ledger rebuild`: reconstruct generations and instances from the cloud's tags.
+
+Owns: setting a lost or damaged ledger aside (never deleting it), listing every owned
+instance through the desired state's providers, and writing the generations and
+instances those instances' tags describe into a fresh ledger. Must not: change anything
+in the cloud, plan, or run without the state lock (the CLI takes it, as for `apply`).
+
+What cannot be rebuilt: runs, events, operations, commits, and the lifetimes of
+instances that are already terminated; so cost history before the rebuild is gone.
+Terminated instances are not recorded (a made-up lifetime would be a made-up cost), but
+a generation of nothing but terminated instances is, as destroyed, so that its number
+is never reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from reconciler.errors import LedgerError, ReconcilerError
+from reconciler.ledger import LEDGER_FILENAME, Ledger
+from reconciler.model import DesiredState, GenerationState, InstanceState, ObservedInstance
+from reconciler.providers import ComputeProvider
+
+log = structlog.get_logger(__name__)
+
+COST_WARNING = (
+    "the ledger was rebuilt from the cloud's tags: runs, events and the cost history "
+    "before this point are gone (costs count from each live instance's launch time)"
+)
+REBUILT = "rebuilt from the cloud's tags"
+
+
+class RebuildRefused(ReconcilerError):
+    """The ledger still records generations; re-run with --yes to set it aside first."""
+
+
+@dataclass
+class RebuildReport:
+    generations: list[dict[str, Any]] = field(default_factory=list)
+    instances: int = 0
+    backup: Path | None = None
+    warning: str = COST_WARNING
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "generations": self.generations,
+            "instances": self.instances,
+            "backup": str(self.backup) if self.backup else None,
+            "warning": self.warning,
+        }
+
+
+def rebuild_ledger(
+    state_dir: Path,
+    desired: DesiredState,
+    providers: Mapping[str, ComputeProvider],
+    *,
+    force: bool,
+    now: datetime,
+) -> RebuildReport:
+    """Refuse (RebuildRefused) if the ledger holds generations and not `force`; else list
+    the clouds, set the old file aside, and write what the tags say into a new one."""
+    path = state_dir / LEDGER_FILENAME
+    if path.exists() and _holds_generations(state_dir) and not force:
+        raise RebuildRefused(
+            f"{path} still records generations; `ledger rebuild --yes` moves it aside "
+            "(as ledger.sqlite.bak-<time>) and rebuilds from the cloud"
+        )
+    # Listed before anything moves: a failed listing leaves the old ledger in place.
+    observed = [i for name in sorted(providers) for i in providers[name].list_owned(desired.owner)]
+    backup = _set_aside(path, now=now) if path.exists() and force else None
+    with Ledger.open(state_dir) as ledger:
+        report = _write(ledger, desired, providers, observed, now=now)
+        report.backup = backup
+        # Counts, not the listing: the event must stay small whatever the fleet's size.
+        detail = {**report.to_json(), "generations": len(report.generations)}
+        ledger.record_event(kind="ledger_rebuilt", at=now, detail=detail)
+    log.warning("ledger_rebuilt", generations=len(report.generations), instances=report.instances)
+    return report
+
+
+def _holds_generations(state_dir: Path) -> bool:
+    try:
+        with Ledger.open(state_dir, check="quick") as old:
+            return bool(old.generation_rows())
+    except LedgerError:
+        return True  # unreadable: it may hold anything, so it is set aside, never reused
+
+
+def _set_aside(path: Path, *, now: datetime) -> Path:
+    backup = path.with_name(f"{path.name}.bak-{now.strftime('%Y%m%dT%H%M%SZ')}")
+    # The -wal file may hold committed transactions: it moves with its database.
+    for suffix in ("-wal", "-shm", ""):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            source.rename(backup.with_name(backup.name + suffix))
+    log.warning("ledger_set_aside", backup=str(backup))
+    return backup
+
+
+def _write(
+    ledger: Ledger,
+    desired: DesiredState,
+    providers: Mapping[str, ComputeProvider],
+    observed: Sequence[ObservedInstance],
+    *,
+    now: datetime,
+) -> RebuildReport:
+    report = RebuildReport()
+    by_service: dict[tuple[str, str], dict[int, list[ObservedInstance]]] = {}
+    for instance in observed:
+        if instance.env is None or instance.service is None or instance.generation is None:
+            continue  # identity tags incomplete: the planner prunes these
+        groups = by_service.setdefault((instance.env, instance.service), {})
+        groups.setdefault(instance.generation, []).append(instance)
+    for (env, service), generations in sorted(by_service.items()):
+        spec = desired.service(env, service)
+        states = _states(generations, spec.fingerprint if spec else None)
+        for number, members in sorted(generations.items()):
+            present = [i for i in members if i.state is not InstanceState.GONE]
+            alive = [i for i in present if i.alive]
+            sample = (alive or present or members)[0]
+            launched = [i.launched_at for i in members if i.launched_at is not None]
+            state = states[number]
+            ledger.record_generation(
+                env=env, service=service, number=number, provider=sample.provider,
+                fingerprint=sample.fingerprint or "", image=sample.image, size=sample.size,
+                count=len(alive), commit=None, state=state, at=min(launched, default=now),
+                reason=REBUILT,
+            )  # fmt: skip
+            ledger.set_generation_fields(env, service, number, image_id=sample.image)
+            if state is GenerationState.STANDBY:
+                # Retired now: its hot-spare time starts with the rebuild.
+                ledger.set_generation_state(env, service, number, state=state, at=now)
+            for instance in present:
+                price = spec.price_per_hour if spec is not None else None
+                if price is None:
+                    price = providers[instance.provider].price_per_hour(instance.size)
+                ledger.record_instance(
+                    id=instance.id, provider=instance.provider, env=env, service=service,
+                    generation=number, slot=instance.slot, name=instance.name,
+                    image=instance.image, size=instance.size, price_per_hour=price,
+                    state=instance.state.value, created_at=instance.launched_at or now,
+                    op=instance.op,
+                )  # fmt: skip
+                report.instances += 1
+            report.generations.append(
+                {
+                    "env": env,
+                    "service": service,
+                    "number": number,
+                    "state": state.value,
+                    "fingerprint": sample.fingerprint or "",
+                    "count": len(alive),
+                }
+            )
+    return report
+
+
+def _states(
+    generations: Mapping[int, Sequence[ObservedInstance]], fingerprint: str | None
+) -> dict[int, GenerationState]:
+    """The newest running generation with the desired fingerprint is active (the newest
+    running one if none has it); every other with instances left is a standby."""
+    running = [n for n, members in generations.items() if any(i.alive for i in members)]
+    matching = [n for n in running if any(i.fingerprint == fingerprint for i in generations[n])]
+    active = max(matching or running, default=None)
+    states: dict[int, GenerationState] = {}
+    for number, members in generations.items():
+        if number == active:
+            states[number] = GenerationState.ACTIVE
+        elif any(i.state is not InstanceState.GONE for i in members):
+            states[number] = GenerationState.STANDBY
+        else:
+            states[number] = GenerationState.DESTROYED
+    return states
