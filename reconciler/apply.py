@@ -15,12 +15,13 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from threading import Lock
 from typing import NoReturn, Protocol
 
 import structlog
 
-from reconciler.errors import ObservationIncomplete, ReconcilerError
+from reconciler.errors import ReconcilerError
 from reconciler.extensions import PluginError
 from reconciler.ledger import Ledger
 from reconciler.model import (
@@ -28,7 +29,6 @@ from reconciler.model import (
     ActionKind,
     DesiredState,
     GenerationState,
-    InstanceState,
     ObservedInstance,
     Plan,
     Reason,
@@ -36,9 +36,12 @@ from reconciler.model import (
     Strategy,
 )
 from reconciler.notify import Notifications, Silent
+from reconciler.parallel import LaunchSlots
+from reconciler.progress import NoProgress, ProgressHook, progress_for
 from reconciler.providers import ComputeProvider, LaunchRequest, ownership_tags
 from reconciler.rolling import roll_back_batches
 from reconciler.rollout import TrafficPort
+from reconciler.waiter import BootFailed, BootWaiter
 
 log = structlog.get_logger(__name__)
 
@@ -117,14 +120,29 @@ class Applier:
     # Rolling updates: old instances taken out so far, and the user data to relaunch them.
     _rolled: dict[tuple[str, str], list[ObservedInstance]] = field(default_factory=dict)
     _old_user_data: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    # Shared by every service group: one boot-wait listing per provider per poll.
+    _waiter: BootWaiter | None = None
+    # Launches of one batch run concurrently, bounded per provider and overall.
+    _launch_slots: LaunchSlots | None = None
+    progress: ProgressHook = field(default_factory=NoProgress)
 
     def apply(self, plan: Plan) -> ApplyResult:
         groups = list(plan.by_service().values())
         workers = max(1, min(self.desired.policy.max_parallel, len(groups) or 1))
         # Each worker runs in a copy of the caller's context, so log lines keep the run id.
         contexts = [contextvars.copy_context() for _ in groups]
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apply") as pool:
-            list(pool.map(lambda c, g: c.run(self._run_group, g), contexts, groups))
+        self._launch_slots = LaunchSlots(
+            total=self.desired.policy.max_parallel, providers=list(self.providers)
+        )
+        if plan.actions:
+            self.progress.start(len(plan.actions))
+        try:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apply") as pool:
+                list(pool.map(lambda c, g: c.run(self._run_group, g), contexts, groups))
+        finally:
+            self._launch_slots.close()
+            if plan.actions:
+                self.progress.finish()
         return self.result
 
     def _check_stop(self) -> None:
@@ -183,6 +201,7 @@ class Applier:
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
             self.result.counts[key] = self.result.counts.get(key, 0) + n
+        self.progress.advance(key, n)
 
     def _spec(self, action: Action) -> ServiceSpec:
         spec = self.desired.service(action.env, action.service)
@@ -213,9 +232,9 @@ class Applier:
             )
         launched: list[tuple[str, ObservedInstance]] = []
         try:
-            for action in batch:
-                self._check_stop()
-                launched.append(self._launch(action, spec, provider))
+            launched, launch_error = self._launch_batch(batch, spec, provider)
+            if launch_error is not None:
+                raise launch_error
             running = self._wait_running([i for _, i in launched], provider, spec)
             failure = self.gate.wait_healthy(running, spec)
             if failure:
@@ -258,6 +277,25 @@ class Applier:
                 spec.env, spec.name, generation, image_id=launched[0][1].image
             )
         self._count("create", len(launched))
+
+    def _launch_batch(
+        self, batch: list[Action], spec: ServiceSpec, provider: ComputeProvider
+    ) -> tuple[list[tuple[str, ObservedInstance]], ReconcilerError | None]:
+        """Launch the batch's slots side by side (bounded by the launch slots), each with
+        its own intent row before its call. Returns the launches that happened, in batch
+        order, and the failure to act on: a real error before a stop request."""
+
+        def launch(action: Action) -> tuple[str, ObservedInstance]:
+            self._check_stop()
+            return self._launch(action, spec, provider)
+
+        slots = self._launch_slots or LaunchSlots(total=1, providers=[spec.provider])
+        outcomes = slots.run(spec.provider, [partial(launch, a) for a in batch])
+        launched = [o for o in outcomes if not isinstance(o, ReconcilerError)]
+        errors = [o for o in outcomes if isinstance(o, ReconcilerError)]
+        real = [e for e in errors if not isinstance(e, Interrupted)]
+        first = real or errors
+        return launched, (first[0] if first else None)
 
     def _launch(
         self, action: Action, spec: ServiceSpec, provider: ComputeProvider
@@ -328,33 +366,20 @@ class Applier:
     def _wait_running(
         self, instances: list[ObservedInstance], provider: ComputeProvider, spec: ServiceSpec
     ) -> list[ObservedInstance]:
-        """Poll one listing for all pending instances until they run or time runs out."""
-        wanted = {i.id for i in instances}
-        deadline = time.monotonic() + self.desired.policy.boot_timeout
-        while True:
-            self._check_stop()
-            try:
-                listed = provider.list_owned(self.desired.owner)
-            except ObservationIncomplete as exc:
-                # A listing that failed says nothing about the new instances: keep waiting.
-                log.warning("boot_wait_listing_failed", service=spec.name, error=str(exc))
-                if time.monotonic() >= deadline:
-                    raise RolloutFailed(f"could not see the new instances boot: {exc}") from None
-                self.sleep(POLL_INTERVAL)
-                continue
-            current = {i.id: i for i in listed if i.id in wanted}
-            running = [i for i in current.values() if i.state is InstanceState.RUNNING]
-            if len(running) == len(wanted):
-                return running
-            dead = [i.id for i in current.values() if not i.alive]
-            if dead:
-                raise RolloutFailed(f"instances stopped or terminated while booting: {dead}")
-            if time.monotonic() >= deadline:
-                raise RolloutFailed(
-                    f"{len(wanted) - len(running)} instance(s) not running after "
-                    f"{self.desired.policy.boot_timeout:.0f}s"
-                )
-            self.sleep(POLL_INTERVAL)
+        """Wait on the apply's shared boot waiter: one listing per provider per poll
+        serves every service group waiting at that moment."""
+        with self._lock:
+            if self._waiter is None:
+                self._waiter = BootWaiter(self.desired.owner, interval=POLL_INTERVAL,
+                                          sleep=self.sleep)  # fmt: skip
+            waiter = self._waiter
+        try:
+            return waiter.wait_running(
+                instances, provider, timeout=self.desired.policy.boot_timeout,
+                check_stop=self._check_stop,
+            )  # fmt: skip
+        except BootFailed as exc:
+            raise RolloutFailed(str(exc)) from None
 
     def _compensate(
         self,
@@ -621,8 +646,11 @@ def apply_plan(
     heartbeat: Callable[[], None] = _nothing,
     traffic: TrafficPort | None = None,
     notifications: Notifications | None = None,
+    progress: ProgressHook | None = None,
 ) -> ApplyResult:
-    """Execute `plan`; every create and destroy is an operation row before its API call."""
+    """Execute `plan`; every create and destroy is an operation row before its API call.
+
+    `progress` defaults to a progress bar on a terminal and log lines elsewhere."""
     applier = Applier(
         desired=desired,
         observed=observed,
@@ -634,5 +662,6 @@ def apply_plan(
         heartbeat=heartbeat,
         traffic=traffic or TrafficPort(),
         notifications=notifications or Silent(),
+        progress=progress or progress_for(),
     )
     return applier.apply(plan)

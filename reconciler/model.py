@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from functools import cached_property
 
 # ---------------------------------------------------------------- desired state
 
@@ -130,11 +131,13 @@ class DesiredState:
     def services(self) -> tuple[ServiceSpec, ...]:
         return tuple(s for env in self.environments for s in env.services)
 
+    @cached_property
+    def _by_key(self) -> dict[tuple[str, str], ServiceSpec]:
+        # Built once: the planner and applier look services up per instance and action.
+        return {(s.env, s.name): s for s in self.services()}
+
     def service(self, env: str, name: str) -> ServiceSpec | None:
-        for spec in self.services():
-            if spec.env == env and spec.name == name:
-                return spec
-        return None
+        return self._by_key.get((env, name))
 
 
 # ---------------------------------------------------------------- observation

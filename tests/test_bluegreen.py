@@ -364,7 +364,8 @@ def test_rolling_batches_keep_capacity_and_finish_on_the_new_generation(
     finally:
         finish()
     assert result.code == 0, result.stderr
-    assert len(samples) > 10
+    # Enough samples to have seen each batch swap; the apply is fast (parallel launches).
+    assert len(samples) >= 3
     assert min(samples) >= 4, samples
     nodes = live_nodes(sandbox.endpoint)
     assert sorted(n.extra["image_id"] for n in nodes) == [IMAGE_V2] * 6

@@ -19,6 +19,7 @@ ObservationIncomplete, never a partial answer.
 from __future__ import annotations
 
 import base64
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -163,12 +164,23 @@ class Ec2Provider:
         if endpoint:
             host, port, secure = parse_endpoint(endpoint)
             options.update(host=host, port=port, secure=secure)
-        self._driver: Any = _Driver(key, secret, **options)
+        # libcloud keeps the last HTTP response on its connection object, so two threads
+        # sharing a driver can read each other's answers: one driver per thread.
+        self._driver_args = (key, secret, options)
+        self._local = threading.local()
         self._retry_attempts = retry_attempts
         self._retry_seconds = retry_seconds
         self._page_size = page_size
         self._on_call = on_call  # (provider, action) per request sent: metrics
         self._launched: dict[str, float] = {}  # instance id -> monotonic launch time
+
+    @property
+    def _driver(self) -> Any:
+        driver = getattr(self._local, "driver", None)
+        if driver is None:
+            key, secret, options = self._driver_args
+            driver = self._local.driver = _Driver(key, secret, **options)
+        return driver
 
     # ------------------------------------------------------------ calls with retries
 

@@ -1,0 +1,141 @@
+"""The shared boot waiter: one listing per provider per poll, for every pending instance.
+
+Owns: waiting until freshly launched instances run, for all service groups of one
+apply at once. Each (provider) has a board: the first waiter whose poll is due lists
+the provider's owned instances; every other waiter of that provider takes its answer
+from that same listing instead of making its own. N services waiting therefore cost
+one DescribeInstances per poll, not N. Thread-safe: service groups call `wait_running`
+from the applier's worker threads.
+
+Must not: decide what a failed boot means for the rollout (the applier compensates),
+retry API calls (the adapter does), or keep instances between applies (one waiter
+per apply: a listing is only trusted within the pass that made it).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from reconciler.errors import ObservationIncomplete, ReconcilerError
+from reconciler.model import InstanceState, ObservedInstance
+from reconciler.providers import ComputeProvider
+
+log = structlog.get_logger(__name__)
+
+
+class BootFailed(ReconcilerError):
+    """New instances died while booting or did not run before their deadline."""
+
+
+@dataclass
+class _Board:
+    """One provider's latest listing, and who is fetching the next one."""
+
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    started: int = 0  # listings begun so far; a listing's sequence number
+    finished: int = 0  # sequence number of the latest finished listing
+    listing: Mapping[str, ObservedInstance] = field(default_factory=dict)
+    error: ObservationIncomplete | None = None
+    polling: bool = False
+    last_start: float = 0.0  # clock() when the latest listing began
+
+
+@dataclass
+class BootWaiter:
+    """Waits for instances to run; one instance of it is shared by a whole apply."""
+
+    owner: str
+    interval: float = 1.0
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+    listings: int = 0  # listings made, for tests and progress lines
+    _boards: dict[str, _Board] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _board(self, provider: str) -> _Board:
+        with self._lock:
+            return self._boards.setdefault(provider, _Board())
+
+    def wait_running(
+        self,
+        instances: Sequence[ObservedInstance],
+        provider: ComputeProvider,
+        *,
+        timeout: float,
+        check_stop: Callable[[], None] = lambda: None,
+    ) -> list[ObservedInstance]:
+        """The instances as listed once all run; raises BootFailed if one dies or the
+        `timeout` passes. `check_stop` is called between polls (it may raise)."""
+        wanted = {i.id for i in instances}
+        if not wanted:
+            return []
+        board = self._board(provider.name)
+        deadline = self.clock() + timeout
+        with board.cond:
+            # Only a listing begun after our launches can be trusted to show them.
+            seen = board.started
+        while True:
+            check_stop()
+            listing, error, seen = self._next_listing(board, provider, after=seen)
+            if error is not None:
+                # A listing that failed says nothing about the new instances: keep waiting.
+                log.warning("boot_wait_listing_failed", provider=provider.name, error=str(error))
+                if self.clock() >= deadline:
+                    raise BootFailed(f"could not see the new instances boot: {error}")
+                self.sleep(self.interval)
+                continue
+            current = [listing[i] for i in sorted(wanted) if i in listing]
+            running = [i for i in current if i.state is InstanceState.RUNNING]
+            if len(running) == len(wanted):
+                return running
+            dead = [i.id for i in current if not i.alive]
+            if dead:
+                raise BootFailed(f"instances stopped or terminated while booting: {dead}")
+            if self.clock() >= deadline:
+                raise BootFailed(
+                    f"{len(wanted) - len(running)} instance(s) not running after {timeout:.0f}s"
+                )
+            self.sleep(self.interval)
+
+    def _next_listing(
+        self, board: _Board, provider: ComputeProvider, *, after: int
+    ) -> tuple[Mapping[str, ObservedInstance], ObservationIncomplete | None, int]:
+        """A listing begun after sequence `after`: made by this thread if none is under
+        way, else the one another thread is making. Returns it with its sequence."""
+        with board.cond:
+            while True:
+                if board.finished > after:
+                    return board.listing, board.error, board.finished
+                if not board.polling:
+                    # At most one listing per interval: a group that arrives just after
+                    # a listing began joins the next one instead of starting its own.
+                    due = board.last_start + self.interval - self.clock()
+                    if board.started and due > 0:
+                        board.cond.wait(timeout=due)
+                        continue
+                    board.polling = True
+                    board.last_start = self.clock()
+                    board.started += 1
+                    sequence = board.started
+                    break
+                # Bounded wait: the poller notifies, the timeout only guards a lost wake-up.
+                board.cond.wait(timeout=max(self.interval, 0.05))
+        listing: dict[str, ObservedInstance] = {}
+        error: ObservationIncomplete | None = None
+        try:
+            listing = {i.id: i for i in provider.list_owned(self.owner)}
+        except ObservationIncomplete as exc:
+            error = exc
+        finally:
+            with board.cond:
+                board.polling = False
+                board.listing, board.error, board.finished = listing, error, sequence
+                board.cond.notify_all()
+            with self._lock:
+                self.listings += 1
+        return listing, error, sequence
