@@ -23,7 +23,7 @@ def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutabl
     return event
 
 
-def configure_logging(*, fmt: str = "auto", verbose: bool = False) -> None:
+def configure_logging(*, fmt: str = "auto", verbose: bool = False, quiet: bool = False) -> None:
     """Send structured logs to stderr; stdout stays for command output (`--json`)."""
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
@@ -32,7 +32,8 @@ def configure_logging(*, fmt: str = "auto", verbose: bool = False) -> None:
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
-    level = logging.DEBUG if verbose else logging.INFO
+    # quiet: warnings and errors only (the demo narrates; its log lines would drown it).
+    level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

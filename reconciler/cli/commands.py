@@ -307,10 +307,14 @@ def sandbox(ctx: click.Context, port: int) -> None:
 @cli.command()
 @desired_option
 @click.option("--fast", is_flag=True, hidden=True, help="Skip the pauses between steps.")
-def demo(desired_dir: Path, fast: bool) -> None:
+@click.pass_context
+def demo(ctx: click.Context, desired_dir: Path, fast: bool) -> None:
     """The guided tour: three passes on the built-in sandbox."""
     from reconciler.demo import run_demo
+    from reconciler.logs import configure_logging
 
+    if not ctx.obj["verbose"]:
+        configure_logging(quiet=True)
     if not desired_dir.is_dir():
         fail(f"{desired_dir} not found: run the demo from the repository root")
     with domain_errors():
