@@ -67,6 +67,8 @@ def fleet(
         endpoint=endpoint,
         environments=environments,
         policy={"max_parallel": max_parallel, "max_destroy_fraction": 1.0},
+        # moto filters tags in quadratic time: a 4,000-instance listing page is slow.
+        provider_options={"timeout": "15m"},
     )
 
 

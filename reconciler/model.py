@@ -43,6 +43,7 @@ class ProviderProfile:
     # "per-second" with a minimum (EC2 Linux: 60 s) or "per-hour" rounded up.
     billing: str = "per-second"
     billing_minimum: float = 60.0  # seconds
+    timeout: float = 30.0  # seconds a single API request may take
 
 
 @dataclass(frozen=True)

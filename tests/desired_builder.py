@@ -29,6 +29,7 @@ def write_desired(
     policy: dict[str, Any] | None = None,
     driver: str = "sandbox",
     credentials: dict[str, Any] | None = None,
+    provider_options: dict[str, Any] | None = None,
 ) -> Path:
     """Create (or overwrite) a desired-state directory with one provider `cloud`."""
     (root / "environments").mkdir(parents=True, exist_ok=True)
@@ -37,6 +38,7 @@ def write_desired(
     profile: dict[str, Any] = {"driver": driver, "region": "us-east-1", "endpoint": endpoint}
     if credentials:
         profile["credentials"] = credentials
+    profile.update(provider_options or {})
     config = {
         "owner": owner,
         "providers": {"cloud": profile},

@@ -1054,3 +1054,14 @@ def test_provider_billing_errors_name_file_line_and_key(
     (problem,) = problems_of(write_tree(tmp_path, {CONF: config}))
     assert problem.file.endswith(CONF) and (problem.line, problem.key) == (11, key)
     assert fragment in problem.message
+
+
+def test_provider_request_timeout(tmp_path: Path) -> None:
+    state = load_desired_state(write_tree(tmp_path / "default", {}))
+    assert state.providers["local"].timeout == 30.0
+    config = BASE_CONFIG.replace(_LOCAL, _LOCAL + "    timeout: 2m\n")
+    state = load_desired_state(write_tree(tmp_path / "set", {CONF: config}))
+    assert state.providers["local"].timeout == 120.0
+    config = BASE_CONFIG.replace(_LOCAL, _LOCAL + "    timeout: 30\n")
+    (problem,) = problems_of(write_tree(tmp_path / "bad", {CONF: config}))
+    assert (problem.line, problem.key) == (11, "providers.local.timeout")

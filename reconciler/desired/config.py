@@ -45,6 +45,7 @@ PROVIDER_KEYS: Final = (
     "credentials",
     "billing",
     "billing_minimum",
+    "timeout",
 )
 BILLING_MODES: Final = ("per-second", "per-hour")
 POLICY_KEYS: Final = (
@@ -305,6 +306,13 @@ def _parse_profile(
         )
         ok = False
     billing, billing_minimum, billing_ok = _parse_billing(reporter, entries, path=path)
+    timeout = ProviderProfile.timeout
+    if "timeout" in entries:
+        parsed_timeout = get_duration(
+            reporter, entries["timeout"], path=join(path, "timeout"), positive=True
+        )
+        ok = ok and parsed_timeout is not None
+        timeout = parsed_timeout or timeout
     if driver is None or not ok or not billing_ok:
         return None
     return ProviderProfile(
@@ -315,6 +323,7 @@ def _parse_profile(
         credentials=credentials,
         billing=billing,
         billing_minimum=billing_minimum,
+        timeout=timeout,
     )
 
 
