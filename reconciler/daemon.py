@@ -27,6 +27,7 @@ from reconciler.errors import GuardRefused, InvalidDesiredState, ReconcilerError
 from reconciler.gitsource import FetchFailed, GitSource
 from reconciler.ledger import Ledger
 from reconciler.model import DesiredState
+from reconciler.notify import Notifications
 from reconciler.systemd import Notifier, Watchdog
 
 log = structlog.get_logger(__name__)
@@ -219,6 +220,13 @@ class Daemon:
             )  # fmt: skip
             self._event("invalid_commit", {"commit": head, "errors": problems})
             log.error("invalid_commit", commit=head, problems=len(problems), first=problems[0])
+            if self.good is not None:  # the broken commit's own notifiers cannot be trusted
+                Notifications(self.good.desired.notifiers).send(
+                    "invalid-commit",
+                    f"commit {head[:12]} ({info.subject}) is invalid and was not applied: "
+                    f"{problems[0]}",
+                    commit=head, detail={"errors": problems},
+                )  # fmt: skip
             return
         self.ledger.record_commit(
             head, author=info.author, subject=info.subject,

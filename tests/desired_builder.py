@@ -30,6 +30,7 @@ def write_desired(
     driver: str = "sandbox",
     credentials: dict[str, Any] | None = None,
     provider_options: dict[str, Any] | None = None,
+    notifiers: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Create (or overwrite) a desired-state directory with one provider `cloud`."""
     (root / "environments").mkdir(parents=True, exist_ok=True)
@@ -50,6 +51,8 @@ def write_desired(
         },
         "policy": {"max_parallel": 4, "max_destroy_fraction": 0.5, **(policy or {})},
     }
+    if notifiers:
+        config["notifiers"] = notifiers
     (root / "reconciler.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     for existing in (root / "environments").glob("*.yaml"):
         if existing.stem not in environments:

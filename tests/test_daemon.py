@@ -114,7 +114,9 @@ def test_invalid_commit_is_not_applied_while_drift_is_still_healed(
     notify: NotifySocket,
     daemons: list[DaemonProcess],
 ) -> None:
-    remote.push(WEB_V1, "web v1")
+    events_file = tmp_path / "notifications.jsonl"
+    notifier = {"command": f"sh -c 'cat >> {events_file}; echo >> {events_file}'"}
+    remote.push(WEB_V1, "web v1", notifiers=[notifier])
     start(daemons, tmp_path, str(remote.bare), notify=notify)
     state = tmp_path / "state"
     wait_for(lambda: generation_states(state) == {1: "active"}, what="generation 1")
@@ -140,6 +142,10 @@ def test_invalid_commit_is_not_applied_while_drift_is_still_healed(
 
     event = events(state, "invalid_commit")[0]["detail"]
     assert event["commit"] == bad
+    sent = [json.loads(line) for line in events_file.read_text().splitlines() if line.strip()]
+    invalid = [n for n in sent if n["kind"] == "invalid-commit"]
+    assert len(invalid) == 1 and invalid[0]["commit"] == bad
+    assert "services.web.count" in invalid[0]["text"]
     assert any("services.web.count" in e for e in event["errors"])
     status = subprocess.run(
         [sys.executable, "-m", "reconciler", "--state-dir", str(state), "status", "--json"],
