@@ -9,14 +9,14 @@ failing apply of one service.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import structlog
 
 from reconciler.errors import ReconcilerError
 from reconciler.extensions import PluginError
-from reconciler.model import ObservedInstance
-from reconciler.providers import LaunchRequest, ownership_tags
+from reconciler.model import Action, ActionKind, ObservedInstance, Reason
 
 if TYPE_CHECKING:
     from reconciler.apply import Applier
@@ -31,44 +31,35 @@ def roll_back_batches(applier: Applier, env: str, service: str) -> None:
         return
     provider = applier.providers[spec.provider]
     taken = applier._rolled.pop((env, service), [])
-    user_data = applier._old_user_data.get((env, service))
-    relaunched: list[ObservedInstance] = []
+    launched: list[tuple[str, ObservedInstance]] = []
     for old in taken:
-        generation, slot = old.generation or 0, old.slot or 1
-        op = applier.ledger.begin_operation(
-            run=applier.run_id, kind="create", target=f"{env}/{service}/g{generation}/{slot}",
-            at=applier.now(),
+        # The old generation's launch configuration, as the instance itself reports it.
+        old_spec = replace(
+            spec,
+            image=old.image,
+            size=old.size,
+            fingerprint=old.fingerprint or "",
+            user_data=applier._old_user_data.get((env, service)),
+            price_per_hour=None,
+        )
+        relaunch = Action(
+            ActionKind.CREATE, Reason.SPEC_CHANGED, env, service, old.generation or 0,
+            spec.provider, slot=old.slot or 1, detail="rolling rollback",
         )  # fmt: skip
-        tags = ownership_tags(
-            owner=applier.desired.owner, env=env, service=service, generation=generation,
-            fingerprint=old.fingerprint or "", op=op, slot=slot,
-        )  # fmt: skip
-        request = LaunchRequest(
-            name=tags["Name"], image=old.image, size=old.size, tags=tags, op=op,
-            user_data=user_data,
-        )  # fmt: skip
-        try:
-            instance = provider.create_instance(request)
-        except ReconcilerError as exc:
-            applier.ledger.mark_operation(op, state="failed", at=applier.now(), detail=str(exc))
-            raise
-        applier.ledger.mark_operation(op, state="done", at=applier.now(), instance_id=instance.id)
-        applier.ledger.record_instance(
-            id=instance.id, provider=spec.provider, env=env, service=service,
-            generation=generation, slot=slot, name=tags["Name"], image=instance.image,
-            size=instance.size, price_per_hour=provider.price_per_hour(instance.size),
-            state="running", created_at=applier.now(), op=op,
-        )  # fmt: skip
-        relaunched.append(instance)
+        launched.append(applier._launch(relaunch, old_spec, provider))
+    relaunched = [instance for _, instance in launched]
     running = applier._wait_running(relaunched, provider, spec)
     failure = applier.gate.wait_healthy(running, spec)
     if failure:
         raise ReconcilerError(f"relaunched old instances are not healthy: {failure}")
+    for op, instance in launched:
+        applier.ledger.mark_operation(op, state="done", at=applier.now(), instance_id=instance.id)
+        applier.ledger.set_instance_state(instance.id, state="running", at=applier.now())
     new_ones = [
         i
-        for (e, s, _), launched in applier._launched.items()
+        for (e, s, _), batch in applier._launched.items()
         if (e, s) == (env, service)
-        for i in launched
+        for i in batch
         if i.id not in applier._destroyed and i.generation != taken[0].generation
     ]
     try:

@@ -329,6 +329,7 @@ def _rolling_fleet(root: Path, endpoint: str, health: HealthServer, image: str) 
         "count": 6,
         "strategy": "rolling",
         "batch": 2,
+        "user_data": "userdata/boot.sh",
         "health": {"http": health.template(), "timeout": "3s", "interval": "1s"},
         "traffic": {"libcloud-lb": "fleet-lb"},
     }
@@ -396,6 +397,14 @@ def test_rolling_failure_rolls_the_finished_batches_back(
     assert sorted(n.extra["tags"]["Name"] for n in nodes) == [
         f"prod-fleet-g1-{n}" for n in range(1, 7)
     ]
+    from reconciler.providers.ec2 import Ec2Provider
+
+    adapter = Ec2Provider(
+        "cloud", key=SANDBOX_KEY, secret=SANDBOX_SECRET, region="us-east-1",
+        endpoint=sandbox.endpoint,
+    )  # fmt: skip
+    # Relaunched old instances boot with the old instances' own user data.
+    assert {adapter.user_data_of(n.id) for n in nodes} == {"#!/bin/sh\necho booted\n"}
     balancers = ElbBalancers(
         key=SANDBOX_KEY, secret=SANDBOX_SECRET, region="us-east-1", endpoint=sandbox.endpoint
     )
