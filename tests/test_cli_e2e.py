@@ -421,3 +421,17 @@ def test_tampered_instance_is_replaced_before_it_is_destroyed(
     ]
     assert len(staging) == 1 and staging[0].id != victim.id
     assert staging[0].extra["instance_type"] == "t3.micro"
+
+
+def test_image_given_by_name_launches_its_ami_and_then_stays_put(
+    cli: Cli, tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    name = "Windows_Server-2016-English-Nano-Base-2017.10.13"
+    root = write_desired(
+        tmp_path / "desired", endpoint=sandbox.endpoint,
+        environments={"prod": {"win": {"image": name, "count": 2}}},
+    )  # fmt: skip
+    assert cli("apply", "--desired", str(root)).code == 0
+    assert {n.extra["image_id"] for n in live_nodes(sandbox.endpoint)} == {IMAGE_V1}
+    again = cli("plan", "--desired", str(root), "--detailed-exitcode")
+    assert again.code == 0, again.stdout

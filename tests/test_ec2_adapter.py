@@ -74,3 +74,18 @@ def test_price_comes_from_libcloud_pricing_data(sandbox: SandboxServer) -> None:
     p = provider(sandbox.endpoint)
     assert p.price_per_hour("t3.micro") == 0.0104
     assert p.price_per_hour("no-such.size") is None
+
+
+def test_an_image_name_is_resolved_to_its_ami_once(sandbox: SandboxServer) -> None:
+    p = provider(sandbox.endpoint)
+    name = "Windows_Server-2016-English-Nano-Base-2017.10.13"  # one of moto's stock AMIs
+    assert p.resolve_image(name) == "ami-03cf127a"
+    assert p.resolve_image(name) == "ami-03cf127a"
+    assert fetch_stats(sandbox.endpoint)["calls"]["DescribeImages"] == 1
+    assert p.resolve_image("ami-12c6146b") == "ami-12c6146b"
+    import pytest
+
+    from reconciler.errors import ProviderError
+
+    with pytest.raises(ProviderError, match="no image named 'no-such-image'"):
+        p.resolve_image("no-such-image")

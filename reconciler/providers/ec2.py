@@ -171,6 +171,7 @@ class Ec2Provider:
         self._retry_attempts = retry_attempts
         self._retry_seconds = retry_seconds
         self._page_size = page_size
+        self._image_ids: dict[str, str] = {}  # image name -> AMI id, for this adapter
         self._on_call = on_call  # (provider, action) per request sent: metrics
         self._launched: dict[str, float] = {}  # instance id -> monotonic launch time
 
@@ -304,8 +305,29 @@ class Ec2Provider:
 
     # ------------------------------------------------------------ mutation
 
+    def resolve_image(self, image: str) -> str:
+        """An AMI id for `image`: ids pass through; a name is looked up (newest image of
+        that name wins) once per adapter, so a pass does not repeat the call."""
+        if image.startswith("ami-"):
+            return image
+        cached = self._image_ids.get(image)
+        if cached is not None:
+            return cached
+        params = {"Action": "DescribeImages", "Filter.1.Name": "name", "Filter.1.Value.1": image}
+        body = self._call("DescribeImages", partial(self._request, params))
+        found = [
+            (findtext(item, "creationDate", NAMESPACE) or "", findtext(item, "imageId", NAMESPACE))
+            for item in findall(body, "imagesSet/item", NAMESPACE)
+        ]
+        if not found:
+            raise ProviderError(f"{self.name}: no image named {image!r} in {self.region}")
+        image_id = str(max(found)[1])
+        self._image_ids[image] = image_id
+        return image_id
+
     def create_instance(self, request: LaunchRequest) -> ObservedInstance:
-        image = NodeImage(id=request.image, name=request.image, driver=self._driver)
+        image_id = self.resolve_image(request.image)
+        image = NodeImage(id=image_id, name=request.image, driver=self._driver)
         size = NodeSize(
             id=request.size,
             name=request.size,
