@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from reconciler import accounting
-from reconciler.apply import ApplyResult, HealthGate, apply_plan
+from reconciler.apply import ApplyResult, HealthGate, _never, _nothing, apply_plan
 from reconciler.costs import PlanCosts
 from reconciler.desired import load_desired_state
 from reconciler.errors import GuardRefused, ReconcilerError
@@ -133,14 +133,6 @@ def plan_pass(desired_dir: str | Path, ledger: Ledger) -> PassOutcome:
     return outcome
 
 
-def _never() -> bool:
-    return False
-
-
-def _nothing() -> None:
-    return None
-
-
 def drift_counts(plan: Plan) -> dict[str, int]:
     """Planned cloud changes by reason, e.g. {"drift:missing": 1}: what the run found."""
     counts: dict[str, int] = {}
@@ -197,11 +189,9 @@ def _apply_run(
     notifications = Notifications(desired.notifiers)
     try:
         providers = build_providers(desired, on_call=on_call)
+        frozen = current_freezes(ledger, desired)
         # What an interrupted pass left open is closed first, so the plan sees it settled.
-        resolve_open_operations(
-            ledger, providers, desired, now=started, run=run_id,
-            frozen=current_freezes(ledger, desired),
-        )  # fmt: skip
+        resolve_open_operations(ledger, providers, desired, now=started, run=run_id, frozen=frozen)
         observed = observe(desired, providers)
         # One ledger row per provider: what `ledger orphans` judges between passes.
         accounting.record_observation(
@@ -209,7 +199,6 @@ def _apply_run(
         )
         heartbeat()
         pins = current_pins(ledger, desired, release_stale=True)
-        frozen = current_freezes(ledger, desired)
         view = ledger.view()
         plan = compute_plan(
             desired=desired, observed=observed, ledger=view, now=started, pins=pins, frozen=frozen
@@ -251,7 +240,7 @@ def _apply_run(
             raise GuardRefused(reasons)
         rollout = Rollout(
             desired,
-            load_balancers=load_balancer_ports(providers),
+            load_balancers=load_balancer_ports(desired, providers),
             heartbeat=heartbeat,
             should_stop=should_stop,
         )
@@ -297,12 +286,16 @@ def _apply_run(
 
 
 def load_balancer_ports(
-    providers: Mapping[str, ComputeProvider],
+    desired: DesiredState, providers: Mapping[str, ComputeProvider]
 ) -> dict[str, LoadBalancerPort | None]:
-    """Each provider's load-balancer adapter, for adapters that offer one."""
+    """The load-balancer adapter of each provider a `libcloud-lb` service uses; built
+    only for those, so a pass without load balancers constructs none."""
+    wanted = {
+        s.provider for s in desired.services() if s.traffic and s.traffic.kind == "libcloud-lb"
+    }
     ports: dict[str, LoadBalancerPort | None] = {}
-    for name, provider in providers.items():
-        factory = getattr(provider, "load_balancers", None)
+    for name in wanted & set(providers):
+        factory = getattr(providers[name], "load_balancers", None)
         ports[name] = factory() if callable(factory) else None
     return ports
 
@@ -371,14 +364,13 @@ def detect_thrash(
             planned[key] = planned.get(key, 0) + 1
     tripped: dict[tuple[str, str], dict[str, Any]] = {}
     window_start = now - timedelta(seconds=policy.thrash_window)
+    # Counting restarts after a freeze or an unfreeze: the operator has looked.
+    resets: dict[tuple[str, str], datetime] = {}
+    if planned:
+        for event in _events_in_order(ledger, "frozen", "unfrozen"):
+            resets[(event["env"], event["service"])] = datetime.fromisoformat(event["at"])
     for key, count in planned.items():
-        # Counting restarts after a freeze or an unfreeze: the operator has looked.
-        resets = [
-            datetime.fromisoformat(e["at"])
-            for e in _events_in_order(ledger, "frozen", "unfrozen")
-            if (e["env"], e["service"]) == key
-        ]
-        since = max([window_start, *resets])
+        since = max(window_start, resets.get(key, window_start))
         recent = len(
             ledger.event_rows(kind="instance_replaced", env=key[0], service=key[1], since=since)
         )

@@ -16,7 +16,7 @@ from reconciler import engine
 from reconciler.errors import ReconcilerError
 from reconciler.extensions import PluginError
 from reconciler.ledger import Ledger
-from reconciler.model import GenerationState
+from reconciler.model import GenerationState, ObservedInstance
 from reconciler.notify import Notifications
 from reconciler.rollout import Rollout
 
@@ -38,7 +38,7 @@ def rollback(desired_dir: str | Path, ledger: Ledger, env: str, service: str) ->
     rows = ledger.generation_rows(env=env, service=service)
     active = next((r["number"] for r in rows if r["state"] == "active"), None)
 
-    def alive(number: int | None) -> list:  # type: ignore[type-arg]
+    def alive(number: int | None) -> list[ObservedInstance]:
         return [
             i for i in observed
             if (i.env, i.service, i.generation) == (env, service, number) and i.alive
@@ -48,7 +48,7 @@ def rollback(desired_dir: str | Path, ledger: Ledger, env: str, service: str) ->
     if not standbys:
         raise NothingToDo(f"{env}/{service} has no standby generation with running instances")
     target = max(standbys)
-    rollout = Rollout(desired, load_balancers=engine.load_balancer_ports(providers))
+    rollout = Rollout(desired, load_balancers=engine.load_balancer_ports(desired, providers))
     failure = rollout.wait_healthy(alive(target), spec)
     if failure:
         raise NothingToDo(f"generation {target} is not healthy, not rolling back: {failure}")
