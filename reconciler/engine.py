@@ -19,7 +19,7 @@ from reconciler import accounting
 from reconciler.apply import ApplyResult, HealthGate, _never, _nothing, apply_plan
 from reconciler.costs import PlanCosts
 from reconciler.desired import load_desired_state
-from reconciler.errors import GuardRefused, ReconcilerError
+from reconciler.errors import GuardRefused, InvalidDesiredState, Problem, ReconcilerError
 from reconciler.extensions import LoadBalancerPort
 from reconciler.gitinfo import current_commit
 from reconciler.ledger import Ledger
@@ -69,6 +69,32 @@ def build_providers(
     }
 
 
+def check_capabilities(desired: DesiredState, providers: Mapping[str, ComputeProvider]) -> None:
+    """Refuse, before anything is observed or changed, a size its provider does not offer
+    (validation cannot know a cloud's sizes without asking it)."""
+    problems: list[Problem] = []
+    for name, provider in providers.items():
+        services = [s for s in desired.services() if s.provider == name]
+        if not services:
+            continue
+        offered = provider.known_sizes()
+        if offered is None:
+            continue
+        for spec in services:
+            if spec.size not in offered:
+                problems.append(
+                    Problem(
+                        file=spec.source_file,
+                        line=None,
+                        key=f"services.{spec.name}.size",
+                        message=f"provider {name} does not offer size {spec.size!r} "
+                        f"({len(offered)} sizes are listed there)",
+                    )
+                )
+    if problems:
+        raise InvalidDesiredState(problems)
+
+
 def observe(
     desired: DesiredState, providers: Mapping[str, ComputeProvider]
 ) -> list[ObservedInstance]:
@@ -116,6 +142,7 @@ def plan_pass(desired_dir: str | Path, ledger: Ledger) -> PassOutcome:
     """Read, observe and plan; changes nothing anywhere."""
     desired = read_desired(desired_dir)
     providers = build_providers(desired)
+    check_capabilities(desired, providers)
     observed = observe(desired, providers)
     plan = compute_plan(
         desired=desired,
@@ -189,6 +216,7 @@ def _apply_run(
     notifications = Notifications(desired.notifiers)
     try:
         providers = build_providers(desired, on_call=on_call)
+        check_capabilities(desired, providers)
         frozen = current_freezes(ledger, desired)
         # What an interrupted pass left open is closed first, so the plan sees it settled.
         resolve_open_operations(ledger, providers, desired, now=started, run=run_id, frozen=frozen)

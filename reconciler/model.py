@@ -44,6 +44,9 @@ class ProviderProfile:
     billing: str = "per-second"
     billing_minimum: float = 60.0  # seconds
     timeout: float = 30.0  # seconds a single API request may take
+    # The driver's own settings (GCE project, Azure resource group, OpenStack auth URL...),
+    # plain values only; reconciler.providers.drivers lists which driver takes which.
+    options: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -637,11 +637,12 @@ BAD_CASES = [
     ),
     Bad(
         "unknown-driver",
-        {CONF: BASE_CONFIG.replace("driver: sandbox", "driver: gce")},
+        {CONF: BASE_CONFIG.replace("driver: sandbox", "driver: vsphere")},
         CONF,
         10,
         "providers.local.driver",
-        "no adapter exists for driver 'gce'; available drivers: ec2, sandbox",
+        "no adapter exists for driver 'vsphere'; available drivers: ec2, sandbox, gce, azure,"
+        " openstack",
     ),
     Bad(
         "unknown-provider-reference",

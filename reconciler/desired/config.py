@@ -21,6 +21,7 @@ from reconciler.desired.notifiers import parse_notifiers
 from reconciler.desired.schema import (
     Reporter,
     check_keys,
+    get_bool,
     get_choice,
     get_duration,
     get_int,
@@ -35,6 +36,7 @@ from reconciler.desired.userdata import display_path, is_inside
 from reconciler.desired.yamlsource import YMap, YNode, YScalar, read_yaml_file
 from reconciler.errors import Problem
 from reconciler.model import NotifierSpec, Policy, ProviderProfile, SecretRef
+from reconciler.providers.drivers import DRIVER_SPECS, DRIVERS, DriverSpec
 
 CONFIG_FILE: Final = "reconciler.yaml"
 TOP_KEYS: Final = ("owner", "providers", "defaults", "policy", "notifiers")
@@ -58,10 +60,8 @@ POLICY_KEYS: Final = (
 )
 CREDENTIAL_NAMES: Final = ("key", "secret", "token")
 SECRET_SOURCES: Final = ("env", "file")
-# Drivers with an adapter in reconciler.providers; a new adapter adds its name here.
-DRIVERS: Final = ("ec2", "sandbox")
-REQUIRED_CREDENTIALS: Final = {"ec2": ("key", "secret"), "sandbox": ()}
-DEFAULT_REGION: Final = {"sandbox": "us-east-1"}
+# Each driver's own settings (project, tenant, ...) are allowed beside these keys;
+# reconciler.providers.drivers says which driver takes which.
 DEFAULT_MAX_COUNT: Final = 100
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -245,7 +245,6 @@ def _parse_profile(
     profile = get_map(reporter, node, path=path, what="a mapping with at least driver")
     if profile is None:
         return None
-    check_keys(reporter, profile, path=path, allowed=PROVIDER_KEYS)
     entries = profile.entries
     ok = True
     driver: str | None = None
@@ -259,19 +258,36 @@ def _parse_profile(
                 f"no adapter exists for driver {driver!r}; available drivers: {', '.join(DRIVERS)}",
             )
             driver = None
+    spec = DRIVER_SPECS.get(driver or "")
+    if spec is not None:
+        check_keys(reporter, profile, path=path, allowed=(*PROVIDER_KEYS, *spec.all_settings))
+    elif driver_node is not None:
+        # The driver is unknown: its own settings cannot be judged, only the common keys.
+        check_keys(
+            reporter,
+            profile,
+            path=path,
+            allowed=(*PROVIDER_KEYS, *(k for s in DRIVER_SPECS.values() for k in s.all_settings)),
+        )
+    else:
+        check_keys(reporter, profile, path=path, allowed=PROVIDER_KEYS)
     region: str | None = None
     if "region" in entries:
         region = get_str(reporter, entries["region"], path=join(path, "region"))
         ok = ok and region is not None
-    elif driver is not None and driver in DEFAULT_REGION:
-        region = DEFAULT_REGION[driver]
-    elif driver is not None:
+    elif spec is not None and not spec.region_required:
+        region = spec.default_region
+    elif spec is not None:
         reporter.add(
             profile.line,
             join(path, "region"),
-            f"required key 'region' is missing (driver {driver})",
+            f"required key 'region' is missing (driver {driver}: the {spec.region_meaning})",
         )
         ok = False
+    options: dict[str, str] = {}
+    if spec is not None:
+        options, options_ok = _parse_driver_settings(reporter, profile, spec, path=path)
+        ok = ok and options_ok
     endpoint: str | None = None
     if "endpoint" in entries:
         endpoint = _parse_endpoint(reporter, entries["endpoint"], path=join(path, "endpoint"))
@@ -288,7 +304,7 @@ def _parse_profile(
             ok = ok and complete
             # Judged on the keys written, valid or not: a bad reference is its own problem.
             present = _present_keys(entries["credentials"])
-            for cred in REQUIRED_CREDENTIALS.get(driver or "", ()):
+            for cred in spec.credentials if spec is not None else ():
                 if cred not in present:
                     reporter.add(
                         entries["credentials"].line,
@@ -297,8 +313,8 @@ def _parse_profile(
                         "({env: VARNAME} or {file: /path})",
                     )
                     ok = False
-    elif driver is not None and REQUIRED_CREDENTIALS.get(driver):
-        needed = " and ".join(REQUIRED_CREDENTIALS[driver])
+    elif spec is not None and spec.credentials:
+        needed = " and ".join(spec.credentials)
         reporter.add(
             profile.line,
             join(path, "credentials"),
@@ -324,7 +340,45 @@ def _parse_profile(
         billing=billing,
         billing_minimum=billing_minimum,
         timeout=timeout,
+        options=options,
     )
+
+
+def _parse_driver_settings(
+    reporter: Reporter, profile: YMap, spec: DriverSpec, *, path: str
+) -> tuple[dict[str, str], bool]:
+    """The driver's own settings as strings (flags as "true"/"false"), and whether all
+    were valid. Settings are plain values, never secrets: those go under credentials."""
+    options: dict[str, str] = {}
+    ok = True
+    for key in spec.settings:
+        if key not in profile.entries:
+            hint = spec.setting_hints.get(key)
+            reporter.add(
+                profile.line,
+                join(path, key),
+                f"required key {key!r} is missing (driver {spec.name}"
+                + (f": {hint})" if hint else ")"),
+            )
+            ok = False
+    for key in (*spec.settings, *spec.optional_settings):
+        if key in profile.entries:
+            text = get_str(reporter, profile.entries[key], path=join(path, key))
+            if text is None:
+                ok = False
+            elif not text:
+                reporter.add(profile.entries[key].line, join(path, key), "must not be empty")
+                ok = False
+            else:
+                options[key] = text
+    for key in spec.flags:
+        if key in profile.entries:
+            flag = get_bool(reporter, profile.entries[key], path=join(path, key))
+            if flag is None:
+                ok = False
+            else:
+                options[key] = "true" if flag else "false"
+    return options, ok
 
 
 def _parse_billing(

@@ -27,7 +27,8 @@ from reconciler.desired.schema import (
 )
 from reconciler.desired.yamlsource import YamlDocument, YMap
 from reconciler.fingerprint import compute_fingerprint
-from reconciler.model import Environment, ServiceSpec, Strategy
+from reconciler.model import Environment, ProviderProfile, ServiceSpec, Strategy, TrafficSpec
+from reconciler.providers.drivers import DRIVER_SPECS
 
 ENV_KEYS: Final = ("provider", "services", "frozen")
 SERVICE_KEYS: Final = ("image", "frozen", *SHARED_KEYS)
@@ -186,6 +187,8 @@ def _parse_service(
     profile = settings.providers.get(provider) if provider is not None else None
     if image is None or size is None or profile is None or own.invalid:
         return None  # the reason is already reported (here, in reconciler.yaml, or above)
+    if not _capable(reporter, profile, price=price, traffic=traffic, line=node_map.line, path=path):
+        return None
     rel_path, contents = user_data if user_data is not None else (None, None)
     return ServiceSpec(
         env=env,
@@ -213,6 +216,38 @@ def _parse_service(
         batch=batch if batch is not None else 1,
         frozen=frozen,
     )
+
+
+def _capable(
+    reporter: Reporter,
+    profile: ProviderProfile,
+    *,
+    price: float | None,
+    traffic: TrafficSpec | None,
+    line: int,
+    path: str,
+) -> bool:
+    """Refuse here, before any apply, what the provider's adapter cannot do."""
+    driver = DRIVER_SPECS[profile.driver]
+    ok = True
+    if price is None and not driver.prices:
+        reporter.add(
+            line,
+            join(path, "price_per_hour"),
+            f"is required: provider {profile.name} (driver {profile.driver}) has no prices in "
+            "libcloud, so the ledger could not cost its instances; set price_per_hour on the "
+            "service or in defaults",
+        )
+        ok = False
+    if traffic is not None and traffic.kind == "libcloud-lb" and not driver.load_balancer:
+        reporter.add(
+            line,
+            join(path, "traffic.libcloud-lb"),
+            f"provider {profile.name} (driver {profile.driver}) has no load balancer adapter; "
+            "use traffic: {command: ...} for this provider",
+        )
+        ok = False
+    return ok
 
 
 def _inherit(

@@ -25,6 +25,7 @@ EVENT_KINDS: Final = (
     "run-failed",
 )
 
+
 def parse_notifiers(
     reporter: Reporter, node: YNode, *, parse_secret: Callable[..., SecretRef | None]
 ) -> tuple[NotifierSpec, ...] | None:

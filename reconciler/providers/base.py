@@ -85,6 +85,11 @@ class ComputeProvider(Protocol):
         """Terminate; an instance that is already gone counts as destroyed."""
         ...
 
+    def known_sizes(self) -> frozenset[str] | None:
+        """The sizes this provider offers (None: it cannot tell). Checked before planning,
+        so a size the cloud does not have fails the plan, never the apply."""
+        ...
+
     def price_per_hour(self, size: str) -> float | None:
         """The on-demand price for `size` in this provider's region, if known."""
         ...

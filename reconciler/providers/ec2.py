@@ -171,6 +171,7 @@ class Ec2Provider:
         self._retry_attempts = retry_attempts
         self._retry_seconds = retry_seconds
         self._page_size = page_size
+        self._sizes: frozenset[str] | None = None
         self._image_ids: dict[str, str] = {}  # image name -> AMI id, for this adapter
         self._on_call = on_call  # (provider, action) per request sent: metrics
         self._launched: dict[str, float] = {}  # instance id -> monotonic launch time
@@ -448,6 +449,12 @@ class Ec2Provider:
 
     def load_balancers(self) -> LoadBalancerPort | None:
         return self.lb_factory() if self.lb_factory is not None else None
+
+    def known_sizes(self) -> frozenset[str] | None:
+        # libcloud's EC2 size table is bundled data: no request is made.
+        if self._sizes is None:
+            self._sizes = frozenset(size.id for size in self._driver.list_sizes())
+        return self._sizes
 
     def price_per_hour(self, size: str) -> float | None:
         try:

@@ -6,6 +6,7 @@ Must not: cache secrets beyond the adapter object it returns.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
@@ -66,7 +67,19 @@ def build_provider(
             secret=secret,
             endpoint=profile.endpoint,
         )
+    if profile.driver in _OTHER_ADAPTERS:
+        # Each module offers build(profile, on_call=...) and resolves its own credentials.
+        module = importlib.import_module(_OTHER_ADAPTERS[profile.driver])
+        provider: ComputeProvider = module.build(profile, on_call=on_call)
+        return provider
     raise ConfigurationError(f"provider {profile.name}: no adapter for driver {profile.driver!r}")
+
+
+_OTHER_ADAPTERS = {
+    "gce": "reconciler.providers.gce",
+    "azure": "reconciler.providers.azure",
+    "openstack": "reconciler.providers.openstack",
+}
 
 
 def _with_load_balancers(
