@@ -151,7 +151,12 @@ def find_orphans(
     orphans = classify_orphans(
         desired=desired or (),
         observations=observations,
-        generations=ledger.view().generations,
+        generations=ledger.generations_for(
+            (i.env, i.service, i.generation)
+            for o in observations
+            for i in o.instances
+            if i.env is not None and i.service is not None and i.generation is not None
+        ),
         ledger_instances=ledger.instance_rows_by_id(ids),
         open_operations=ledger.open_operations(),
         current_run=current_run,

@@ -127,6 +127,37 @@ def test_migrations_create_every_table_and_index_and_reapply_as_no_op(state_dir:
     conn.close()
 
 
+def test_cost_rollup_migration_fills_from_an_existing_ledger(state_dir: Path) -> None:
+    """A ledger written before the rollup existed (schema 0003) gets it filled on open,
+    and whole-life costs from it equal pricing each instance row."""
+    from sqlite_utils import Database
+
+    from reconciler.ledger.schema import migrations
+
+    state_dir.mkdir(mode=0o700, parents=True)
+    conn = sqlite3.connect(state_dir / "ledger.sqlite", isolation_level=None)
+    migrations.apply(Database(conn), stop_before="0004_cost_rollup")
+    conn.executemany(
+        "INSERT INTO instances (id, provider, env, service, generation, slot, image, size, "
+        "price_per_hour, state, created_at, destroyed_at, created_s, ended_s) "
+        "VALUES (?, 'cloud', 'production', ?, 1, 1, 'ami-1', 't3.micro', 0.5, ?, ?, ?, ?, ?)",
+        [
+            ("i-1", "web", "destroyed", "2026-03-01T12:00:00+00:00", "2026-03-01T14:00:00+00:00",
+             T0.timestamp(), T0.timestamp() + 7200),
+            ("i-2", "api", "destroyed", "2026-03-01T12:00:00+00:00", "2026-03-01T12:00:10+00:00",
+             T0.timestamp(), T0.timestamp() + 10),
+            ("i-3", "api", "running", "2026-03-01T12:00:00+00:00", None, T0.timestamp(), None),
+        ],
+    )  # fmt: skip
+    conn.close()
+    now = T0 + timedelta(hours=3)
+    with Ledger.open(state_dir) as ledger:
+        rows = {r["service"]: r["cost"] for r in ledger.cost_rows(by="service", now=now)}
+    assert rows == pytest.approx({"web": 0.5 * 2, "api": 0.5 * 60 / 3600 + 0.5 * 3})
+    rollup = raw(state_dir).execute("SELECT service, instances FROM cost_rollup ORDER BY 1")
+    assert [tuple(r) for r in rollup] == [("api", 1), ("web", 1)]  # finished instances only
+
+
 def test_new_state_dir_is_0700_and_ledger_file_0600(state_dir: Path, ledger: Ledger) -> None:
     ledger.record_event(kind="written", at=T0)  # make sure the -wal file exists too
     assert ledger.path == state_dir / "ledger.sqlite"
@@ -669,6 +700,29 @@ def test_corrupt_ledger_is_refused_naming_the_file_and_the_rebuild_command(
         handle.write(b"\xff" * 64)
     with pytest.raises(LedgerError) as caught:
         Ledger.open(state_dir)
+    message = str(caught.value)
+    assert str(state_dir / "ledger.sqlite") in message
+    assert "reconciler ledger rebuild" in message
+
+
+def test_listing_a_damaged_ledger_without_the_open_check_still_refuses(
+    state_dir: Path,
+) -> None:
+    """Read-only listings skip the whole-file check; a damaged page they read still
+    fails with the file and the recovery command named, never with wrong rows."""
+    with Ledger.open(state_dir) as ledger:
+        for n in range(200):
+            ledger.record_event(kind="filler", at=T0, detail={"n": n, "pad": "x" * 200})
+    conn = raw(state_dir)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'events'").fetchone()
+    (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+    conn.close()
+    with open(state_dir / "ledger.sqlite", "r+b") as handle:
+        handle.seek((root - 1) * page_size)
+        handle.write(b"\xff" * 64)
+    with Ledger.open(state_dir, check="none") as ledger, pytest.raises(LedgerError) as caught:
+        ledger.event_rows()
     message = str(caught.value)
     assert str(state_dir / "ledger.sqlite") in message
     assert "reconciler ledger rebuild" in message

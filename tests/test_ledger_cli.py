@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from libcloud.pricing import get_size_price
 
 from reconciler import engine, render
 from reconciler.ledger import Ledger
+from reconciler.model import GenerationState
 from reconciler.sandbox import SandboxServer
 from tests.conftest import Cli
 from tests.desired_builder import IMAGE_V1, IMAGE_V2, git_commit, write_desired
@@ -235,3 +237,25 @@ def test_history_and_events_in_every_format(
     shown = cli("ledger", "events")
     assert shown.code == 0
     assert max(len(line) for line in shown.stdout.splitlines()) <= 80
+
+
+def test_human_history_shows_a_page_of_services_and_says_how_to_see_the_rest(
+    cli: Cli,
+) -> None:
+    # Written straight into the ledger: 23 services' histories, as a long-lived fleet has.
+    with Ledger.open(cli.state_dir) as ledger:
+        for n in range(23):
+            ledger.record_generation(
+                env="production", service=f"svc{n:02d}", number=1, provider="cloud",
+                fingerprint="f", image="ami-1", size="t3.micro", count=1, commit=None,
+                state=GenerationState.ACTIVE, at=datetime(2026, 11, 1, tzinfo=UTC),
+            )  # fmt: skip
+    human = cli("ledger", "history")
+    assert human.code == 0, human.stderr
+    shown = [n for n in range(23) if f"production/svc{n:02d}" in human.stdout]
+    assert shown == list(range(20))
+    assert "3 more services not shown" in human.stderr
+    one = cli("ledger", "history", "--service", "svc22")
+    assert "production/svc22" in one.stdout and "not shown" not in one.stderr
+    everything = _json(cli("ledger", "history", "--json"))
+    assert len(everything) == 23

@@ -80,9 +80,12 @@ def duration(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
 
 
 @contextmanager
-def open_ledger(ctx: click.Context) -> Iterator[Ledger]:
+def open_ledger(ctx: click.Context, *, check: str = "full") -> Iterator[Ledger]:
+    """The ledger, integrity-checked before anything writes to it. Read-only listings
+    pass `check="none"` (see `open_database`): on a large ledger the check would cost
+    more than the answer, and reading a damaged page fails on its own."""
     with domain_errors():
-        ledger = Ledger.open(ctx.obj["state_dir"])
+        ledger = Ledger.open(ctx.obj["state_dir"], check=check)
     try:
         yield ledger
     finally:

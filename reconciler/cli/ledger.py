@@ -84,11 +84,13 @@ def _print_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
 
 @contextmanager
 def _reading(ctx: click.Context) -> Iterator[Ledger]:
-    with open_ledger(ctx) as store, domain_errors():
+    with open_ledger(ctx, check="none") as store, domain_errors():
         yield store
 
 
 # ---------------------------------------------------------------- history and generations
+
+HUMAN_SERVICES = 20  # services per human-readable history page
 
 HISTORY_CSV = (
     "env", "service", "number", "state", "image", "size", "count", "commit",
@@ -121,8 +123,25 @@ def history(
     shows the 20 before the newest 20.
     """
     offset = (page - 1) * limit if limit is not None else 0
+    human = not (as_json or as_csv)
+    hidden = 0
     with _reading(ctx) as store:
-        rows = store.history_rows(env=env, service=service, limit=limit, offset=offset, since=since)
+        if human and service is None:
+            # A terminal shows a page, not a fleet: at most HUMAN_SERVICES services' tables
+            # (rendering thousands of rows takes seconds and nobody reads them).
+            services = store.service_keys(env=env, since=since)
+            hidden = max(0, len(services) - HUMAN_SERVICES)
+            rows = [
+                row
+                for key_env, key_service in services[:HUMAN_SERVICES]
+                for row in store.history_rows(
+                    env=key_env, service=key_service, limit=limit, offset=offset, since=since
+                )
+            ]
+        else:
+            rows = store.history_rows(
+                env=env, service=service, limit=limit, offset=offset, since=since
+            )
     if as_json:
         render.print_json(rows)
     elif as_csv:
@@ -131,6 +150,12 @@ def history(
         tables.print_history(Console(), rows)
         if limit is not None and len(rows) >= limit:
             click.echo(f"(older generations: --page {page + 1})", err=True)
+        if hidden:
+            click.echo(
+                f"({hidden} more services not shown: narrow with --env/--service, "
+                "or use --json/--csv for all)",
+                err=True,
+            )
 
 
 @ledger.command()

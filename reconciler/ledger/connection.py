@@ -18,14 +18,18 @@ from sqlite_utils import Database
 
 from reconciler.errors import LedgerError
 from reconciler.ledger.paths import ensure_ledger_file
-from reconciler.ledger.schema import apply_migrations
+from reconciler.ledger.schema import apply_migrations, migrations_pending
 
 BUSY_TIMEOUT_MS = 5000
 RECOVERY = (
     "move the file aside and run `reconciler ledger rebuild` to rebuild the ledger "
     "from the instances' tags"
 )
-_CHECKS = {"full": "PRAGMA integrity_check(10)", "quick": "PRAGMA quick_check(10)"}
+_CHECKS = {
+    "full": "PRAGMA integrity_check(10)",
+    "quick": "PRAGMA quick_check(10)",
+    "none": "",  # read-only listings: see open_database
+}
 
 
 @contextmanager
@@ -51,9 +55,12 @@ def transaction(conn: sqlite3.Connection, *, write: bool) -> Iterator[None]:
 def open_database(state_dir: Path, *, check: str = "full") -> tuple[Path, Database]:
     """Create or open `state_dir/ledger.sqlite`, checked, configured and migrated.
 
-    `check` is "full" (PRAGMA integrity_check: every page and index) or "quick"
-    (quick_check: every page, not index contents), for read-only listings of very
-    large ledgers.
+    `check` is "full" (PRAGMA integrity_check: every page and index), "quick"
+    (quick_check: every page, not index contents) or "none", for read-only listings:
+    the check guards against writing into a damaged file (which spreads the damage),
+    and at a million instance rows even quick_check costs more than the listing itself.
+    A listing that reads a damaged page still fails, with the recovery hint. "none"
+    becomes "full" when the schema needs migrating, since that writes.
     """
     if check not in _CHECKS:
         raise ValueError(f"unknown ledger check {check!r}; expected one of {sorted(_CHECKS)}")
@@ -88,8 +95,14 @@ def _configure(conn: sqlite3.Connection, path: Path, *, check: str) -> Database:
     (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
     if str(mode).lower() != "wal":
         raise LedgerError(f"cannot open ledger {path}: journal mode stays {mode!r}, not WAL")
+    if check == "none" and migrations_pending(Database(conn, execute_plugins=False)):
+        check = "full"
     # Writing into a damaged file spreads the damage: refuse it, and say how to recover.
-    found = [str(row[0]) for row in conn.execute(_CHECKS[check]).fetchall()]
+    found = (
+        [str(row[0]) for row in conn.execute(_CHECKS[check]).fetchall()]
+        if check != "none"
+        else ["ok"]
+    )
     if found != ["ok"]:
         detail = "; ".join(found[:3]) + (f" (and {len(found) - 3} more)" if len(found) > 3 else "")
         raise LedgerError(f"ledger {path} is corrupt ({detail}); {RECOVERY}")

@@ -15,7 +15,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from reconciler.ledger import codec, costsql
-from reconciler.model import LedgerView
+from reconciler.model import GenerationRecord, LedgerView
 
 # Instance states after which the instance no longer exists (or bills) in the cloud.
 ENDED_INSTANCE_STATES = ("destroyed", "gone")
@@ -67,7 +67,7 @@ def generation_rows(
 
 
 _HISTORY_COLUMNS = f"""
-    g.id AS _id, g.env, g.service, g.number, g.state, g.image, g.size, g.count, g."commit",
+    g.env, g.service, g.number, g.state, g.image, g.size, g.count, g."commit",
     (SELECT c.author FROM commits c WHERE c.sha = g."commit") AS commit_author,
     (SELECT c.subject FROM commits c WHERE c.sha = g."commit") AS commit_subject,
     g.created_at, g.activated_at, g.retired_at, g.destroyed_at, g.reason,
@@ -102,30 +102,39 @@ def history_rows(
         params.append(since)
     if offset < 0:
         raise ValueError(f"offset must be zero or positive, got {offset}")
+    # Ranks first, columns after: the per-row subqueries run for the page's rows only.
     sql = f"""
-        SELECT * FROM (
-            SELECT {_HISTORY_COLUMNS},
+        SELECT {_HISTORY_COLUMNS}
+        FROM (
+            SELECT g.id,
                    row_number() OVER (
                        PARTITION BY g.env, g.service ORDER BY g.number DESC
                    ) AS newest_rank
             FROM generations g {where}
-        )
-        WHERE newest_rank > ? AND (? < 0 OR newest_rank <= ? + ?)
-        ORDER BY env, service, number
+        ) r
+        JOIN generations g ON g.id = r.id
+        WHERE r.newest_rank > ? AND (? < 0 OR r.newest_rank <= ? + ?)
+        ORDER BY g.env, g.service, g.number
     """
     bound = _limit(limit)
     rows = list(db.query(sql, [*params, offset, bound, offset, bound]))
     moment = (now or datetime.now(UTC)).timestamp()
-    for row in rows:
-        del row["newest_rank"]
     # Cost per page row, not in the window query: a page prices a page's generations only.
-    cost_sql = (
-        f"SELECT {costsql.generation_costs_sql()} AS cost FROM generations g WHERE g.id = :gen"
-    )
-    for row in rows:
-        found = list(db.query(cost_sql, {"now": moment, "gen": row.pop("_id")}))
-        row["cost"] = round(found[0]["cost"] or 0.0, 6) if found else 0.0
+    keys = [(row["env"], row["service"], row["number"]) for row in rows]
+    costs = costsql.generation_costs(db, keys, now=moment)
+    for row, key in zip(rows, keys, strict=True):
+        row["cost"] = round(costs.get(key, 0.0), 6)
     return rows
+
+
+def service_keys(db: Database, *, env: str | None, since: str | None) -> list[tuple[str, str]]:
+    where, params = _where({"env": env})
+    if since is not None:
+        where = f"{where} AND" if where else "WHERE"
+        where += " created_at >= ?"
+        params.append(since)
+    sql = f"SELECT DISTINCT env, service FROM generations {where} ORDER BY env, service"
+    return [(row["env"], row["service"]) for row in db.query(sql, params)]
 
 
 def run_rows(db: Database, *, limit: int | None) -> list[dict[str, Any]]:
@@ -187,6 +196,25 @@ def instance_rows_by_id(db: Database, ids: list[str]) -> dict[str, dict[str, Any
         for row in db.query(f"SELECT * FROM instances WHERE id IN ({marks})", chunk):
             found[row["id"]] = row
     return found
+
+
+def generations_for(db: Database, keys: list[tuple[str, str, int]]) -> tuple[GenerationRecord, ...]:
+    """The generations with these (env, service, number) keys, for judging instances
+    without loading every generation the ledger ever recorded."""
+    found: list[GenerationRecord] = []
+    for start in range(0, len(keys), 300):  # 3 parameters each, below the old 999 limit
+        chunk = keys[start : start + 300]
+        values = ", ".join("(?, ?, ?)" for _ in chunk)
+        sql = (
+            f"SELECT * FROM generations WHERE (env, service, number) IN (VALUES {values}) "
+            "ORDER BY env, service, number"
+        )
+        found.extend(codec.generation_record(row) for row in db.query(sql, _flat(chunk)))
+    return tuple(found)
+
+
+def _flat(keys: list[tuple[str, str, int]]) -> list[Any]:
+    return [part for key in keys for part in key]
 
 
 def latest_snapshots(db: Database) -> list[dict[str, Any]]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from reconciler.ledger import costsql
+
 migrations = Migrations("reconciler.ledger")
 
 # Times are ISO-8601 UTC text (sortable as text); JSON columns are TEXT.
@@ -206,6 +208,42 @@ def _costs_snapshots(db: Database) -> None:
     db.table("snapshots").create_index(["provider", "id"], index_name="snapshots_provider_id")
     # Event listings filtered by service and time.
     db.table("events").create_index(["env", "service", "at"], index_name="events_env_service_at")
+
+
+@migrations(name="0004_cost_rollup")
+def _cost_rollup(db: Database) -> None:
+    # A finished instance's cost never changes: keep it summed per generation, so
+    # `ledger cost` and history read one row per generation instead of pricing a
+    # million instances. Triggers keep it current whoever writes (see costsql).
+    db.execute(
+        "CREATE TABLE cost_rollup ("
+        " env TEXT NOT NULL, service TEXT NOT NULL, generation INTEGER NOT NULL,"
+        " provider TEXT NOT NULL, instances INTEGER NOT NULL, billed_s REAL NOT NULL,"
+        " cost REAL NOT NULL, standby_cost REAL NOT NULL,"
+        " PRIMARY KEY (env, service, generation, provider))"
+    )
+    db.execute("CREATE INDEX cost_rollup_provider ON cost_rollup (provider)")
+    db.execute(costsql.fill_rollup_sql())
+    for trigger in costsql.rollup_triggers():
+        db.execute(trigger)
+    instances = db.table("instances")
+    # Windows (`--since 30d`, the report's days) read only what can reach them: finished
+    # instances by end time (covering, so rows are never visited) and running ones.
+    instances.create_index(
+        ["ended_s", "created_s", "env", "service", "generation", "provider", "price_per_hour"],
+        index_name="instances_ended",
+    )
+    db.execute(
+        "CREATE INDEX instances_running ON instances "
+        "(env, service, generation, provider, price_per_hour, created_s) WHERE ended_s IS NULL"
+    )
+    # Superseded by the rollup and the two indexes above.
+    db.execute("DROP INDEX IF EXISTS instances_cost")
+
+
+def migrations_pending(db: Database) -> bool:
+    """Whether opening this file will change its schema (read-only to find out)."""
+    return bool(migrations.pending(db))
 
 
 def apply_migrations(db: Database) -> None:

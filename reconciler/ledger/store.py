@@ -22,8 +22,8 @@ from sqlite_utils import Database
 
 from reconciler.errors import LedgerError
 from reconciler.ledger import codec, costsql, queries
-from reconciler.ledger.connection import open_database, transaction
-from reconciler.model import GenerationState, LedgerView
+from reconciler.ledger.connection import RECOVERY, open_database, transaction
+from reconciler.model import GenerationRecord, GenerationState, LedgerView
 
 RUN_RESULTS = frozenset({"ok", "changes", "failed", "refused", "no-op", "interrupted", "skipped"})
 # "stopped" is accepted beside DESIGN's four so an observed InstanceState can be recorded as is.
@@ -108,7 +108,9 @@ class Ledger:
                 with transaction(db.conn, write=write):
                     yield db
             except sqlite3.Error as exc:
-                raise LedgerError(f"ledger {self.path}: {what} failed: {exc}") from exc
+                # A damaged page met while reading (listings open without a full check).
+                hint = f"; {RECOVERY}" if "malformed" in str(exc) else ""
+                raise LedgerError(f"ledger {self.path}: {what} failed: {exc}{hint}") from exc
 
     # ------------------------------------------------------------ runs
 
@@ -424,6 +426,15 @@ class Ledger:
         with self._transaction("generation_rows", write=False) as db:
             return queries.generation_rows(db, env=env, service=service, state=state)
 
+    def service_keys(
+        self, *, env: str | None = None, since: datetime | None = None
+    ) -> list[tuple[str, str]]:
+        """Every (env, service) with a recorded generation (created since `since`), sorted."""
+        with self._transaction("service_keys", write=False) as db:
+            return queries.service_keys(
+                db, env=env, since=codec.encode_time(since) if since is not None else None
+            )
+
     def history_rows(
         self,
         *,
@@ -487,6 +498,11 @@ class Ledger:
                 service=service,
                 since=codec.encode_time(since) if since is not None else None,
             )
+
+    def generations_for(self, keys: Iterable[tuple[str, str, int]]) -> tuple[GenerationRecord, ...]:
+        """The recorded generations among these (env, service, number) keys."""
+        with self._transaction("generations_for", write=False) as db:
+            return queries.generations_for(db, sorted(set(keys)))
 
     def instance_rows_by_id(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """The ledger's rows for these node ids (destroyed ones too), keyed by id."""
