@@ -297,6 +297,15 @@ class Applier:
         first = real or errors
         return launched, (first[0] if first else None)
 
+    def _launch_image(self, spec: ServiceSpec, generation: int) -> str:
+        """What the generation's first launch resolved its image to, once it has one: an
+        image *name* re-pointed at a newer upload must not mix images inside a generation
+        (those instances would read as tampered and be replaced again and again)."""
+        for row in self.ledger.generation_rows(env=spec.env, service=spec.name):
+            if row["number"] == generation and row.get("image_id"):
+                return str(row["image_id"])
+        return spec.image
+
     def _launch(
         self, action: Action, spec: ServiceSpec, provider: ComputeProvider
     ) -> tuple[str, ObservedInstance]:
@@ -318,7 +327,7 @@ class Applier:
         )
         request = LaunchRequest(
             name=tags["Name"],
-            image=spec.image,
+            image=self._launch_image(spec, action.generation),
             size=spec.size,
             tags=tags,
             op=op,

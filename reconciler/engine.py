@@ -71,17 +71,15 @@ def build_providers(
 
 def check_capabilities(desired: DesiredState, providers: Mapping[str, ComputeProvider]) -> None:
     """Refuse, before anything is observed or changed, a size its provider does not offer
-    (validation cannot know a cloud's sizes without asking it)."""
+    or cannot price (validation cannot know a cloud's sizes without asking it)."""
     problems: list[Problem] = []
     for name, provider in providers.items():
         services = [s for s in desired.services() if s.provider == name]
         if not services:
             continue
         offered = provider.known_sizes()
-        if offered is None:
-            continue
         for spec in services:
-            if spec.size not in offered:
+            if offered is not None and spec.size not in offered:
                 problems.append(
                     Problem(
                         file=spec.source_file,
@@ -89,6 +87,17 @@ def check_capabilities(desired: DesiredState, providers: Mapping[str, ComputePro
                         key=f"services.{spec.name}.size",
                         message=f"provider {name} does not offer size {spec.size!r} "
                         f"({len(offered)} sizes are listed there)",
+                    )
+                )
+            elif spec.price_per_hour is None and provider.price_per_hour(spec.size) is None:
+                # The ledger would record these instances as free: refuse instead.
+                problems.append(
+                    Problem(
+                        file=spec.source_file,
+                        line=None,
+                        key=f"services.{spec.name}.price_per_hour",
+                        message=f"is required: libcloud has no price for size {spec.size!r} "
+                        f"at provider {name}",
                     )
                 )
     if problems:

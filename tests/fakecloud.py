@@ -59,10 +59,13 @@ class FakeCloud:
     """Subclasses implement `handle`; the server calls it for every request."""
 
     fixture_dir: str = ""  # e.g. "gce": response files live in tests/fixtures/gce/
+    # Paths that only fetch a token: POSTs there change nothing in the cloud.
+    auth_paths: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.requests: list[tuple[str, str]] = []
+        self.queries: list[dict[str, list[str]]] = []  # each request's query, in order
         self.partial_listing = False
         self._throttle = 0
         self.base_url = ""  # set once the server listens: http://127.0.0.1:<port>
@@ -73,10 +76,15 @@ class FakeCloud:
             self._throttle = count
 
     def mutating_requests(self) -> list[tuple[str, str]]:
-        return [(m, p) for m, p in self.requests if m in ("POST", "PUT", "PATCH", "DELETE")]
+        return [
+            (m, p)
+            for m, p in self.requests
+            if m in ("POST", "PUT", "PATCH", "DELETE")
+            and not p.startswith(self.auth_paths or ("\0",))
+        ]
 
     # -- what subclasses use -------------------------------------------------
-    def fixture(self, name: str, **values: Any) -> Any:
+    def fixture(self, name: str, /, **values: Any) -> Any:
         """Load tests/fixtures/<cloud>/<name>, `$name` placeholders filled, as JSON.
 
         Values that are not strings are substituted as JSON text, so a template may
@@ -102,6 +110,7 @@ class FakeCloud:
     def dispatch(self, request: Request) -> Response:
         with self.lock:
             self.requests.append((request.method, request.path))
+            self.queries.append(request.query)
         return self.handle(request)
 
 
@@ -145,7 +154,9 @@ def serving(cloud: FakeCloud) -> Iterator[FakeCloud]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(cloud))
     server.daemon_threads = True
     cloud.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, name="fakecloud", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fakecloud", daemon=True
+    )
     thread.start()
     try:
         yield cloud

@@ -435,3 +435,16 @@ def test_image_given_by_name_launches_its_ami_and_then_stays_put(
     assert {n.extra["image_id"] for n in live_nodes(sandbox.endpoint)} == {IMAGE_V1}
     again = cli("plan", "--desired", str(root), "--detailed-exitcode")
     assert again.code == 0, again.stdout
+
+    # The name now points at a newer image; the generation keeps launching its own.
+    driver = raw_driver(sandbox.endpoint)
+    newer = driver.create_image(live_nodes(sandbox.endpoint)[0], name)
+    assert newer.id != IMAGE_V1
+    root = write_desired(
+        tmp_path / "desired", endpoint=sandbox.endpoint,
+        environments={"prod": {"win": {"image": name, "count": 3}}},
+    )  # fmt: skip
+    assert cli("apply", "--desired", str(root)).code == 0
+    assert {n.extra["image_id"] for n in live_nodes(sandbox.endpoint)} == {IMAGE_V1}
+    settled = cli("plan", "--desired", str(root), "--detailed-exitcode")
+    assert settled.code == 0, settled.stdout

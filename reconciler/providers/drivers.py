@@ -54,36 +54,51 @@ DRIVER_SPECS: Final[dict[str, DriverSpec]] = {
         DriverSpec(
             name="gce",
             cloud="Google Compute Engine",
-            # key: the service account's e-mail; secret: its private key (PEM).
+            # key: the service account's e-mail; secret: its private key (PEM, or the
+            # whole JSON key file, from which libcloud takes `private_key`).
             credentials=("key", "secret"),
             settings=("project",),
+            optional_settings=("network", "subnetwork"),
+            flags=("external_ip",),  # default true: an ephemeral public address
             region_meaning="zone",
-            setting_hints={"project": "the Google Cloud project id"},
+            # libcloud prices predefined types of the c2/e2/f1/g1/m1/n1/n2/n2d families;
+            # others cost nothing in the ledger unless price_per_hour is set.
+            setting_hints={
+                "project": "the Google Cloud project id",
+                "network": "the VPC network of new instances (default: default)",
+                "subnetwork": "the subnetwork in the zone's region (custom-mode networks)",
+            },
         ),
         DriverSpec(
             name="azure",
             cloud="Microsoft Azure",
             # key: the application (client) id; secret: its client secret.
             credentials=("key", "secret"),
-            settings=("tenant", "subscription", "resource_group", "network", "subnet"),
-            optional_settings=("admin_user", "ssh_key"),
+            # Linux VMs need a login method: an SSH public key (password login stays off).
+            settings=("tenant", "subscription", "resource_group", "network", "subnet", "ssh_key"),
+            optional_settings=("admin_user",),  # default: azureuser
             region_meaning="location",
-            prices=False,
+            # libcloud's azure_linux data: per size and location (pay-as-you-go, Linux).
+            prices=True,
             setting_hints={
                 "tenant": "the Azure AD tenant id",
                 "subscription": "the subscription id",
                 "resource_group": "the resource group instances live in",
                 "network": "the virtual network new NICs join",
                 "subnet": "the subnet of that network",
+                "ssh_key": "the admin user's OpenSSH public key, as text",
             },
         ),
         DriverSpec(
             name="openstack",
             cloud="OpenStack",
-            # key: the user name; secret: the password.
+            # key: the user name; secret: the password (Keystone v3 password auth).
             credentials=("key", "secret"),
             settings=("auth_url", "tenant"),
-            optional_settings=("domain", "network"),
+            # domain: the user's domain name (default "Default"); project_domain_id: the
+            # project's domain id (default "default"); network: a Neutron network id or
+            # name, needed where the project has several networks.
+            optional_settings=("domain", "project_domain_id", "network"),
             flags=("config_drive",),
             region_required=False,
             default_region="RegionOne",

@@ -1,0 +1,724 @@
+"""GCE adapter: libcloud's Google Compute Engine driver behind the `ComputeProvider` port.
+
+Owns: everything GCE-specific — the OAuth2 service-account token (kept in memory,
+never in libcloud's token file under $HOME), pointing auth and API at `endpoint`,
+zonal instance listing with `filter` and `nextPageToken`, labels and names
+(`gce_labels`), `startup-script` user data, the insert `requestId`, machine types and
+prices. Must not: decide what to create or destroy, or let libcloud retry on its own.
+
+libcloud's `GCENodeDriver` is used for its connection (JWT signing, token exchange,
+bearer header, JSON errors mapped to exceptions); its high-level calls are not: they
+look up zones, networks, disk types and images before a create (four or more requests)
+and `list_nodes` reads every page of the aggregated list without a filter and ignores
+its warnings (a partial answer would read as a complete one).
+
+Fault model: throttling (HTTP 429, or 403 `rateLimitExceeded`) means the call was not
+executed; a 5xx, a timeout, a reset connection or an unreadable body means its outcome
+is unknown. An insert is safe to resend: the same operation always sends the same
+`requestId` (GCE answers with the first insert's operation) and the same instance
+name (a second instance of that name cannot exist: GCE says `alreadyExists`, and the
+adapter then reads the existing one). A listing that cannot be read to the end, that
+repeats a page token or that carries a warning (an unreachable zone) raises
+ObservationIncomplete, never a partial answer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from functools import partial
+from importlib.util import find_spec
+from typing import Any, Final, TypeVar
+from urllib.parse import urlparse
+
+import requests
+import structlog
+from libcloud.common.base import Connection, ConnectionUserAndKey
+from libcloud.common.google import (
+    GoogleAuthError,
+    GoogleBaseError,
+    GoogleServiceAcctAuthConnection,
+    JsonParseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+)
+from libcloud.common.types import LibcloudError, MalformedResponseError
+from libcloud.compute.drivers.gce import API_VERSION, GCEConnection, GCENodeDriver
+from libcloud.pricing import get_pricing
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from reconciler.errors import (
+    ConfigurationError,
+    ObservationIncomplete,
+    ProviderError,
+    TransientError,
+)
+from reconciler.model import InstanceState, ObservedInstance, ProviderProfile
+from reconciler.providers.base import (
+    TAG_ENV,
+    TAG_OP,
+    TAG_OWNER,
+    TAG_SERVICE,
+    TAG_SPEC,
+    LaunchRequest,
+    generation_from_tags,
+    slot_from_name,
+)
+from reconciler.providers.credentials import resolve_secret
+from reconciler.providers.gce_labels import (
+    IMAGE_KEY,
+    USER_DATA_KEY,
+    GceValueError,
+    gce_instance_name,
+    image_reference,
+    labels_for,
+    metadata_value,
+    observed_from,
+    owner_filter,
+    request_id,
+)
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+_SCOPES: Final = ["https://www.googleapis.com/auth/compute"]
+_PAGE_SIZE: Final = 500  # the largest page GCE list calls return
+_MAX_PAGES: Final = 10_000  # a server that never stops paging is a fault, not a fleet
+_RATE_REASONS: Final = ("rateLimitExceeded", "userRateLimitExceeded", "RESOURCE_EXHAUSTED")
+_BENIGN_WARNINGS: Final = ("NO_RESULTS_ON_PAGE",)
+_TOKEN_MARGIN: Final = 60.0  # renew a token this many seconds before GCE says it expires
+# Shared-core E2 types bill a fraction of a vCPU (machineTypes reports 2 guest CPUs).
+_SHARED_CORE_VCPUS: Final = {"e2-micro": 0.25, "e2-small": 0.5, "e2-medium": 1.0}
+
+
+class OutcomeUnknown(TransientError):
+    """The request may or may not have taken effect (lost response, 5xx, timeout)."""
+
+
+class _TokenRefused(TransientError):
+    """The API refused our access token (expired or revoked early): fetch a new one."""
+
+
+class _MemoryToken:
+    """The OAuth2 access token, in memory only and shared by every thread's connection.
+
+    libcloud's own credential object caches tokens in `~/.google_libcloud_auth.<project>`;
+    a token is a secret, so this replaces it: one token exchange per process (and per
+    expiry), nothing written anywhere."""
+
+    def __init__(self, auth: GoogleServiceAcctAuthConnection, on_fetch: Callable[[], None]) -> None:
+        self._auth = auth
+        self._on_fetch = on_fetch
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._renew_at = 0.0
+
+    def __repr__(self) -> str:
+        return "<gce access token>"
+
+    @property
+    def access_token(self) -> str:
+        with self._lock:
+            if self._token is None or time.monotonic() >= self._renew_at:
+                self._token, lifetime = self._fetch()
+                self._renew_at = time.monotonic() + max(lifetime - _TOKEN_MARGIN, 0.0)
+            return self._token
+
+    def forget(self) -> None:
+        with self._lock:
+            self._token = None
+
+    def _fetch(self) -> tuple[str, float]:
+        self._on_fetch()
+        try:
+            info = self._auth.get_new_token()
+        except GoogleBaseError as exc:
+            # Not echoed: the token endpoint's answer is about our credentials.
+            if exc.http_code == 429 or exc.http_code >= 500:
+                raise TransientError(f"token endpoint unavailable (HTTP {exc.http_code})") from None
+            raise ProviderError(
+                f"the token endpoint rejected the service account (HTTP {exc.http_code})"
+            ) from None
+        except (LibcloudError, MalformedResponseError, ValueError):
+            raise OutcomeUnknown("the token endpoint's answer is unreadable") from None
+        token = info.get("access_token") if isinstance(info, dict) else None
+        if not isinstance(token, str) or not token:
+            raise OutcomeUnknown("the token endpoint's answer holds no access token")
+        return token, float(info.get("expires_in") or 300)
+
+
+class _AuthConnection(GoogleServiceAcctAuthConnection):
+    """Token exchange without libcloud's hidden retries (they happen in `_call`)."""
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["retry_failed"] = False
+        return super().request(*args, **kwargs)
+
+
+class _Connection(GCEConnection):
+    """GCEConnection with the token object above and a configurable API root.
+
+    GoogleBaseConnection.__init__ is skipped on purpose: it builds libcloud's
+    file-caching credential and fetches a token at construction."""
+
+    def __init__(
+        self,
+        user_id: str,
+        key: str,
+        secure: bool = True,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        token: _MemoryToken,
+        request_path: str,
+        timeout: float | None = None,
+        **_ignored: Any,  # retry_delay, backoff, proxy_url: unused
+    ) -> None:
+        ConnectionUserAndKey.__init__(
+            self, user_id, key, secure=secure, host=host, port=port, timeout=timeout
+        )
+        self.oauth2_credential = token  # type: ignore[assignment]  # same access_token
+        self.request_path = request_path
+        self.gce_params = None
+
+    def request(
+        self,
+        action: Any,
+        params: Any = None,
+        data: Any = None,
+        headers: Any = None,
+        method: Any = "GET",
+        raw: Any = False,
+        stream: Any = False,
+        json: Any = None,
+        retry_failed: Any = None,
+    ) -> Any:
+        # Skips GoogleBaseConnection.request, which resends on ECONNRESET by itself.
+        return Connection.request(
+            self, action, params=params, data=data, headers=headers, method=method, raw=raw,
+            stream=stream, json=json, retry_failed=False,
+        )  # fmt: skip
+
+
+class _Driver(GCENodeDriver):
+    connectionCls = _Connection  # type: ignore[assignment]  # built by our own kwargs
+
+    def __init__(
+        self, user_id: str, key: str, *, token: _MemoryToken, request_path: str, **kwargs: Any
+    ) -> None:
+        self._connection_kwargs = {"token": token, "request_path": request_path}
+        super().__init__(user_id, key, **kwargs)  # no datacenter: no request is made
+
+    def _ex_connection_class_kwargs(self) -> dict[str, Any]:
+        return dict(self._connection_kwargs)
+
+
+def _endpoint_parts(endpoint: str | None) -> tuple[dict[str, Any], str]:
+    """(host/port/secure options, path prefix) for `endpoint`, or the defaults."""
+    if not endpoint:
+        return {}, ""
+    url = urlparse(endpoint)
+    secure = url.scheme == "https"
+    options = {
+        "host": url.hostname or "127.0.0.1",
+        "port": url.port or (443 if secure else 80),
+        "secure": secure,
+    }
+    return options, url.path.rstrip("/")
+
+
+def _message(exc: GoogleBaseError) -> str:
+    value = exc.value
+    if isinstance(value, dict):
+        value = value.get("message") or value.get("reason") or ""
+    return f"{exc.code}: {value}"[:300] if exc.code else str(value)[:300]
+
+
+def _translate(exc: Exception, action: str) -> Exception:
+    """Our error for a libcloud/requests failure; messages carry no credentials (nor
+    request URLs, headers or bodies: only the cloud's error code and message)."""
+    if isinstance(exc, TransientError | ProviderError):
+        return exc
+    if isinstance(exc, GoogleAuthError):
+        # libcloud could not load the private key (its message is not echoed).
+        return ProviderError(f"{action}: credentials.secret is not a usable private key")
+    if isinstance(exc, requests.ConnectTimeout):
+        return TransientError(f"{action}: connection timed out")  # never sent
+    if isinstance(exc, (requests.RequestException, OSError)):
+        return OutcomeUnknown(f"{action}: connection failed ({type(exc).__name__})")
+    if isinstance(exc, JsonParseError):
+        return OutcomeUnknown(f"{action}: malformed response from the cloud")
+    if isinstance(exc, GoogleBaseError):
+        message = _message(exc)
+        if exc.http_code == 429 or exc.code in _RATE_REASONS:
+            return TransientError(f"{action}: {message}")
+        if exc.http_code == 401:
+            return _TokenRefused(f"{action}: the access token was refused")
+        if exc.http_code >= 500:
+            return OutcomeUnknown(f"{action}: {message}")
+        # 200 with an error is a finished operation that failed: resending the same
+        # requestId would only return it again.
+        return ProviderError(f"{action}: {message}")
+    if isinstance(exc, (LibcloudError, MalformedResponseError)):
+        return OutcomeUnknown(f"{action}: malformed response from the cloud")
+    return exc
+
+
+class GceProvider:
+    """One GCE project and zone as a `ComputeProvider`."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        email: str,
+        private_key: str,
+        project: str,
+        zone: str,
+        endpoint: str | None = None,
+        network: str = "default",
+        subnetwork: str | None = None,
+        external_ip: bool = True,
+        timeout: float = 30.0,
+        retry_attempts: int = 5,
+        retry_seconds: float = 60.0,
+        page_size: int = _PAGE_SIZE,
+        operation_wait: float = 60.0,
+        on_call: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.project = project
+        self.zone = zone
+        self.region = zone.rsplit("-", 1)[0]  # us-central1-a -> us-central1
+        self._network = network
+        self._subnetwork = subnetwork
+        self._external_ip = external_ip
+        self._retry_attempts = retry_attempts
+        self._retry_seconds = retry_seconds
+        self._page_size = page_size
+        self._operation_wait = operation_wait
+        self._on_call = on_call
+        options, prefix = _endpoint_parts(endpoint)
+        self._driver_options: dict[str, Any] = {"project": project, "timeout": timeout, **options}
+        self._api_path = f"{prefix}/compute/{API_VERSION}/projects/{project}"
+        self._token_path = prefix  # the token is POSTed to <prefix>/o/oauth2/token
+        self._credentials = (email, private_key)  # used once per thread; never printed
+        self._token: _MemoryToken | None = None
+        self._token_lock = threading.Lock()
+        # libcloud keeps the last response on its connection object: one per thread.
+        self._local = threading.local()
+        self._machine_types: dict[str, Mapping[str, Any]] | None = None
+        self._deleted: set[str] = set()  # deleted here; GCE lists them while STOPPING
+
+    def __repr__(self) -> str:
+        return f"GceProvider({self.name!r}, project={self.project!r}, zone={self.zone!r})"
+
+    # ------------------------------------------------------------ libcloud plumbing
+
+    def _shared_token(self) -> _MemoryToken:
+        with self._token_lock:
+            if self._token is None:
+                email, key = self._credentials
+                auth = _AuthConnection(
+                    email,
+                    key,
+                    _SCOPES,
+                    **{k: v for k, v in self._driver_options.items() if k != "project"},
+                )
+                auth.request_path = self._token_path
+                self._token = _MemoryToken(auth, lambda: self._note_call("oauth2.token"))
+            return self._token
+
+    @property
+    def _driver(self) -> Any:
+        driver = getattr(self._local, "driver", None)
+        if driver is None:
+            email, key = self._credentials
+            driver = self._local.driver = _Driver(
+                email,
+                key,
+                token=self._shared_token(),
+                request_path=self._api_path,
+                **self._driver_options,
+            )
+        return driver
+
+    def _request(self, path: str, **kwargs: Any) -> Any:
+        return self._driver.connection.request(path, **kwargs).object
+
+    def _note_call(self, action: str) -> None:
+        if self._on_call is not None:
+            self._on_call(self.name, action)
+
+    # ------------------------------------------------------------ calls with retries
+
+    def _retrying(self, action: str) -> Retrying:
+        """Bounded attempts and total time, jittered exponential waits, each retry logged."""
+        return Retrying(
+            retry=retry_if_exception_type(TransientError),
+            stop=stop_after_attempt(self._retry_attempts) | stop_after_delay(self._retry_seconds),
+            wait=wait_random_exponential(multiplier=0.5, max=10),
+            before_sleep=lambda state: log.warning(
+                "provider_call_retry",
+                provider=self.name,
+                action=action,
+                attempt=state.attempt_number,
+                error=str(state.outcome.exception()) if state.outcome else None,
+            ),
+            reraise=True,
+        )
+
+    def _call(self, action: str, fn: Callable[[], T], *, retry: bool = True) -> T:
+        if not retry:
+            return self._attempt(action, fn)
+        for attempt in self._retrying(action):
+            with attempt:
+                return self._attempt(action, fn)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _attempt(self, action: str, fn: Callable[[], T]) -> T:
+        self._note_call(action)
+        try:
+            return fn()
+        except Exception as exc:  # translated at this edge, re-raised typed
+            error = _translate(exc, action)
+            if isinstance(error, _TokenRefused) and self._token is not None:
+                self._token.forget()
+            raise error from None
+
+    # ------------------------------------------------------------ observation
+
+    def list_owned(self, owner: str) -> Sequence[ObservedInstance]:
+        # The filter saves pages; ownership is still checked here, exactly.
+        return [
+            i for i in self._list_instances(self._filter(owner)) if i.tags.get(TAG_OWNER) == owner
+        ]
+
+    def find_by_op(self, owner: str, op: str, *, retry: bool = True) -> ObservedInstance | None:
+        found = [
+            i
+            for i in self._list_instances(self._filter(owner, op), retry=retry)
+            if i.alive and i.tags.get(TAG_OWNER) == owner and i.tags.get(TAG_OP) == op
+        ]
+        return found[0] if found else None
+
+    def list_unowned(self, owner: str) -> Sequence[ObservedInstance]:
+        """Every instance in this project and zone WITHOUT our owner label, all pages.
+        For reports only; nothing here is ever modified."""
+        return [i for i in self._list_instances(None) if i.tags.get(TAG_OWNER) != owner]
+
+    def _filter(self, owner: str, op: str | None = None) -> str:
+        try:
+            return owner_filter(owner, op)
+        except GceValueError as exc:
+            raise ProviderError(f"{self.name}: owner cannot be a GCE label: {exc}") from None
+
+    def _list_instances(self, filter_: str | None, *, retry: bool = True) -> list[ObservedInstance]:
+        items = self._list(
+            f"/zones/{self.zone}/instances",
+            kind="compute#instanceList",
+            action="instances.list",
+            filter_=filter_,
+            retry=retry,
+        )
+        try:
+            observed = [observed_from(item, provider=self.name) for item in items]
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            # One unreadable instance makes the whole listing untrustworthy.
+            raise ObservationIncomplete(
+                f"{self.name}: listing held an unreadable instance ({type(exc).__name__})"
+            ) from None
+        # Deleted here but still listed (STOPPING, or RUNNING for a moment): going away.
+        return [
+            replace(i, state=InstanceState.GONE) if i.id in self._deleted else i for i in observed
+        ]
+
+    def _list(
+        self,
+        path: str,
+        *,
+        kind: str,
+        action: str,
+        filter_: str | None = None,
+        retry: bool = True,
+    ) -> list[Mapping[str, Any]]:
+        """Every item of a zonal list, all pages, or ObservationIncomplete."""
+        base = {"maxResults": str(self._page_size)}
+        if filter_:
+            base["filter"] = filter_
+        # Keyed by name: a server whose pages overlap must not make one item count twice.
+        items: dict[str, Mapping[str, Any]] = {}
+        token: str | None = None
+        seen_tokens: set[str] = set()
+        try:
+            for _page in range(_MAX_PAGES):
+                params = dict(base, pageToken=token) if token else base
+                fetch = partial(self._page, path, params=params, kind=kind, action=action)
+                page, token = self._call(action, fetch, retry=retry)
+                for item in page:
+                    items[str(item["name"])] = item
+                if not token:
+                    return list(items.values())
+                if token in seen_tokens:
+                    raise ObservationIncomplete(f"{self.name}: {action} repeats a page token")
+                seen_tokens.add(token)
+        except (TransientError, ProviderError) as exc:
+            raise ObservationIncomplete(f"{self.name}: {action} failed: {exc}") from None
+        except ObservationIncomplete as exc:  # a partial page: say whose
+            raise ObservationIncomplete(f"{self.name}: {exc}") from None
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ObservationIncomplete(
+                f"{self.name}: {action} answered unreadably ({type(exc).__name__})"
+            ) from None
+        raise ObservationIncomplete(f"{self.name}: {action} did not end after {_MAX_PAGES} pages")
+
+    def _page(
+        self, path: str, *, params: dict[str, str], kind: str, action: str
+    ) -> tuple[list[Mapping[str, Any]], str | None]:
+        body = self._request(path, params=params)
+        token = body.get("nextPageToken") if isinstance(body, dict) else None
+        return _page_items(body, kind=kind, action=action), token
+
+    # ------------------------------------------------------------ mutation
+
+    def create_instance(self, request: LaunchRequest) -> ObservedInstance:
+        owner = request.tags[TAG_OWNER]
+        try:
+            name = gce_instance_name(request.name, owner=owner, op=request.op)
+            labels = labels_for(request.tags)
+            image = image_reference(request.image, self.project)
+        except GceValueError as exc:
+            raise ProviderError(f"{self.name}: {exc}") from None
+        body = self._instance_body(name, image=image, size=request.size, labels=labels,
+                                   user_data=request.user_data)  # fmt: skip
+        params = {"requestId": request_id(owner, request.op)}
+        path = f"/zones/{self.zone}/instances"
+
+        def insert() -> Any:
+            try:
+                return self._request(path, method="POST", params=params, data=body)
+            except ResourceExistsError:
+                return None  # the name holds the operation: an earlier attempt made it
+
+        operation = self._call("instances.insert", insert)
+        if operation is None:
+            existing = self._call("instances.get", partial(self._get_instance, name))
+            if existing is None or existing.tags.get(TAG_OP) != request.op:
+                raise ProviderError(f"{self.name}: instance name {name} is taken by another")
+            log.info("provider_launch_found_by_op", provider=self.name, op=request.op,
+                     instance=name)  # fmt: skip
+            return existing
+        self._await(operation, "instances.insert")
+        return ObservedInstance(
+            id=name,
+            provider=self.name,
+            state=InstanceState.PENDING,
+            image=image,
+            size=request.size,
+            env=request.tags.get(TAG_ENV),
+            service=request.tags.get(TAG_SERVICE),
+            generation=generation_from_tags(request.tags),
+            slot=slot_from_name(request.name),
+            fingerprint=request.tags.get(TAG_SPEC),
+            op=request.op,
+            name=request.name,
+            tags=dict(request.tags),
+        )
+
+    def _instance_body(
+        self,
+        name: str,
+        *,
+        image: str,
+        size: str,
+        labels: Mapping[str, str],
+        user_data: str | None,
+    ) -> dict[str, Any]:
+        metadata = [{"key": IMAGE_KEY, "value": image}]
+        if user_data is not None:
+            metadata.append({"key": USER_DATA_KEY, "value": user_data})
+        interface: dict[str, Any] = {"network": _resource(self._network, "global/networks")}
+        if self._subnetwork:
+            interface["subnetwork"] = _resource(
+                self._subnetwork, f"regions/{self.region}/subnetworks"
+            )
+        if self._external_ip:
+            interface["accessConfigs"] = [{"type": "ONE_TO_ONE_NAT", "name": "External NAT"}]
+        return {
+            "name": name,
+            "machineType": f"zones/{self.zone}/machineTypes/{size}",
+            "labels": dict(labels),
+            "metadata": {"items": metadata},
+            "disks": [
+                {
+                    "boot": True,
+                    "autoDelete": True,
+                    "type": "PERSISTENT",
+                    "initializeParams": {"sourceImage": image},
+                }
+            ],
+            "networkInterfaces": [interface],
+        }
+
+    def _await(self, operation: Mapping[str, Any], action: str) -> None:
+        """Wait (bounded) for a zonal operation; a failed one raises ProviderError
+        (libcloud raises it on reading an operation that holds an `error`)."""
+        deadline = time.monotonic() + self._operation_wait
+        delay = 1.0
+        while operation.get("status") != "DONE":
+            name = operation.get("name")
+            if not name or time.monotonic() + delay > deadline:
+                log.info("provider_operation_pending", provider=self.name, action=action)
+                return  # the listing shows the instance; the waiter watches it boot
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            path = f"/zones/{self.zone}/operations/{name}"
+            operation = self._call("zoneOperations.get", partial(self._request, path))
+
+    def _get_instance(self, name: str) -> ObservedInstance | None:
+        try:
+            resource = self._request(f"/zones/{self.zone}/instances/{name}")
+        except ResourceNotFoundError:
+            return None
+        try:
+            return observed_from(resource, provider=self.name)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+            raise OutcomeUnknown(f"instances.get: {name} is unreadable") from None
+
+    def destroy_instance(self, instance_id: str) -> None:
+        path = f"/zones/{self.zone}/instances/{instance_id}"
+
+        def delete() -> None:
+            try:
+                self._request(path, method="DELETE")
+            except ResourceNotFoundError:
+                return  # already gone: the goal of a destroy is met
+
+        self._call("instances.delete", delete)
+        self._deleted.add(instance_id)
+
+    def user_data_of(self, instance_id: str) -> str | None:
+        """The `startup-script` an instance was launched with."""
+        path = f"/zones/{self.zone}/instances/{instance_id}"
+
+        def read() -> str | None:
+            try:
+                resource = self._request(path)
+            except ResourceNotFoundError:
+                return None
+            return metadata_value(resource, USER_DATA_KEY)
+
+        return self._call("instances.get", read)
+
+    # ------------------------------------------------------------ sizes and prices
+
+    def known_sizes(self) -> frozenset[str] | None:
+        """The zone's machine types (one paginated list per adapter)."""
+        return frozenset(self._zone_machine_types())
+
+    def _zone_machine_types(self) -> Mapping[str, Mapping[str, Any]]:
+        if self._machine_types is None:
+            items = self._list(
+                f"/zones/{self.zone}/machineTypes",
+                kind="compute#machineTypeList",
+                action="machineTypes.list",
+            )
+            self._machine_types = {str(item["name"]): item for item in items}
+        return self._machine_types
+
+    def price_per_hour(self, size: str) -> float | None:
+        """On-demand price from libcloud's `gce_instances` data: per-vCPU and per-GB
+        prices of the machine family in this region, times the machine type's shape.
+        None for families libcloud has no prices for (and for custom types)."""
+        try:
+            machine = self._zone_machine_types().get(size)
+        except ObservationIncomplete as exc:
+            # Asked after a launch too: a price must never fail what already happened.
+            log.warning("provider_price_unknown", provider=self.name, size=size, error=str(exc))
+            return None
+        if machine is None:
+            return None
+        return machine_price(size, machine, region=self.region)
+
+
+def machine_price(size: str, machine: Mapping[str, Any], *, region: str) -> float | None:
+    family = size.split("-", 1)[0]
+    prices = (get_pricing(driver_type="compute", driver_name="gce_instances") or {}).get(family)
+    if not isinstance(prices, dict):
+        return None
+    try:
+        vcpus = _SHARED_CORE_VCPUS.get(size, float(machine["guestCpus"]))
+        total = vcpus * float(prices["cpu"]["on_demand"][region]["price"])
+        if "ram" in prices:  # f1/g1: one price per instance, booked as "cpu"
+            memory_gb = float(machine["memoryMb"]) / 1024
+            total += memory_gb * float(prices["ram"]["on_demand"][region]["price"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return round(total, 6)
+
+
+def _resource(value: str, collection: str) -> str:
+    """A network or subnetwork setting as a resource path (names are in our project)."""
+    return value if "/" in value else f"{collection}/{value}"
+
+
+def _page_items(body: Any, *, kind: str, action: str) -> list[Mapping[str, Any]]:
+    """A list page's items, or ObservationIncomplete if the page is not a whole answer."""
+    if not isinstance(body, dict) or body.get("kind") != kind:
+        # A 200 that is not this listing (a proxy's page, say) would read as "nothing
+        # there" and make the planner replace the whole fleet.
+        raise OutcomeUnknown(f"{action}: the response is not a {kind}")
+    warning = body.get("warning")
+    if warning and warning.get("code") not in _BENIGN_WARNINGS:
+        raise ObservationIncomplete(
+            f"{action}: the answer is partial ({warning.get('code')}: "
+            f"{str(warning.get('message'))[:200]})"
+        )
+    if body.get("unreachables"):
+        raise ObservationIncomplete(f"{action}: some locations were unreachable")
+    items = body.get("items", [])
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise ObservationIncomplete(f"{action}: the answer's items are unreadable")
+    return items
+
+
+def build(
+    profile: ProviderProfile, *, on_call: Callable[[str, str], None] | None = None
+) -> GceProvider:
+    """The adapter for a `driver: gce` profile (`region:` is the zone)."""
+    try:
+        key_ref, secret_ref = profile.credentials["key"], profile.credentials["secret"]
+    except KeyError as exc:
+        raise ConfigurationError(
+            f"provider {profile.name}: credentials.{exc.args[0]} is required for gce"
+        ) from None
+    if find_spec("cryptography") is None:
+        # libcloud signs the service account's JWT with it (an optional dependency there).
+        raise ConfigurationError(
+            f"provider {profile.name}: driver gce needs the Python package 'cryptography'"
+        )
+    project = profile.options.get("project")
+    if not project or not profile.region:
+        raise ConfigurationError(f"provider {profile.name}: gce needs project and region (zone)")
+    return GceProvider(
+        profile.name,
+        email=resolve_secret(key_ref),
+        private_key=resolve_secret(secret_ref),
+        project=project,
+        zone=profile.region,
+        endpoint=profile.endpoint,
+        network=profile.options.get("network", "default"),
+        subnetwork=profile.options.get("subnetwork"),
+        external_ip=profile.options.get("external_ip", "true") == "true",
+        timeout=profile.timeout,
+        on_call=on_call,
+    )

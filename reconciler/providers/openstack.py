@@ -1,0 +1,659 @@
+"""OpenStack adapter: libcloud's OpenStack driver (Nova v2.1) behind the `ComputeProvider` port.
+
+Owns: everything OpenStack-specific — Keystone v3 password auth and the service
+catalog (through libcloud), our tags as server metadata (Nova takes our key names
+as they are, so no mapping), user data and config drive, image names resolved
+through Glance and flavor names through Nova (reported back as names, the form the
+desired state writes), our own paging of /servers/detail (see `_paginate`), state
+mapping, lookup by the operation's metadata before re-sending a create, bounded
+retries (tenacity), and libcloud's connections set up to report every request and
+never retry on their own. Must not: decide what to create or destroy, or let libcloud
+retry (a hidden retry of a create could launch twice: Nova has no client token).
+Nova's own rules (statuses, metadata limits, next links) live in openstack_nova.
+
+Fault model: 429, and 413 with Retry-After (Nova's historic rate limiter), mean the
+call was not executed, and are retried after at least the hinted delay; a 5xx, a
+timeout or a reset connection means its outcome is unknown, and a create with an
+unknown outcome is looked up by its `reconciler:op` metadata before it is sent again.
+A listing that cannot be read to the end (an error on a later page, a next link that
+repeats) raises ObservationIncomplete, never a partial answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import requests
+import structlog
+from libcloud.common.exceptions import BaseHTTPError
+from libcloud.common.types import InvalidCredsError, LibcloudError, MalformedResponseError
+from libcloud.compute.base import Node, NodeImage, NodeSize
+from libcloud.compute.drivers.openstack import (
+    OpenStack_2_Connection,
+    OpenStack_2_ImageConnection,
+    OpenStack_2_NetworkConnection,
+    OpenStack_2_NodeDriver,
+    OpenStackNetwork,
+)
+from libcloud.utils.retry import Retry
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from reconciler.errors import (
+    ConfigurationError,
+    ObservationIncomplete,
+    ProviderError,
+    TransientError,
+)
+from reconciler.model import InstanceState, ObservedInstance, ProviderProfile
+from reconciler.providers.base import (
+    TAG_ENV,
+    TAG_NAME,
+    TAG_OP,
+    TAG_OWNER,
+    TAG_SERVICE,
+    TAG_SPEC,
+    LaunchRequest,
+    generation_from_tags,
+    slot_from_name,
+)
+from reconciler.providers.credentials import resolve_secret
+from reconciler.providers.openstack_nova import (
+    USER_DATA_MAX,
+    Listener,
+    OutcomeUnknown,
+    Throttled,
+    is_uuid,
+    metadata_problem,
+    next_page,
+    normalized_auth_url,
+    nova_state,
+    request_name,
+    retry_after_hint,
+)
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+_PAGE_SIZE = 1000  # Nova's default osapi_max_limit; a cloud may cap pages lower
+_MAX_PAGES = 10_000  # a server that never stops paging is a fault, not a fleet
+
+
+# ---------------------------------------------------------------- libcloud plumbing
+
+
+class _NoRetry(Retry):
+    """libcloud's own retry (LIBCLOUD_RETRY_FAILED_HTTP_REQUESTS) stays off: retries
+    happen only in the adapter, where each one is bounded and logged."""
+
+    def __call__(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        return func
+
+
+class _Reporting:
+    """Mixed into each libcloud connection: reports every request, Keystone's included."""
+
+    retryCls = _NoRetry
+    listener: Listener | None = None
+
+    def request(self, action: str, *args: Any, **kwargs: Any) -> Any:
+        if self.listener is not None:
+            # libcloud passes the method by keyword; positionally it is the fifth.
+            method = kwargs.get("method") or (args[3] if len(args) > 3 else "GET")
+            self.listener(request_name(str(method), action))
+        return super().request(action, *args, **kwargs)  # type: ignore[misc]
+
+    def _populate_hosts_and_request_paths(self) -> None:
+        if self.listener is not None and not self.get_auth_class().is_token_valid():  # type: ignore[attr-defined]
+            self.listener("Authenticate")
+        super()._populate_hosts_and_request_paths()  # type: ignore[misc]
+
+
+class _Compute(_Reporting, OpenStack_2_Connection):
+    pass
+
+
+class _Image(_Reporting, OpenStack_2_ImageConnection):
+    pass
+
+
+class _Network(_Reporting, OpenStack_2_NetworkConnection):
+    pass
+
+
+class NovaDriver(OpenStack_2_NodeDriver):
+    connectionCls = _Compute
+    image_connectionCls = _Image
+    network_connectionCls = _Network
+
+
+def make_driver(
+    user: str,
+    password: str,
+    *,
+    auth_url: str,
+    tenant: str,
+    domain: str,
+    project_domain_id: str,
+    region: str,
+    endpoint: str | None,
+    timeout: float,
+    listener: Listener | None,
+) -> Any:
+    """A libcloud driver that authenticates with Keystone v3 (password) and reaches Nova
+    (and Glance, Neutron) through the catalog's public endpoints in `region`;
+    `endpoint` replaces the catalog's compute endpoint only."""
+    options: dict[str, Any] = {
+        "ex_force_auth_url": auth_url,
+        "ex_force_auth_version": "3.x_password",
+        "ex_tenant_name": tenant,
+        "ex_domain_name": domain,  # the user's domain, by name
+        "ex_tenant_domain_id": project_domain_id,  # the project's domain, by id
+        "ex_force_service_region": region,
+        "timeout": timeout,
+    }
+    if endpoint:
+        options["ex_force_base_url"] = endpoint.rstrip("/")
+    driver: Any = NovaDriver(user, password, **options)
+    if endpoint:
+        # libcloud points every service at a forced base URL; images and networks keep
+        # the catalog's endpoints, since `endpoint:` names the compute API only.
+        for connection in (driver.image_connection, driver.network_connection):
+            connection._ex_force_base_url = None
+            connection.base_url = None
+    for connection in (driver.connection, driver.image_connection, driver.network_connection):
+        connection.listener = listener
+    return driver
+
+
+def translate(exc: Exception, action: str, *, region: str) -> Exception:
+    """Our error for a libcloud/requests failure. Messages carry the cloud's status and
+    fault text only: never URLs, headers, request bodies or libcloud's response dumps."""
+    if isinstance(exc, TransientError | ProviderError):
+        return exc
+    if isinstance(exc, InvalidCredsError):
+        return ProviderError(f"{action}: Keystone rejected the credentials")
+    if isinstance(exc, requests.ConnectTimeout):
+        return TransientError(f"{action}: connection timed out")  # never sent
+    if isinstance(exc, requests.RequestException | OSError):
+        return OutcomeUnknown(f"{action}: connection failed ({type(exc).__name__})")
+    if isinstance(exc, BaseHTTPError):
+        message = str(exc.message)[:300]
+        retry_after = retry_after_hint(exc.headers)
+        if exc.code == 429 or (exc.code == 413 and retry_after is not None):
+            return Throttled(f"{action}: {message}", retry_after)
+        if exc.code == 401:
+            # libcloud dropped the token; the next attempt authenticates again.
+            return TransientError(f"{action}: the token was refused")
+        if exc.code >= 500:
+            return OutcomeUnknown(f"{action}: {message}")
+        return ProviderError(f"{action}: {message}")
+    if isinstance(exc, LibcloudError | ValueError) and "endpoint" in str(exc):
+        # libcloud's catalog lookup: no (or several) endpoints for the service and region.
+        return ProviderError(
+            f"{action}: the Keystone catalog has no single public endpoint for this "
+            f"service in region {region!r}"
+        )
+    if isinstance(exc, LibcloudError | MalformedResponseError | KeyError | TypeError | ValueError):
+        # Not echoed: libcloud puts whole response bodies in these messages.
+        return OutcomeUnknown(f"{action}: unreadable response from the cloud")
+    return exc
+
+
+# ---------------------------------------------------------------- the adapter
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return moment.astimezone(UTC) if moment is not None else None
+
+
+def build(
+    profile: ProviderProfile, *, on_call: Callable[[str, str], None] | None = None
+) -> OpenStackProvider:
+    """The adapter for an `openstack` profile; credentials are resolved here, once."""
+    try:
+        user_ref, password_ref = profile.credentials["key"], profile.credentials["secret"]
+    except KeyError as exc:
+        raise ConfigurationError(
+            f"provider {profile.name}: credentials.{exc.args[0]} is required for openstack"
+        ) from None
+    for setting in ("auth_url", "tenant"):
+        if not profile.options.get(setting):
+            raise ConfigurationError(
+                f"provider {profile.name}: {setting} is required for openstack"
+            )
+    return OpenStackProvider(
+        profile.name,
+        user=resolve_secret(user_ref),
+        password=resolve_secret(password_ref),
+        auth_url=profile.options["auth_url"],
+        tenant=profile.options["tenant"],
+        domain=profile.options.get("domain", "Default"),
+        project_domain_id=profile.options.get("project_domain_id", "default"),
+        region=profile.region or "RegionOne",
+        endpoint=profile.endpoint,
+        network=profile.options.get("network"),
+        config_drive=profile.options.get("config_drive") == "true",
+        timeout=profile.timeout,
+        on_call=on_call,
+    )
+
+
+class OpenStackProvider:
+    """One OpenStack project in one region as a `ComputeProvider`."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        user: str,
+        password: str,
+        auth_url: str,
+        tenant: str,
+        region: str = "RegionOne",
+        domain: str = "Default",
+        project_domain_id: str = "default",
+        endpoint: str | None = None,
+        network: str | None = None,
+        config_drive: bool = False,
+        timeout: float = 30.0,
+        retry_attempts: int = 5,
+        retry_seconds: float = 60.0,
+        page_size: int = _PAGE_SIZE,
+        on_call: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.region = region
+        try:
+            auth_url = normalized_auth_url(auth_url)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"provider {name}: {exc}") from None
+        self._network_ref = network
+        self._config_drive = config_drive
+        listener = partial(on_call, name) if on_call is not None else None
+        # libcloud keeps the last response (and its auth state) on the connection, so
+        # threads sharing a driver could read each other's answers: one per thread. A
+        # closure, not a partial: a partial's repr would print the password.
+
+        def new_driver() -> Any:
+            return make_driver(
+                user,
+                password,
+                auth_url=auth_url,
+                tenant=tenant,
+                domain=domain,
+                project_domain_id=project_domain_id,
+                region=region,
+                endpoint=endpoint,
+                timeout=timeout,
+                listener=listener,
+            )
+
+        self._new_driver = new_driver
+        self._local = threading.local()
+        self._retry_attempts = retry_attempts
+        self._retry_seconds = retry_seconds
+        self._page_size = page_size
+        self._lock = threading.Lock()
+        self._flavors: dict[str, tuple[str, bool]] | None = None  # id -> (name, enabled)
+        self._image_ids: dict[str, str] = {}  # image name -> id, for this adapter
+        self._network_ids: list[str] | None = None
+
+    @property
+    def _driver(self) -> Any:
+        driver = getattr(self._local, "driver", None)
+        if driver is None:
+            driver = self._local.driver = self._new_driver()
+        return driver
+
+    # ------------------------------------------------------------ calls with retries
+
+    def _wait(self, state: RetryCallState) -> float:
+        """Jittered exponential backoff, but never sooner than the cloud's Retry-After."""
+        seconds = float(wait_random_exponential(multiplier=0.5, max=10)(state))
+        error = state.outcome.exception() if state.outcome else None
+        hint = getattr(error, "retry_after", None)
+        return max(seconds, hint) if hint is not None else seconds
+
+    def _retrying(self, action: str) -> Retrying:
+        return Retrying(
+            retry=retry_if_exception_type(TransientError),
+            stop=stop_after_attempt(self._retry_attempts) | stop_after_delay(self._retry_seconds),
+            wait=self._wait,
+            before_sleep=lambda state: log.warning(
+                "provider_call_retry",
+                provider=self.name,
+                action=action,
+                attempt=state.attempt_number,
+                error=str(state.outcome.exception()) if state.outcome else None,
+            ),
+            reraise=True,
+        )
+
+    def _call(self, action: str, fn: Callable[[], T], *, retry: bool = True) -> T:
+        """Run one API call; retry transient failures with jittered backoff."""
+        if not retry:
+            return self._attempt(action, fn)
+        for attempt in self._retrying(action):
+            with attempt:
+                return self._attempt(action, fn)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _attempt(self, action: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except Exception as exc:  # translated at this edge, re-raised typed
+            raise translate(exc, action, region=self.region) from None
+
+    def _get(self, path: str, params: dict[str, str], key: str, *, service: str = "compute") -> Any:
+        connection = {
+            "compute": self._driver.connection,
+            "image": self._driver.image_connection,
+            "network": self._driver.network_connection,
+        }[service]
+        body = connection.request(path, params=params).object
+        if not isinstance(body, dict) or not isinstance(body.get(key), list):
+            # A 200 that is not the listing (a proxy's page, say) would read as "none".
+            raise OutcomeUnknown(f"GET {path}: the response is not an OpenStack listing")
+        return body
+
+    def _paginate(self, action: str, path: str, key: str, *, retry: bool = True) -> list[Any]:
+        """Every item of a Nova collection, following `<key>_links` rel=next to the end.
+
+        libcloud's own paging (list_nodes) follows next links too, but a link that
+        repeats costs it 1,000 requests before it gives up, and nothing stops an item
+        appearing on two pages; here a repeated marker ends the walk as incomplete and
+        items are keyed by id. A failed page raises (after its retries): never a
+        partial list."""
+        items: dict[str, Any] = {}
+        params = {"limit": str(self._page_size)}
+        seen: set[str] = set()
+        try:
+            for _page in range(_MAX_PAGES):
+                body = self._call(action, partial(self._get, path, params, key), retry=retry)
+                for item in body[key]:
+                    items[str(item["id"])] = item
+                following = next_page(body.get(f"{key}_links"))
+                if following is None:
+                    return list(items.values())
+                marker = following.get("marker")
+                if not marker or marker in seen:
+                    raise ObservationIncomplete(f"{self.name}: listing repeats a page ({action})")
+                seen.add(marker)
+                params = following
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ObservationIncomplete(
+                f"{self.name}: listing held an unreadable item ({action}, {type(exc).__name__})"
+            ) from None
+        raise ObservationIncomplete(f"{self.name}: listing did not end after {_MAX_PAGES} pages")
+
+    # ------------------------------------------------------------ flavors and images
+
+    def _flavor_table(self) -> dict[str, tuple[str, bool]]:
+        """Flavor id -> (name, enabled), read once per adapter (one request)."""
+        with self._lock:
+            if self._flavors is None:
+                flavors = self._paginate("ListFlavors", "/flavors/detail", "flavors")
+                self._flavors = {
+                    str(f["id"]): (str(f["name"]), not f.get("OS-FLV-DISABLED:disabled", False))
+                    for f in flavors
+                }
+            return self._flavors
+
+    def known_sizes(self) -> frozenset[str] | None:
+        """The flavor names this project may launch (disabled flavors are not offered)."""
+        return frozenset(name for name, enabled in self._flavor_table().values() if enabled)
+
+    def _flavor_id(self, size: str) -> str:
+        for flavor_id, (name, enabled) in self._flavor_table().items():
+            if name == size and enabled:
+                return flavor_id
+        raise ProviderError(f"{self.name}: no flavor named {size!r} in {self.region}")
+
+    def price_per_hour(self, size: str) -> float | None:
+        # libcloud carries no OpenStack prices; validation makes price_per_hour required.
+        return None
+
+    def resolve_image(self, image: str) -> str:
+        """A Glance image id for `image`: ids (UUIDs) pass through; a name is looked up
+        (the newest active image of that name wins) once per adapter."""
+        if is_uuid(image):
+            return image
+        with self._lock:
+            cached = self._image_ids.get(image)
+        if cached is not None:
+            return cached
+        params = {"name": image, "status": "active"}
+        body = self._call(
+            "ListImages", partial(self._get, "/v2/images", params, "images", service="image")
+        )
+        found = [(str(i.get("created_at", "")), str(i["id"])) for i in body["images"]]
+        if not found:
+            raise ProviderError(f"{self.name}: no active image named {image!r} in {self.region}")
+        image_id = max(found)[1]
+        with self._lock:
+            self._image_ids[image] = image_id
+        return image_id
+
+    def _networks(self) -> list[Any]:
+        """The profile's `network` (an id, or a name looked up in Neutron once)."""
+        ref = self._network_ref
+        if not ref:
+            return []
+        if self._network_ids is None:
+            if is_uuid(ref):
+                self._network_ids = [ref]
+            else:
+                body = self._call(
+                    "ListNetworks",
+                    partial(
+                        self._get, "/v2.0/networks", {"name": ref}, "networks", service="network"
+                    ),
+                )
+                ids = [str(n["id"]) for n in body["networks"] if n.get("name") == ref]
+                if len(ids) != 1:
+                    raise ProviderError(
+                        f"{self.name}: {len(ids)} networks are named {ref!r}; write its id"
+                    )
+                self._network_ids = ids
+        return [OpenStackNetwork(i, ref, None, self._driver) for i in self._network_ids]
+
+    # ------------------------------------------------------------ observation
+
+    def _servers(self, *, retry: bool = True) -> list[ObservedInstance]:
+        try:
+            # Without flavor names every size would read as changed: no partial facts.
+            flavors = self._flavor_table()
+            servers = self._paginate("ListServers", "/servers/detail", "servers", retry=retry)
+        except (TransientError, ProviderError) as exc:
+            raise ObservationIncomplete(f"{self.name}: listing failed: {exc}") from None
+        try:
+            return [self._to_observed(server, flavors) for server in servers]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ObservationIncomplete(
+                f"{self.name}: listing held an unreadable server ({type(exc).__name__})"
+            ) from None
+
+    def _to_observed(self, server: Any, flavors: dict[str, tuple[str, bool]]) -> ObservedInstance:
+        node: Node = self._driver._to_node(server)
+        tags = {str(k): v for k, v in (server.get("metadata") or {}).items() if isinstance(v, str)}
+        flavor = server.get("flavor") or {}
+        # Microversion 2.47+ embeds the flavor's name; older ones give its id only.
+        flavor_id = str(flavor.get("id", ""))
+        size = flavor.get("original_name") or flavors.get(flavor_id, (f"flavor:{flavor_id}",))[0]
+        return ObservedInstance(
+            id=str(node.id),
+            provider=self.name,
+            state=nova_state(str(server["status"]), server.get("OS-EXT-STS:task_state")),
+            image=node.extra.get("imageId") or "",
+            size=size,
+            env=tags.get(TAG_ENV),
+            service=tags.get(TAG_SERVICE),
+            generation=generation_from_tags(tags),
+            slot=slot_from_name(tags.get(TAG_NAME) or node.name),
+            fingerprint=tags.get(TAG_SPEC),
+            op=tags.get(TAG_OP),
+            name=tags.get(TAG_NAME) or node.name,
+            private_ip=next(iter(node.private_ips), None),
+            public_ip=next(iter(node.public_ips), None),
+            launched_at=_utc(node.created_at),
+            tags=tags,
+        )
+
+    def list_owned(self, owner: str) -> Sequence[ObservedInstance]:
+        # Nova cannot filter a listing by metadata: ownership is checked here, exactly.
+        return [i for i in self._servers() if i.tags.get(TAG_OWNER) == owner]
+
+    def find_by_op(self, owner: str, op: str, *, retry: bool = True) -> ObservedInstance | None:
+        found = [
+            i
+            for i in self._servers(retry=retry)
+            if i.alive and i.tags.get(TAG_OWNER) == owner and i.tags.get(TAG_OP) == op
+        ]
+        return found[0] if found else None
+
+    def list_unowned(self, owner: str) -> Sequence[ObservedInstance]:
+        """Every server in this project and region WITHOUT our owner tag: reports only."""
+        return [i for i in self._servers() if i.tags.get(TAG_OWNER) != owner]
+
+    # ------------------------------------------------------------ mutation
+
+    def create_instance(self, request: LaunchRequest) -> ObservedInstance:
+        problem = metadata_problem(request.tags)
+        if problem is not None:
+            raise ProviderError(f"{self.name}: {problem}")
+        user_data = request.user_data
+        if user_data and len(base64.b64encode(user_data.encode())) > USER_DATA_MAX:
+            raise ProviderError(
+                f"{self.name}: user data is larger than Nova's {USER_DATA_MAX} bytes (base64)"
+            )
+        image_id = self.resolve_image(request.image)
+        image = NodeImage(id=image_id, name=request.image, driver=self._driver)
+        flavor = NodeSize(
+            id=self._flavor_id(request.size),
+            name=request.size,
+            ram=0,
+            disk=0,
+            bandwidth=None,
+            price=0.0,
+            driver=self._driver,
+        )
+        networks = self._networks()
+        owner = request.tags[TAG_OWNER]
+        # libcloud's own body builder (tags as metadata, user data base64-encoded, config
+        # drive, networks), sent as one POST. Not create_node: it follows the POST with
+        # a GET, and a throttled GET would make a created server look never created.
+        body = {
+            "server": self._driver._create_args_to_params(
+                None,
+                name=request.name,
+                image=image,
+                size=flavor,
+                ex_metadata=dict(request.tags),
+                ex_userdata=user_data or None,
+                ex_config_drive=True if self._config_drive else None,
+                networks=networks,
+            )
+        }
+
+        def launch() -> str:
+            answer = self._driver.connection.request("/servers", method="POST", data=body).object
+            server = answer.get("server") if isinstance(answer, dict) else None
+            server_id = server.get("id") if isinstance(server, dict) else None
+            if not server_id:  # accepted, but which server? Not knowable from this answer
+                raise OutcomeUnknown("CreateServer: the response names no server")
+            return str(server_id)
+
+        unknown = False  # did an earlier attempt possibly create the server?
+        try:
+            for attempt in self._retrying("CreateServer"):
+                with attempt:
+                    if unknown:
+                        existing = self._look_up_launch(owner, request.op)
+                        if existing is not None:
+                            return existing
+                    try:
+                        server_id = self._attempt("CreateServer", launch)
+                    except OutcomeUnknown:
+                        unknown = True
+                        raise
+        except TransientError:
+            if unknown:  # last chance, with the listing's own retries
+                try:
+                    existing = self.find_by_op(owner, request.op)
+                except ObservationIncomplete:
+                    existing = None
+                if existing is not None:
+                    return existing
+            raise
+        return ObservedInstance(
+            id=server_id,
+            provider=self.name,
+            state=InstanceState.PENDING,
+            image=image_id,
+            size=request.size,  # the flavor's name, as the desired state writes it
+            env=request.tags.get(TAG_ENV),
+            service=request.tags.get(TAG_SERVICE),
+            generation=generation_from_tags(request.tags),
+            slot=slot_from_name(request.name),
+            fingerprint=request.tags.get(TAG_SPEC),
+            op=request.op,
+            name=request.name,
+            tags=dict(request.tags),
+        )
+
+    def _look_up_launch(self, owner: str, op: str) -> ObservedInstance | None:
+        """One unretried lookup by operation metadata; if it fails, the create must not
+        be sent again, so the failure counts as one more unknown outcome."""
+        try:
+            found = self.find_by_op(owner, op, retry=False)
+        except ObservationIncomplete as exc:
+            raise OutcomeUnknown(
+                f"CreateServer: cannot check for an earlier create: {exc}"
+            ) from None
+        if found is not None:
+            log.info("provider_launch_found_by_op", provider=self.name, op=op, instance=found.id)
+        return found
+
+    def destroy_instance(self, instance_id: str) -> None:
+        path = f"/servers/{quote(instance_id, safe='')}"
+
+        def delete() -> None:
+            try:
+                self._driver.connection.request(path, method="DELETE")
+            except BaseHTTPError as exc:
+                if exc.code != 404:
+                    raise  # 404: already gone, the goal of a destroy is met
+
+        self._call("DeleteServer", delete)
+
+    def user_data_of(self, instance_id: str) -> str | None:
+        """The user data a server was launched with. Nova shows it from microversion 2.3
+        as an extended attribute, which the default policy grants to admins only."""
+        path = f"/servers/{quote(instance_id, safe='')}"
+        headers = {"OpenStack-API-Version": "compute 2.3", "X-OpenStack-Nova-API-Version": "2.3"}
+
+        def show() -> Any:
+            return self._driver.connection.request(path, headers=headers).object
+
+        server = (self._call("ShowServer", show) or {}).get("server") or {}
+        if "OS-EXT-SRV-ATTR:user_data" not in server:
+            raise ProviderError(
+                f"{self.name}: the cloud does not show this user the servers' user data "
+                "(Nova policy os_compute_api:os-extended-server-attributes)"
+            )
+        encoded = server["OS-EXT-SRV-ATTR:user_data"]
+        return base64.b64decode(encoded).decode("utf-8", "replace") if encoded else None

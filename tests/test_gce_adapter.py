@@ -1,0 +1,339 @@
+"""The GCE adapter through the real libcloud GCE connection, against the fake GCE
+(tests/gce_support.py): labels, pagination, retries, idempotency, sizes and prices."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reconciler.errors import ObservationIncomplete, ProviderError
+from reconciler.model import InstanceState, ProviderProfile, SecretRef
+from reconciler.providers.base import LaunchRequest, ownership_tags
+from reconciler.providers.gce import GceProvider
+from reconciler.providers.gce_labels import (
+    GceValueError,
+    decode_value,
+    encode_value,
+    gce_instance_name,
+    image_reference,
+    labels_for,
+    tags_from,
+)
+from reconciler.providers.registry import build_provider
+from tests.fakecloud import serving
+from tests.gce_support import (
+    EMAIL,
+    PROJECT,
+    TOKEN,
+    ZONE,
+    FakeGce,
+    pem_canaries,
+    service_account_key,
+)
+
+_LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+_LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
+_RFC1035 = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+@pytest.fixture
+def cloud() -> Iterator[FakeGce]:
+    with serving(FakeGce()) as fake:
+        yield fake
+
+
+def provider(cloud: FakeGce, **options: Any) -> GceProvider:
+    pem, _ = service_account_key()
+    return GceProvider(
+        "cloud",
+        email=EMAIL,
+        private_key=pem,
+        project=PROJECT,
+        zone=ZONE,
+        endpoint=cloud.base_url,
+        **options,
+    )
+
+
+def launch(
+    p: GceProvider,
+    *,
+    owner: str = "acme",
+    slot: int = 1,
+    op: str = "op1",
+    image: str = "debian-12-v1",
+    user_data: str | None = "#!/bin/sh\necho booted\n",
+) -> str:
+    tags = ownership_tags(
+        owner=owner, env="prod", service="web", generation=1, fingerprint="f" * 16, op=op, slot=slot
+    )
+    request = LaunchRequest(
+        name=tags["Name"], image=image, size="e2-small", tags=tags, op=op, user_data=user_data
+    )
+    return p.create_instance(request).id
+
+
+# ---------------------------------------------------------------- labels (pure)
+
+
+@given(st.text(max_size=20))
+def test_label_values_round_trip_and_stay_in_gce_syntax(value: str) -> None:
+    try:
+        encoded = encode_value(value)
+    except GceValueError:
+        return  # too long once escaped: refused, never truncated
+    assert _LABEL_VALUE.fullmatch(encoded)
+    assert decode_value(encoded) == value
+
+
+def test_identity_tags_round_trip_through_labels() -> None:
+    tags = ownership_tags(
+        owner="Acme.Corp_EU", env="prod", service="web", generation=12,
+        fingerprint="0123456789abcdef", op="5f0c8e2a9b7d4e61a3c2b1d0e9f8a7b6", slot=3,
+    )  # fmt: skip
+    labels = labels_for(tags)
+    assert all(_LABEL_KEY.fullmatch(k) and _LABEL_VALUE.fullmatch(v) for k, v in labels.items())
+    assert labels["reconciler_owner"] == "_41cme_2e_43orp_5f_45_55"
+    assert labels["reconciler_slot"] == "3"
+    assert tags_from(labels) == tags
+    # Labels someone else set come back untouched; a hand-edited value is kept as is.
+    assert tags_from({"team": "payments", "reconciler_env": "Bad_zz"}) == {
+        "team": "payments",
+        "reconciler:env": "Bad_zz",
+    }
+
+
+def test_instance_names_are_rfc1035_unique_per_operation_and_stable() -> None:
+    long_name = "e" * 31 + "-" + "s" * 31 + "-g12-3"
+    names = {
+        gce_instance_name(n, owner="acme", op=op)
+        for n in ("prod-web-g1-1", "9lives-web-g1-1", long_name)
+        for op in ("a", "b")
+    }
+    assert len(names) == 6 and all(_RFC1035.fullmatch(n) for n in names)
+    assert gce_instance_name("prod-web-g1-1", owner="acme", op="a") == gce_instance_name(
+        "prod-web-g1-1", owner="acme", op="a"
+    )
+
+
+def test_image_references_an_operator_may_write() -> None:
+    assert (
+        image_reference("debian-12-v1", PROJECT) == f"projects/{PROJECT}/global/images/debian-12-v1"
+    )
+    assert image_reference("family/web", PROJECT) == f"projects/{PROJECT}/global/images/family/web"
+    full = "projects/debian-cloud/global/images/family/debian-12"
+    assert image_reference(full, PROJECT) == full
+    url = "https://www.googleapis.com/compute/v1/projects/debian-cloud/global/images/debian-12-x"
+    assert image_reference(url, PROJECT) == "projects/debian-cloud/global/images/debian-12-x"
+    for bad in ("ami-0abc/../x", "projects/p/zones/z/disks/d", "Debian_12"):
+        with pytest.raises(GceValueError):
+            image_reference(bad, PROJECT)
+
+
+# ---------------------------------------------------------------- against the fake
+
+
+def test_listing_follows_page_tokens_and_filters_by_owner_on_the_server(cloud: FakeGce) -> None:
+    p = provider(cloud)
+    ids = {launch(p, slot=n, op=f"op{n}") for n in range(1, 6)}
+    launch(p, owner="other", slot=1, op="foreign")
+    cloud.add_foreign("pet", labels={"team": "payments"})
+    listings_before = cloud.api_requests().count(("GET", _instances_path()))
+
+    seen = p.list_owned("acme")
+
+    assert {i.id for i in seen} == ids
+    assert cloud.api_requests().count(("GET", _instances_path())) - listings_before == 3  # 5 at 2
+    assert cloud.list_filters[-1] == '(labels.reconciler_owner = "acme")'
+    unowned = {i.id for i in p.list_unowned("acme")}
+    assert "pet" in unowned and not unowned & ids and len(unowned) == 2
+
+
+def test_a_launch_carries_labels_user_data_and_image_and_reads_back_the_same(
+    cloud: FakeGce,
+) -> None:
+    p = provider(cloud)
+    tags = ownership_tags(
+        owner="acme", env="prod", service="web", generation=1, fingerprint="f" * 16, op="op1",
+        slot=2,
+    )  # fmt: skip
+    request = LaunchRequest(name=tags["Name"], image="debian-12-v1", size="e2-small", tags=tags,
+                            op="op1", user_data="#!/bin/sh\necho booted\n")  # fmt: skip
+    created = p.create_instance(request)
+
+    body = cloud.bodies[-1]
+    assert _RFC1035.fullmatch(body["name"]) and body["name"].startswith("prod-web-g1-2-")
+    assert body["labels"]["reconciler_op"] == "op1"
+    assert body["disks"][0]["initializeParams"]["sourceImage"] == (
+        f"projects/{PROJECT}/global/images/debian-12-v1"
+    )
+    assert body["machineType"] == f"zones/{ZONE}/machineTypes/e2-small"
+    assert cloud.metadata(created.id)["startup-script"] == "#!/bin/sh\necho booted\n"
+    assert p.user_data_of(created.id) == "#!/bin/sh\necho booted\n"
+
+    (seen,) = p.list_owned("acme")
+    # The planner's tamper rule compares these: launch and listing must agree.
+    assert (seen.id, seen.image, seen.size) == (created.id, created.image, created.size)
+    assert seen.tags == created.tags == tags
+    assert (seen.env, seen.service, seen.generation, seen.slot, seen.op, seen.name) == (
+        "prod", "web", 1, 2, "op1", "prod-web-g1-2",
+    )  # fmt: skip
+    assert seen.state is InstanceState.RUNNING and seen.private_ip and seen.launched_at
+
+
+def test_throttling_is_retried(cloud: FakeGce) -> None:
+    p = provider(cloud)
+    launch(p)
+    cloud.throttle(1)
+    before = len(cloud.api_requests())
+
+    assert len(p.list_owned("acme")) == 1
+    assert len(cloud.api_requests()) - before == 2  # the throttled page, then the real one
+
+
+def test_a_lost_insert_answer_is_resent_with_the_same_request_id(cloud: FakeGce) -> None:
+    p = provider(cloud)
+    cloud.lose_insert_responses = 1
+
+    instance_id = launch(p)
+
+    inserts = [r for r in cloud.mutating_requests() if r[0] == "POST"]
+    assert len(inserts) == 2 and list(cloud.instances) == [instance_id]
+    assert len(cloud.request_ids) == 1
+
+
+def test_an_insert_whose_name_exists_returns_the_earlier_launch(cloud: FakeGce) -> None:
+    p = provider(cloud)
+    first = launch(p)
+    cloud.request_ids.clear()  # an endpoint that ignores requestId: the name still guards
+
+    assert launch(p) == first
+    assert list(cloud.instances) == [first]
+
+
+def test_a_failed_operation_is_a_provider_error(cloud: FakeGce) -> None:
+    p = provider(cloud)
+    cloud.fail_operations = True
+    with pytest.raises(ProviderError, match="QUOTA_EXCEEDED"):
+        launch(p)
+
+
+def test_a_running_operation_is_awaited(cloud: FakeGce) -> None:
+    p = provider(cloud)
+    cloud.pending_operations = True
+    launch(p)
+    assert any("/operations/" in path for _, path in cloud.api_requests())
+
+
+def test_destroy_and_destroy_again(cloud: FakeGce) -> None:
+    p = provider(cloud)
+    keep, gone = launch(p, slot=1, op="a"), launch(p, slot=2, op="b")
+    p.destroy_instance(gone)
+    p.destroy_instance(gone)  # already gone: not an error
+    assert [i.id for i in p.list_owned("acme")] == [keep]
+    assert p.find_by_op("acme", "a") is not None and p.find_by_op("acme", "b") is None
+    assert cloud.list_filters[-1] == (
+        '(labels.reconciler_owner = "acme") (labels.reconciler_op = "b")'
+    )
+
+
+def test_partial_or_looping_listings_raise_observation_incomplete(cloud: FakeGce) -> None:
+    p = provider(cloud)
+    for n in range(1, 6):
+        launch(p, slot=n, op=f"op{n}")
+    cloud.partial_listing = True
+    with pytest.raises(ObservationIncomplete, match="UNREACHABLE"):
+        p.list_owned("acme")
+    cloud.partial_listing = False
+    cloud.repeat_page_token = True
+    with pytest.raises(ObservationIncomplete, match="repeats a page token"):
+        p.list_owned("acme")
+
+
+def test_known_sizes_are_the_zones_machine_types_and_prices_come_from_libcloud(
+    cloud: FakeGce,
+) -> None:
+    p = provider(cloud)
+    assert p.known_sizes() == {
+        "e2-micro", "e2-small", "e2-standard-2", "n1-standard-1", "f1-micro", "t2d-standard-1",
+    }  # fmt: skip
+    assert p.price_per_hour("n1-standard-1") == pytest.approx(0.0475)
+    assert p.price_per_hour("e2-small") == pytest.approx(0.016753, abs=1e-6)  # half a vCPU
+    assert p.price_per_hour("t2d-standard-1") is None  # no t2d prices in libcloud
+    assert p.price_per_hour("no-such-type") is None
+    machine_type_pages = [r for r in cloud.api_requests() if r[1].endswith("/machineTypes")]
+    assert len(machine_type_pages) == 3  # six types at two a page, read once
+
+
+def test_token_is_fetched_once_and_never_written_to_disk(
+    cloud: FakeGce, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    p = provider(cloud)
+    launch(p)
+    threads = [threading.Thread(target=p.list_owned, args=("acme",)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert cloud.token_requests == 1
+    assert list(tmp_path.iterdir()) == []
+    assert TOKEN not in repr(p) and not any(line in repr(p) for line in pem_canaries())
+
+
+def test_a_key_the_token_endpoint_refuses_is_a_provider_error(cloud: FakeGce) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()  # fmt: skip
+    p = GceProvider("cloud", email=EMAIL, private_key=other, project=PROJECT, zone=ZONE,
+                    endpoint=cloud.base_url)  # fmt: skip
+    with pytest.raises(ObservationIncomplete, match="rejected the service account") as info:
+        p.list_owned("acme")
+    assert not any(line in str(info.value) for line in other.splitlines()[1:-1])
+    garbage = GceProvider("cloud", email=EMAIL, private_key="not a key", project=PROJECT,
+                          zone=ZONE, endpoint=cloud.base_url)  # fmt: skip
+    with pytest.raises(ObservationIncomplete, match="not a usable private key"):
+        garbage.known_sizes()
+
+
+def test_the_registry_builds_it_from_a_profile_with_credential_references(
+    cloud: FakeGce, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pem, _ = service_account_key()
+    monkeypatch.setenv("TEST_GCE_EMAIL", EMAIL)
+    monkeypatch.setenv("TEST_GCE_KEY", pem)
+    calls: list[tuple[str, str]] = []
+    profile = ProviderProfile(
+        name="gcp",
+        driver="gce",
+        region=ZONE,
+        endpoint=cloud.base_url,
+        credentials={"key": SecretRef("env", "TEST_GCE_EMAIL"),
+                     "secret": SecretRef("env", "TEST_GCE_KEY")},
+        options={"project": PROJECT, "network": "prod-vpc", "subnetwork": "web",
+                 "external_ip": "false"},
+    )  # fmt: skip
+    p = build_provider(profile, on_call=lambda name, action: calls.append((name, action)))
+    assert isinstance(p, GceProvider)
+    launch(p)
+    interface = cloud.bodies[-1]["networkInterfaces"][0]
+    assert interface == {
+        "network": "global/networks/prod-vpc",
+        "subnetwork": "regions/us-central1/subnetworks/web",
+    }
+    assert calls == [("gcp", "instances.insert"), ("gcp", "oauth2.token")]
+
+
+def _instances_path() -> str:
+    return f"/compute/v1/projects/{PROJECT}/zones/{ZONE}/instances"

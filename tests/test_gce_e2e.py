@@ -1,0 +1,169 @@
+"""End to end through the CLI with `driver: gce`: a real subprocess, the real libcloud
+GCE connection (JWT, token exchange, JSON API) over HTTP against the fake GCE."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.providers.gce_labels import tags_from
+from tests.conftest import Cli
+from tests.desired_builder import git_commit
+from tests.fakecloud import serving
+from tests.gce_support import (
+    EMAIL,
+    TOKEN,
+    FakeGce,
+    pem_canaries,
+    service_account_key,
+    write_gce_desired,
+)
+
+IMAGE_V1 = "debian-12-web-v1"
+IMAGE_V2 = "projects/debian-cloud/global/images/debian-12-bookworm-v20240515"
+SERVICES = {
+    "production": {
+        "web": {"image": IMAGE_V1, "count": 3, "size": "e2-small", "user_data": "userdata/boot.sh"},
+        "api": {"image": IMAGE_V1, "count": 2},
+    },
+    "staging": {"web": {"image": IMAGE_V1, "count": 1, "size": "n1-standard-1"}},
+}
+
+
+@pytest.fixture
+def cloud(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGce]:
+    pem, _ = service_account_key()
+    monkeypatch.setenv("TEST_GCE_EMAIL", EMAIL)
+    monkeypatch.setenv("TEST_GCE_KEY", pem)  # the Cli fixture passes the environment on
+    with serving(FakeGce()) as fake:
+        yield fake
+
+
+@pytest.fixture
+def desired(tmp_path: Path, cloud: FakeGce) -> Path:
+    root = write_gce_desired(tmp_path / "desired", endpoint=cloud.base_url, environments=SERVICES)
+    git_commit(root, "v1")
+    return root
+
+
+def owned(cloud: FakeGce) -> dict[str, dict[str, str]]:
+    """Instance name -> our tags, read from the fake's labels with the adapter's mapping."""
+    return {name: tags_from(i["labels"]) for name, i in cloud.instances.items()}
+
+
+def states(cli: Cli, env: str, service: str) -> dict[int, str]:
+    result = cli("ledger", "generations", "--json")
+    assert result.code == 0, result.stderr
+    rows: list[dict[str, Any]] = json.loads(result.stdout)
+    return {r["number"]: r["state"] for r in rows if (r["env"], r["service"]) == (env, service)}
+
+
+def test_apply_from_empty_creates_labelled_instances_with_the_startup_script(
+    cli: Cli, desired: Path, cloud: FakeGce, tmp_path: Path
+) -> None:
+    plan = cli("plan", "--desired", str(desired), "--json")
+    assert plan.code == 0, plan.stderr
+    assert json.loads(plan.stdout)["summary"]["create"] == 6
+    assert cloud.mutating_requests() == []
+
+    result = cli("-v", "apply", "--desired", str(desired))
+    assert result.code == 0, result.stderr
+
+    tags = owned(cloud)
+    by_service: dict[tuple[str, str], list[str]] = {}
+    for name, t in tags.items():
+        by_service.setdefault((t["reconciler:env"], t["reconciler:service"]), []).append(name)
+    assert {k: len(v) for k, v in by_service.items()} == {
+        ("production", "web"): 3,
+        ("production", "api"): 2,
+        ("staging", "web"): 1,
+    }
+    web = sorted(by_service[("production", "web")], key=lambda n: tags[n]["Name"])
+    assert [tags[n]["Name"] for n in web] == [f"production-web-g1-{n}" for n in (1, 2, 3)]
+    assert len({tags[n]["reconciler:op"] for n in web}) == 3
+    for name in web:
+        assert name.startswith(tags[name]["Name"] + "-")
+        assert tags[name]["reconciler:owner"] == "acme"
+        assert cloud.metadata(name)["startup-script"] == "#!/bin/sh\necho booted\n"
+        assert cloud.instances[name]["machineType"].endswith("/machineTypes/e2-small")
+    assert "startup-script" not in cloud.metadata(by_service[("production", "api")][0])
+    assert states(cli, "production", "web") == {1: "active"}
+
+    # Credentials and the access token never reach output or the ledger.
+    ledger = (tmp_path / "state" / "ledger.sqlite").read_bytes().decode("latin-1")
+    for text in (result.stdout + result.stderr + plan.stderr, ledger):
+        assert TOKEN not in text
+        assert not any(line in text for line in pem_canaries())
+    assert cloud.token_requests == 2  # one per process
+
+
+def test_second_apply_finds_everything_across_pages_and_changes_nothing(
+    cli: Cli, desired: Path, cloud: FakeGce
+) -> None:
+    assert cli("apply", "--desired", str(desired)).code == 0
+    before = len(cloud.mutating_requests())
+    listings_before = len(cloud.list_filters)
+
+    again = cli("apply", "--desired", str(desired), "--json")
+    assert again.code == 0, again.stderr
+    assert json.loads(again.stdout)["actions"] == []
+    assert len(cloud.mutating_requests()) == before
+    assert len(cloud.list_filters) - listings_before == 3  # six instances, two a page
+
+    plan = cli("plan", "--desired", str(desired), "--detailed-exitcode")
+    assert plan.code == 0, plan.stdout + plan.stderr
+    assert len(cloud.mutating_requests()) == before
+
+
+def test_image_change_makes_a_new_generation(cli: Cli, desired: Path, cloud: FakeGce) -> None:
+    assert cli("apply", "--desired", str(desired)).code == 0
+    services = json.loads(json.dumps(SERVICES))
+    services["production"]["web"]["image"] = IMAGE_V2
+    write_gce_desired(desired, endpoint=cloud.base_url, environments=services)
+    git_commit(desired, "web to bookworm")
+
+    result = cli("apply", "--desired", str(desired), "--json")
+    assert result.code == 0, result.stderr
+    created = [a for a in json.loads(result.stdout)["actions"] if a["kind"] == "create"]
+    assert {(a["service"], a["generation"]) for a in created} == {("web", 2)} and len(created) == 3
+    assert states(cli, "production", "web") == {1: "standby", 2: "active"}
+    assert states(cli, "production", "api") == {1: "active"}
+    new = [b for b in cloud.bodies if b["labels"]["reconciler_generation"] == "2"]
+    assert {b["disks"][0]["initializeParams"]["sourceImage"] for b in new} == {IMAGE_V2}
+    assert cli("plan", "--desired", str(desired), "--detailed-exitcode").code == 0
+
+
+def test_partial_listing_aborts_the_pass_without_mutation(
+    cli: Cli, desired: Path, cloud: FakeGce
+) -> None:
+    assert cli("apply", "--desired", str(desired)).code == 0
+    services = json.loads(json.dumps(SERVICES))
+    services["production"]["web"]["image"] = IMAGE_V2
+    write_gce_desired(desired, endpoint=cloud.base_url, environments=services)
+    git_commit(desired, "web to bookworm")
+    before = len(cloud.mutating_requests())
+    cloud.partial_listing = True
+
+    result = cli("apply", "--desired", str(desired))
+
+    assert result.code != 0
+    assert "UNREACHABLE" in result.stderr
+    assert len(cloud.mutating_requests()) == before
+
+
+def test_a_size_the_zone_does_not_offer_fails_before_any_change(
+    cli: Cli, desired: Path, cloud: FakeGce
+) -> None:
+    services = json.loads(json.dumps(SERVICES))
+    services["staging"]["web"]["size"] = "t3.micro"
+    write_gce_desired(desired, endpoint=cloud.base_url, environments=services)
+
+    result = cli("apply", "--desired", str(desired))
+
+    assert result.code != 0
+    assert "does not offer size 't3.micro'" in result.stderr
+    assert cloud.mutating_requests() == []

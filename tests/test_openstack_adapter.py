@@ -1,0 +1,323 @@
+"""The OpenStack adapter against the fake OpenStack, through the real libcloud driver:
+tags as metadata, paging, throttling, idempotent creates, destroy, state mapping,
+flavors and images, settings, and secrets kept out of messages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from libcloud.common.exceptions import BaseHTTPError
+
+from reconciler.errors import ConfigurationError, ObservationIncomplete, ProviderError
+from reconciler.model import InstanceState, ProviderProfile, SecretRef
+from reconciler.providers.base import LaunchRequest, ownership_tags
+from reconciler.providers.openstack import OpenStackProvider, build, translate
+from reconciler.providers.openstack_nova import Throttled, normalized_auth_url
+from reconciler.providers.registry import build_provider
+from tests.openstack_support import (
+    IMAGE_V1,
+    IMAGE_V1_NEWER,
+    IMAGE_V2,
+    NETWORK_ID,
+    PASSWORD,
+    PROJECT,
+    USER,
+    FakeOpenStack,
+    decoded_user_data,
+    fake_openstack,
+)
+
+
+@pytest.fixture
+def cloud() -> Iterator[FakeOpenStack]:
+    with fake_openstack() as fake:
+        yield fake
+
+
+def provider(cloud: FakeOpenStack, **options: Any) -> OpenStackProvider:
+    settings: dict[str, Any] = {"user": USER, "password": PASSWORD, "tenant": PROJECT}
+    settings.update(options)
+    return OpenStackProvider("cloud", auth_url=cloud.auth_url, **settings)
+
+
+def launch(
+    p: OpenStackProvider,
+    *,
+    slot: int,
+    op: str,
+    owner: str = "acme",
+    image: str = IMAGE_V1,
+    user_data: str | None = None,
+) -> str:
+    tags = ownership_tags(
+        owner=owner, env="prod", service="web", generation=1, fingerprint="f" * 16, op=op, slot=slot
+    )
+    request = LaunchRequest(
+        name=tags["Name"], image=image, size="m1.small", tags=tags, op=op, user_data=user_data
+    )
+    return p.create_instance(request).id
+
+
+def count(cloud: FakeOpenStack, method: str, path: str) -> int:
+    return sum(1 for m, p in cloud.requests if (m, p) == (method, "/compute/v2.1" + path))
+
+
+def test_tags_round_trip_as_server_metadata_under_our_own_names(cloud: FakeOpenStack) -> None:
+    p = provider(cloud)
+    tags = ownership_tags(
+        owner="acme", env="prod", service="web", generation=4, fingerprint="0123456789abcdef",
+        op="op-7", slot=2,
+    )  # fmt: skip
+    request = LaunchRequest(
+        name=tags["Name"], image=IMAGE_V1, size="m1.small", tags=tags, op="op-7"
+    )
+    created = p.create_instance(request)
+
+    assert cloud.servers[created.id].metadata == tags  # no mapping: Nova takes our keys
+    (seen,) = p.list_owned("acme")
+    assert seen.tags == tags
+    assert (seen.env, seen.service, seen.generation, seen.slot, seen.op, seen.name) == (
+        "prod", "web", 4, 2, "op-7", "prod-web-g4-2",
+    )  # fmt: skip
+    # Image and size read back exactly as create reported them (the tamper check).
+    assert (seen.image, seen.size) == (created.image, created.size) == (IMAGE_V1, "m1.small")
+    assert seen.state is InstanceState.RUNNING and created.state is InstanceState.PENDING
+    assert seen.private_ip and seen.launched_at is not None
+
+
+def test_metadata_nova_would_refuse_is_refused_before_any_request(cloud: FakeOpenStack) -> None:
+    p = provider(cloud)
+    tags = {"reconciler:owner": "acme", "Name": "x" * 256}
+    with pytest.raises(ProviderError, match="longer than Nova's 255"):
+        p.create_instance(
+            LaunchRequest(name="x", image=IMAGE_V1, size="m1.small", tags=tags, op="o")
+        )
+    assert cloud.requests == []
+
+
+def test_listing_follows_next_links_to_the_last_page_and_filters_owner(
+    cloud: FakeOpenStack,
+) -> None:
+    p = provider(cloud)
+    ids = {launch(p, slot=n, op=f"op{n}") for n in range(1, 8)}
+    foreign = launch(p, slot=1, op="foreign", owner="other")
+    pages_before = count(cloud, "GET", "/servers/detail")
+
+    seen = p.list_owned("acme")
+
+    assert {i.id for i in seen} == ids
+    # 8 servers, 2 a page: four full pages, each with a next link, then an empty one.
+    assert count(cloud, "GET", "/servers/detail") - pages_before == 5
+    assert [i.id for i in p.list_unowned("acme")] == [foreign]
+
+
+@pytest.mark.parametrize(
+    "fault", ["partial_listing", "repeat_next_link", "fail_later_pages"], ids=str
+)
+def test_a_listing_that_cannot_be_read_to_the_end_is_incomplete(
+    cloud: FakeOpenStack, fault: str
+) -> None:
+    p = provider(cloud, retry_attempts=2)
+    for n in range(1, 6):
+        launch(p, slot=n, op=f"op{n}")
+    setattr(cloud, fault, True)
+
+    with pytest.raises(ObservationIncomplete, match="cloud: listing"):
+        p.list_owned("acme")
+    with pytest.raises(ObservationIncomplete):
+        p.find_by_op("acme", "op1")
+
+
+@pytest.mark.parametrize("status", [429, 413])
+def test_throttling_is_retried_after_retry_after(cloud: FakeOpenStack, status: int) -> None:
+    p = provider(cloud)
+    launch(p, slot=1, op="a")
+    cloud.throttle_status = status
+    cloud.throttle(2)
+    before = count(cloud, "GET", "/servers/detail")
+
+    assert len(p.list_owned("acme")) == 1
+    assert count(cloud, "GET", "/servers/detail") - before == 3  # two refused, one answered
+
+    cloud.throttle(2)
+    launch(p, slot=2, op="b")  # a throttled create was never executed: sent again
+    assert len(cloud.servers) == 2
+
+
+def test_errors_are_translated_by_what_to_do() -> None:
+    limited = translate(BaseHTTPError(413, "413 overLimit", {"retry-after": "7"}), "X", region="R")
+    assert isinstance(limited, Throttled) and limited.retry_after == 7.0
+    # 413 without Retry-After is a request too large or over quota: retrying won't help.
+    assert type(translate(BaseHTTPError(413, "413 big", {}), "X", region="R")) is ProviderError
+    assert type(translate(BaseHTTPError(403, "403 Quota exceeded", {}), "X", region="R")) is (
+        ProviderError
+    )
+
+
+def test_a_create_whose_answer_was_lost_is_found_by_its_op_not_sent_twice(
+    cloud: FakeOpenStack,
+) -> None:
+    p = provider(cloud)
+    cloud.create_fails_after_commit = 1  # Nova made the server, then answered 500
+
+    server_id = launch(p, slot=1, op="op-lost")
+
+    assert list(cloud.servers) == [server_id]
+    assert count(cloud, "POST", "/servers") == 1
+    assert p.find_by_op("acme", "op-lost") is not None
+    assert p.find_by_op("acme", "no-such-op") is None
+
+
+def test_destroy_removes_the_server_and_a_gone_server_counts_as_destroyed(
+    cloud: FakeOpenStack,
+) -> None:
+    p = provider(cloud)
+    keep, gone = launch(p, slot=1, op="a"), launch(p, slot=2, op="b")
+
+    p.destroy_instance(gone)
+    p.destroy_instance(gone)  # 404: already gone
+
+    assert [i.id for i in p.list_owned("acme")] == [keep]
+    assert p.find_by_op("acme", "b") is None
+    assert count(cloud, "DELETE", f"/servers/{gone}") == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "task_state", "expected"),
+    [
+        ("ACTIVE", None, InstanceState.RUNNING),
+        ("BUILD", "spawning", InstanceState.PENDING),
+        ("REBOOT", "rebooting", InstanceState.PENDING),
+        ("SHUTOFF", None, InstanceState.STOPPED),
+        ("ERROR", None, InstanceState.STOPPED),
+        ("SHELVED_OFFLOADED", None, InstanceState.STOPPED),
+        ("SOFT_DELETED", None, InstanceState.GONE),
+        ("DELETED", None, InstanceState.GONE),
+        ("ACTIVE", "deleting", InstanceState.GONE),
+        ("UNKNOWN", None, InstanceState.PENDING),
+    ],
+)
+def test_nova_statuses_map_to_what_planning_needs(
+    cloud: FakeOpenStack, status: str, task_state: str | None, expected: InstanceState
+) -> None:
+    p = provider(cloud)
+    server = cloud.servers[launch(p, slot=1, op="a")]
+    server.status, server.task_state = status, task_state
+    cloud.boots = False  # the server stays as set
+
+    (seen,) = p.list_owned("acme")
+
+    assert seen.state is expected
+
+
+def test_known_sizes_are_enabled_flavor_names_read_once(cloud: FakeOpenStack) -> None:
+    p = provider(cloud)
+    assert p.known_sizes() == frozenset({"m1.tiny", "m1.small", "m1.medium"})
+    launch(p, slot=1, op="a")
+    p.list_owned("acme")
+    assert p.known_sizes() == frozenset({"m1.tiny", "m1.small", "m1.medium"})
+    assert count(cloud, "GET", "/flavors/detail") == 1
+    assert p.price_per_hour("m1.small") is None  # libcloud has no OpenStack prices
+    with pytest.raises(ProviderError, match=r"no flavor named 'm1\.retired'"):
+        p.create_instance(
+            LaunchRequest(
+                name="x",
+                image=IMAGE_V1,
+                size="m1.retired",
+                tags={"reconciler:owner": "acme"},
+                op="o",
+            )
+        )
+
+
+def test_an_image_name_resolves_to_the_newest_upload_once(cloud: FakeOpenStack) -> None:
+    p = provider(cloud)
+    assert p.resolve_image("ubuntu-22.04") == IMAGE_V1_NEWER
+    assert p.resolve_image("ubuntu-22.04") == IMAGE_V1_NEWER
+    assert p.resolve_image(IMAGE_V2) == IMAGE_V2  # an id passes through
+    assert sum(1 for _, path in cloud.requests if path == "/image/v2/images") == 1
+    with pytest.raises(ProviderError, match="no active image named 'centos-7'"):
+        p.resolve_image("centos-7")
+
+
+def test_user_data_and_config_drive_and_network_from_the_profile(
+    cloud: FakeOpenStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OS_U", USER)
+    monkeypatch.setenv("OS_P", PASSWORD)
+    profile = ProviderProfile(
+        name="cloud",
+        driver="openstack",
+        region="RegionOne",
+        credentials={"key": SecretRef("env", "OS_U"), "secret": SecretRef("env", "OS_P")},
+        options={
+            "auth_url": cloud.auth_url + "/v3/",  # written the usual way, with its version
+            "tenant": PROJECT,
+            "network": "private",  # a name, looked up in Neutron
+            "config_drive": "true",
+        },
+    )
+    calls: list[tuple[str, str]] = []
+    p = build_provider(profile, on_call=lambda provider, action: calls.append((provider, action)))
+    assert isinstance(p, OpenStackProvider)  # the registry found this adapter
+
+    server_id = launch(p, slot=1, op="a", user_data="#!/bin/sh\necho hello\n")
+
+    server = cloud.servers[server_id]
+    assert decoded_user_data(server) == "#!/bin/sh\necho hello\n"
+    assert server.config_drive and server.networks == [NETWORK_ID]
+    assert p.user_data_of(server_id) == "#!/bin/sh\necho hello\n"
+    names = [action for _, action in calls]
+    assert {"Authenticate", "ListFlavors", "ListNetworks", "CreateServer", "ShowServer"} <= set(
+        names
+    )
+    assert names.count("CreateServer") == 1
+
+
+def test_an_endpoint_replaces_the_catalogs_compute_endpoint_only(cloud: FakeOpenStack) -> None:
+    p = provider(cloud, endpoint=cloud.base_url + "/compute/v2.1/")
+    launch(p, slot=1, op="a", image="ubuntu-24.04")  # Glance still found through the catalog
+    assert len(p.list_owned("acme")) == 1
+
+    elsewhere = provider(cloud, region="RegionTwo")  # the catalog's RegionTwo Nova
+    with pytest.raises(ObservationIncomplete):
+        elsewhere.list_owned("acme")
+    assert ("GET", "/region-two/compute/v2.1/flavors/detail") in cloud.requests
+
+    nowhere = provider(cloud, region="RegionNine")
+    with pytest.raises(ProviderError, match=r"no single public endpoint .* 'RegionNine'"):
+        nowhere.known_sizes()
+
+
+def test_a_wrong_password_is_reported_without_it(cloud: FakeOpenStack) -> None:
+    p = provider(cloud, password="canary-wrong-9d8e7f")
+    with pytest.raises(ObservationIncomplete) as caught:
+        p.list_owned("acme")
+    assert "rejected the credentials" in str(caught.value)
+    assert "canary-wrong-9d8e7f" not in str(caught.value) + repr(caught.value) + repr(p)
+
+
+def test_settings_are_checked_when_the_adapter_is_built() -> None:
+    with pytest.raises(ConfigurationError, match="auth_url must be an http"):
+        normalized_auth_url("keystone.example:5000")
+    assert normalized_auth_url("https://keystone.example:5000/v3/") == (
+        "https://keystone.example:5000"
+    )
+    profile = ProviderProfile(name="cloud", driver="openstack", options={"tenant": PROJECT})
+    with pytest.raises(ConfigurationError, match=r"credentials\.key is required"):
+        build(profile)
+
+
+def test_keystone_is_asked_for_a_project_scoped_token_in_the_given_domains(
+    cloud: FakeOpenStack,
+) -> None:
+    p = provider(cloud, domain="corp", project_domain_id="4f1e2d3c")
+    p.known_sizes()
+
+    (body,) = cloud.auth_bodies
+    identity = body["auth"]["identity"]
+    assert identity["methods"] == ["password"]
+    assert identity["password"]["user"]["domain"] == {"name": "corp"}
+    assert body["auth"]["scope"]["project"] == {"domain": {"id": "4f1e2d3c"}, "name": PROJECT}
