@@ -933,6 +933,101 @@ BAD_CASES = [
         "",
         "YAML syntax error: expected a single document",
     ),
+    # ---- what a driver needs and can do (reconciler.providers.drivers)
+    Bad(
+        "driver-setting-missing",
+        {
+            CONF: BASE_CONFIG.replace(
+                "defaults:",
+                """  gcp:
+    driver: gce
+    region: us-central1-a
+    project: acme-prod
+    credentials:
+      key: {env: GCE_ACCOUNT}
+      secret: {file: gce_key}
+""".replace("    project: acme-prod\n", "")
+                + "defaults:",
+            )
+        },
+        CONF,
+        11,
+        "providers.gcp.project",
+        "required key 'project' is missing (driver gce: the Google Cloud project id)",
+    ),
+    Bad(
+        "driver-setting-of-another-driver",
+        {
+            CONF: BASE_CONFIG.replace(
+                "    region: us-east-1\n", "    region: us-east-1\n    project: x\n"
+            )
+        },
+        CONF,
+        6,
+        "providers.aws-east.project",
+        "unknown key",
+    ),
+    Bad(
+        "driver-flag-not-a-boolean",
+        {
+            CONF: BASE_CONFIG.replace(
+                "defaults:",
+                """  os:
+    driver: openstack
+    auth_url: https://keystone.example:5000
+    tenant: web
+    config_drive: "yes"
+    credentials: {key: {env: OS_USER}, secret: {env: OS_PASSWORD}}
+defaults:""",
+            )
+        },
+        CONF,
+        15,
+        "providers.os.config_drive",
+        "true or false",
+    ),
+    Bad(
+        "load-balancer-switch-where-the-driver-has-none",
+        {
+            CONF: BASE_CONFIG.replace(
+                "defaults:",
+                """  gcp:
+    driver: gce
+    region: us-central1-a
+    project: acme-prod
+    credentials:
+      key: {env: GCE_ACCOUNT}
+      secret: {file: gce_key}
+"""
+                + "defaults:",
+            ),
+            PROD: "provider: gcp\nservices:\n  web:\n    image: debian-12\n    size: e2-small\n"
+            "    traffic: {libcloud-lb: web-lb}\n",
+        },
+        PROD,
+        3,
+        "services.web.traffic.libcloud-lb",
+        "has no load balancer adapter",
+    ),
+    Bad(
+        "price-required-where-libcloud-has-none",
+        {
+            CONF: BASE_CONFIG.replace(
+                "defaults:",
+                """  os:
+    driver: openstack
+    auth_url: https://keystone.example:5000
+    tenant: web
+    credentials: {key: {env: OS_USER}, secret: {env: OS_PASSWORD}}
+defaults:""",
+            ),
+            PROD: "provider: os\nservices:\n  web:\n    image: ubuntu\n    size: m1.small\n",
+        },
+        PROD,
+        3,
+        "services.web.price_per_hour",
+        "is required: provider os (driver openstack) has no prices in libcloud",
+    ),
 ]
 
 
