@@ -167,3 +167,25 @@ def test_a_size_the_zone_does_not_offer_fails_before_any_change(
     assert result.code != 0
     assert "does not offer size 't3.micro'" in result.stderr
     assert cloud.mutating_requests() == []
+
+
+def test_a_size_libcloud_cannot_price_needs_price_per_hour_before_any_change(
+    cli: Cli, desired: Path, cloud: FakeGce
+) -> None:
+    services = json.loads(json.dumps(SERVICES))
+    services["staging"]["web"]["size"] = "t2d-standard-1"  # listed by the zone, not priced
+    write_gce_desired(desired, endpoint=cloud.base_url, environments=services)
+
+    refused = cli("plan", "--desired", str(desired))
+
+    assert refused.code != 0
+    assert "services.web.price_per_hour" in refused.stderr
+    assert "no price for size 't2d-standard-1'" in refused.stderr
+    assert cloud.mutating_requests() == []
+
+    services["staging"]["web"]["price_per_hour"] = 0.042
+    write_gce_desired(desired, endpoint=cloud.base_url, environments=services)
+    assert cli("apply", "--desired", str(desired)).code == 0
+    costs = json.loads(cli("ledger", "cost", "--by", "service", "--json").stdout)
+    staging = [row for row in costs["rows"] if row["env"] == "staging"]
+    assert staging and staging[0]["cost"] > 0  # priced at the given rate, not free
