@@ -1,14 +1,14 @@
 """Azure adapter: libcloud's Azure ARM driver behind the `ComputeProvider` port.
 
-Owns: everything Azure-specific — where requests go (`endpoint:` points both the
-login and the management API at one base URL), paged listings of one resource group
+Owns: everything Azure-specific — paged listings of one resource group
 (libcloud's `list_nodes` stops following `nextLink` after a time limit and returns
 what it has without an error, and makes three extra requests per VM: here every page
 is followed or the listing fails, and the VMs' private addresses come from one paged
 NIC listing), state from `provisioningState`, deterministic VM names (ARM PUT by name
 is idempotent), the launch body, user data, prices from libcloud's `azure_linux` data,
 and translating libcloud/requests exceptions into ours with bounded retries.
-Must not: decide what to create or destroy, or let libcloud retry on its own.
+Must not: decide what to create or destroy, or let libcloud retry on its own (its
+connection, login and `endpoint:` handling are in `azure_connection`).
 
 Tags: Azure tag names may hold ':' (only `< > % & \\ ? /` are refused), so our
 identity tags are written and read back under their own names, unmapped.
@@ -29,41 +29,25 @@ looked up by its VM name (derived from the operation id) before it is sent again
 from __future__ import annotations
 
 import base64
-import re
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar
-from urllib.parse import parse_qs, urlencode, urlparse
+from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import requests
 import structlog
-from libcloud.common.azure_arm import (
-    AzureAuthJsonResponse,
-    AzureResourceManagementConnection,
-    publicEnvironments,
-)
-from libcloud.common.base import ConnectionUserAndKey
 from libcloud.common.exceptions import BaseHTTPError
 from libcloud.common.types import InvalidCredsError, LibcloudError, MalformedResponseError
 from libcloud.compute.base import Node
 from libcloud.compute.drivers.azure_arm import (
     NIC_API_VERSION,
     VM_API_VERSION,
-    AzureNodeDriver,
     AzureSubnet,
 )
 from libcloud.compute.types import NodeState
 from libcloud.pricing import get_size_price
-from tenacity import (
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_random_exponential,
-)
 
 from reconciler.errors import (
     ConfigurationError,
@@ -72,6 +56,7 @@ from reconciler.errors import (
     TransientError,
 )
 from reconciler.model import InstanceState, ObservedInstance, ProviderProfile
+from reconciler.providers.azure_connection import AzureDriver
 from reconciler.providers.azure_resources import (
     action_name,
     encoded,
@@ -92,12 +77,10 @@ from reconciler.providers.base import (
     generation_from_tags,
     slot_from_name,
 )
+from reconciler.providers.calls import OutcomeUnknown, ProviderCalls, launch_once
 from reconciler.providers.credentials import resolve_secret
-from reconciler.providers.ec2 import OutcomeUnknown, parse_endpoint
 
 log = structlog.get_logger(__name__)
-
-T = TypeVar("T")
 
 _MAX_PAGES = 10_000  # a server that never stops paging is a fault, not a fleet
 _OS_DISK_TYPE = "StandardSSD_LRS"
@@ -149,102 +132,6 @@ def build(
         timeout=profile.timeout,
         on_call=on_call,
     )
-
-
-# ---------------------------------------------------------------- libcloud, adjusted
-
-
-class _Connection(AzureResourceManagementConnection):
-    """libcloud's ARM connection with three changes: login and management requests go
-    where `endpoints` say (upstream always uses port 443 for login and ignores `secure`),
-    every request is reported to `on_request`, and libcloud never retries on its own."""
-
-    def __init__(
-        self,
-        *args: Any,
-        endpoints: tuple[str, str] | None = None,
-        on_request: Callable[[str, str], None] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        environment = dict(publicEnvironments["default"])
-        if endpoints is not None:
-            environment["resourceManagerEndpointUrl"] = endpoints[0]
-            environment["activeDirectoryEndpointUrl"] = endpoints[1]
-        kwargs["cloud_environment"] = environment
-        self.on_request = on_request
-        super().__init__(*args, **kwargs)
-        self.host, self.port, secure = parse_endpoint(environment["resourceManagerEndpointUrl"])
-        self.secure = 1 if secure else 0
-        self._login = parse_endpoint(environment["activeDirectoryEndpointUrl"])
-
-    def get_token_from_credentials(self) -> None:
-        if self.on_request is not None:
-            self.on_request("POST", "token")
-        host, port, secure = self._login
-        conn = self.conn_class(host, port, secure=secure, timeout=self.timeout)
-        conn.connect()
-        form = urlencode({"grant_type": "client_credentials", "client_id": self.user_id,
-                          "client_secret": self.key, "resource": self.login_resource})  # fmt: skip
-        headers = {"Content-type": "application/x-www-form-urlencoded"}
-        conn.request("POST", f"/{self.tenant_id}/oauth2/token", form, headers)
-        try:
-            answer: Any = AzureAuthJsonResponse(conn.getresponse(), conn).object
-            self.access_token = answer["access_token"]
-            self.expires_on = int(answer["expires_on"])
-        except BaseHTTPError as exc:
-            if exc.code in (400, 401, 403):
-                # The message is Azure AD's; only its AADSTS code is kept.
-                code = re.search(r"AADSTS\d+", str(exc.message))
-                raise InvalidCredsError(code.group(0) if code else f"HTTP {exc.code}") from None
-            raise
-        except (KeyError, TypeError, ValueError):
-            raise MalformedResponseError("login answer holds no token") from None
-
-    def request(
-        self,
-        action: str,
-        params: Any = None,
-        data: Any = None,
-        headers: Any = None,
-        method: str = "GET",
-        raw: bool = False,
-        stream: bool = False,
-        json: Any = None,
-        retry_failed: Any = None,
-    ) -> Any:
-        if self.on_request is not None:
-            self.on_request(method, action)
-        if time.time() + 300 >= int(self.expires_on):  # as upstream: renew 5 minutes early
-            self.get_token_from_credentials()
-        # Retries happen only in `AzureProvider._call`, bounded and logged.
-        return ConnectionUserAndKey.request(
-            self, action, params=params, data=data, headers=headers, method=method, raw=raw,
-            stream=stream, json=json, retry_failed=False,
-        )  # fmt: skip
-
-
-class _Driver(AzureNodeDriver):
-    connectionCls = _Connection
-
-    def __init__(
-        self,
-        *args: Any,
-        endpoints: tuple[str, str] | None,
-        on_request: Callable[[str, str], None] | None,
-        **kwargs: Any,
-    ) -> None:
-        self._endpoints = endpoints
-        self._on_request = on_request
-        super().__init__(*args, **kwargs)
-
-    def _ex_connection_class_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = super()._ex_connection_class_kwargs()
-        kwargs.update(endpoints=self._endpoints, on_request=self._on_request)
-        return kwargs
-
-    def _to_node(self, data: Any, fetch_nic: bool = False, fetch_power_state: bool = False) -> Any:
-        # Upstream fetches each VM's NIC and instance view: 1 + 3 requests per VM.
-        return super()._to_node(data, fetch_nic=fetch_nic, fetch_power_state=fetch_power_state)
 
 
 # ---------------------------------------------------------------- errors
@@ -318,9 +205,11 @@ class AzureProvider:
         self._driver_args = (tenant, subscription, client_id, client_secret, endpoints, timeout)
         self._secrets = tuple(value for value in (client_id, client_secret) if value)
         self._local = threading.local()  # libcloud connections are not thread-safe
-        self._retry_attempts = retry_attempts
-        self._retry_seconds = retry_seconds
-        self._on_call = on_call
+        self._on_call = on_call  # hears each request from the connection (`_heard`)
+        # No on_call here: the connection reports every request, the login's included.
+        self._calls = ProviderCalls(
+            name, translate=self._translated, attempts=retry_attempts, seconds=retry_seconds
+        )
         self._sizes: frozenset[str] | None = None
 
     def __repr__(self) -> str:  # names no credential
@@ -331,8 +220,8 @@ class AzureProvider:
         driver = getattr(self._local, "driver", None)
         if driver is None:
             tenant, subscription, key, secret, endpoints, timeout = self._driver_args
-            # Logs in: construction is a request, made inside `_attempt`.
-            driver = self._local.driver = _Driver(
+            # Logs in: construction is a request, made inside `ProviderCalls.attempt`.
+            driver = self._local.driver = AzureDriver(
                 tenant, subscription, key, secret, region=self.location, timeout=timeout,
                 endpoints=endpoints, on_request=self._heard,
             )  # fmt: skip
@@ -347,35 +236,10 @@ class AzureProvider:
         return self._driver.connection.request(path, params=dict(params), data=data,
                                                method=method).object  # fmt: skip
 
-    # ------------------------------------------------------------ calls with retries
+    # ------------------------------------------------------------ errors
 
-    def _retrying(self, action: str) -> Retrying:
-        return Retrying(
-            retry=retry_if_exception_type(TransientError),
-            stop=stop_after_attempt(self._retry_attempts) | stop_after_delay(self._retry_seconds),
-            wait=wait_random_exponential(multiplier=0.5, max=10),
-            before_sleep=lambda state: log.warning(
-                "provider_call_retry",
-                provider=self.name,
-                action=action,
-                attempt=state.attempt_number,
-                error=str(state.outcome.exception()) if state.outcome else None,
-            ),
-            reraise=True,
-        )
-
-    def _call(self, action: str, fn: Callable[[], T]) -> T:
-        """Run one API call; retry transient failures with jittered backoff."""
-        for attempt in self._retrying(action):
-            with attempt:
-                return self._attempt(action, fn)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _attempt(self, action: str, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except Exception as exc:  # translated at this edge, re-raised typed
-            raise self._redacted(_translate(exc, action)) from None
+    def _translated(self, exc: Exception, action: str) -> Exception:
+        return self._redacted(_translate(exc, action))
 
     def _redacted(self, error: Exception) -> Exception:
         """ARM messages can name the client (`The client '<id>' ... does not have
@@ -430,7 +294,7 @@ class AzureProvider:
         action = action_name("GET", path)
         try:
             for _page in range(_MAX_PAGES):
-                body = self._call(action, partial(self._page, path, params))
+                body = self._calls.call(action, partial(self._page, path, params))
                 for item in body["value"]:
                     items[str(item.get("id", len(items)))] = item
                 link = body.get("nextLink")
@@ -495,7 +359,7 @@ class AzureProvider:
         body = self._launch_body(name, request)  # refuses a bad image before any request
         nic_id: str | None = None
 
-        def launch() -> ObservedInstance:
+        def put() -> ObservedInstance:
             nonlocal nic_id
             nic_id, address = self._nic(name)
             body["properties"]["networkProfile"]["networkInterfaces"][0]["id"] = nic_id
@@ -503,32 +367,23 @@ class AzureProvider:
                                params={"api-version": VM_API_VERSION})  # fmt: skip
             return self._to_observed(vm, {nic_id.lower(): address})
 
-        unknown = False  # did an earlier attempt possibly create the VM?
+        def launch() -> ObservedInstance:
+            # PUT by name: a resend cannot make a second VM, but it could try to change
+            # one (refused), so an unknown outcome is looked up first (`launch_once`).
+            observed = self._calls.attempt("PUT virtualMachines", put)
+            log.info("provider_vm_created", provider=self.name, vm=name, op=request.op)
+            return observed
+
         try:
-            for attempt in self._retrying("PUT virtualMachines"):
-                with attempt:
-                    if unknown:
-                        existing = self._look_up(name)
-                        if existing is not None:
-                            return self._to_observed(existing, {})
-                    try:
-                        # PUT by name: a resend cannot make a second VM, but it could try
-                        # to change one (refused), so an unknown outcome is looked up first.
-                        observed = self._attempt("PUT virtualMachines", launch)
-                    except OutcomeUnknown:
-                        unknown = True
-                        raise
+            return launch_once(
+                launch,
+                retrying=self._calls.retrying("PUT virtualMachines"),
+                look_up=partial(self._look_up, name),
+                find=partial(self._look_up, name, quiet=True),
+            )
         except ProviderError:
             self._discard_nic(nic_id)
             raise
-        except TransientError:
-            if unknown:
-                existing = self._look_up(name, quiet=True)
-                if existing is not None:
-                    return self._to_observed(existing, {})
-            raise
-        log.info("provider_vm_created", provider=self.name, vm=name, op=request.op)
-        return observed
 
     def _launch_body(self, name: str, request: LaunchRequest) -> dict[str, Any]:
         os_profile: dict[str, Any] = {
@@ -577,7 +432,7 @@ class AzureProvider:
         if nic_id is None:
             return
         try:
-            self._call(
+            self._calls.call(
                 "DELETE networkInterfaces",
                 partial(self._request, nic_id, method="DELETE",
                         params={"api-version": NIC_API_VERSION}),
@@ -597,18 +452,19 @@ class AzureProvider:
             raise OutcomeUnknown("GET virtualMachines: the response is not a virtual machine")
         return body
 
-    def _look_up(self, name: str, *, quiet: bool = False) -> dict[str, Any] | None:
+    def _look_up(self, name: str, *, quiet: bool = False) -> ObservedInstance | None:
         """One unretried GET by name; if it fails the create must not be resent, so the
         failure counts as one more unknown outcome (or, `quiet`, as not found)."""
         try:
-            found = self._attempt("GET virtualMachines", partial(self._get_vm, name))
+            found = self._calls.attempt("GET virtualMachines", partial(self._get_vm, name))
         except (TransientError, ProviderError) as exc:
             if quiet:
                 return None
             raise OutcomeUnknown(f"cannot check for an earlier create: {exc}") from None
-        if found is not None:
-            log.info("provider_launch_found_by_name", provider=self.name, vm=name)
-        return found
+        if found is None:
+            return None
+        log.info("provider_launch_found_by_name", provider=self.name, vm=name)
+        return self._to_observed(found, {})
 
     def destroy_instance(self, instance_id: str) -> None:
         """DELETE the VM; its NIC and OS disk go with it (`deleteOption: Delete`). A VM
@@ -621,10 +477,10 @@ class AzureProvider:
                 if exc.code not in (204, 404):  # libcloud treats 204 as an error
                     raise
 
-        self._call("DELETE virtualMachines", delete)
+        self._calls.call("DELETE virtualMachines", delete)
 
     def user_data_of(self, instance_id: str) -> str | None:
-        vm = self._call(
+        vm = self._calls.call(
             "GET virtualMachines", partial(self._get_vm, instance_id, **{"$expand": "userData"})
         )
         encoded = (vm or {}).get("properties", {}).get("userData")
@@ -635,7 +491,7 @@ class AzureProvider:
     def known_sizes(self) -> frozenset[str] | None:
         """The location's VM sizes: one request per adapter."""
         if self._sizes is None:
-            sizes = self._call("GET vmSizes", lambda: self._driver.list_sizes())
+            sizes = self._calls.call("GET vmSizes", lambda: self._driver.list_sizes())
             self._sizes = frozenset(str(size.id) for size in sizes)
         return self._sizes
 

@@ -4,7 +4,7 @@ Owns: everything EC2-specific — paginated DescribeInstances (libcloud's `list_
 makes one call and ignores NextToken, so fleets past one page would go unseen),
 state mapping, tags at launch, the ClientToken derived from the operation id, prices
 from libcloud's pricing data, and translating libcloud/requests exceptions into ours
-with bounded retries (tenacity). Must not: decide what to create or destroy, or let
+with bounded retries (`calls`). Must not: decide what to create or destroy, or let
 libcloud retry on its own (a hidden retry of RunInstances could launch twice).
 
 Fault model: throttling (EC2 sends `RequestLimitExceeded` as an XML error with HTTP
@@ -24,8 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar
-from urllib.parse import urlparse
+from typing import Any
 
 import requests
 import structlog
@@ -35,13 +34,6 @@ from libcloud.compute.base import Node, NodeImage, NodeSize
 from libcloud.compute.drivers.ec2 import NAMESPACE, EC2Connection, EC2NodeDriver
 from libcloud.pricing import get_size_price
 from libcloud.utils.xml import findall, findattr, findtext
-from tenacity import (
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_random_exponential,
-)
 
 from reconciler.errors import ObservationIncomplete, ProviderError, TransientError
 from reconciler.extensions import LoadBalancerPort
@@ -56,10 +48,10 @@ from reconciler.providers.base import (
     generation_from_tags,
     slot_from_name,
 )
+from reconciler.providers.calls import OutcomeUnknown, ProviderCalls, launch_once
+from reconciler.providers.endpoints import parse_endpoint
 
 log = structlog.get_logger(__name__)
-
-T = TypeVar("T")
 
 # EC2's own instance states, mapped to what planning cares about.
 _STATES = {
@@ -82,13 +74,9 @@ _NOT_VISIBLE_WINDOW = 120.0
 _TERMINATING_STATES = ("shutting-down", "terminated")
 
 
-class OutcomeUnknown(TransientError):
-    """The request may or may not have taken effect (lost response, 5xx, timeout)."""
-
-
 class _EdgeRetriedConnection(EC2Connection):
     """libcloud's own retry (LIBCLOUD_RETRY_FAILED_HTTP_REQUESTS) stays off: retries
-    happen only in `Ec2Provider._call`, where each one is bounded and logged."""
+    happen only in `ProviderCalls.call`, where each one is bounded and logged."""
 
     def request(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["retry_failed"] = False
@@ -97,13 +85,6 @@ class _EdgeRetriedConnection(EC2Connection):
 
 class _Driver(EC2NodeDriver):
     connectionCls = _EdgeRetriedConnection
-
-
-def parse_endpoint(endpoint: str) -> tuple[str, int, bool]:
-    url = urlparse(endpoint)
-    secure = url.scheme == "https"
-    port = url.port or (443 if secure else 80)
-    return url.hostname or "127.0.0.1", port, secure
 
 
 def _first(values: list[str] | None) -> str | None:
@@ -168,12 +149,16 @@ class Ec2Provider:
         # sharing a driver can read each other's answers: one driver per thread.
         self._driver_args = (key, secret, options)
         self._local = threading.local()
-        self._retry_attempts = retry_attempts
-        self._retry_seconds = retry_seconds
+        self._calls = ProviderCalls(
+            name,
+            translate=_translate,
+            attempts=retry_attempts,
+            seconds=retry_seconds,
+            on_call=on_call,
+        )
         self._page_size = page_size
         self._sizes: frozenset[str] | None = None
         self._image_ids: dict[str, str] = {}  # image name -> AMI id, for this adapter
-        self._on_call = on_call  # (provider, action) per request sent: metrics
         self._launched: dict[str, float] = {}  # instance id -> monotonic launch time
 
     @property
@@ -184,40 +169,7 @@ class Ec2Provider:
             driver = self._local.driver = _Driver(key, secret, **options)
         return driver
 
-    # ------------------------------------------------------------ calls with retries
-
-    def _retrying(self, action: str) -> Retrying:
-        """Bounded attempts and total time, jittered exponential waits, each retry logged."""
-        return Retrying(
-            retry=retry_if_exception_type(TransientError),
-            stop=stop_after_attempt(self._retry_attempts) | stop_after_delay(self._retry_seconds),
-            wait=wait_random_exponential(multiplier=0.5, max=10),
-            before_sleep=lambda state: log.warning(
-                "provider_call_retry",
-                provider=self.name,
-                action=action,
-                attempt=state.attempt_number,
-                error=str(state.outcome.exception()) if state.outcome else None,
-            ),
-            reraise=True,
-        )
-
-    def _call(self, action: str, fn: Callable[[], T], *, retry: bool = True) -> T:
-        """Run one API call; retry transient failures with jittered backoff."""
-        if not retry:
-            return self._attempt(action, fn)
-        for attempt in self._retrying(action):
-            with attempt:
-                return self._attempt(action, fn)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _attempt(self, action: str, fn: Callable[[], T]) -> T:
-        if self._on_call is not None:
-            self._on_call(self.name, action)
-        try:
-            return fn()
-        except Exception as exc:  # translated at this edge, re-raised typed
-            raise _translate(exc, action) from None
+    # ------------------------------------------------------------ requests
 
     def _request(self, params: dict[str, str]) -> Any:
         return self._driver.connection.request(self._driver.path, params=params).object
@@ -253,7 +205,9 @@ class Ec2Provider:
         try:
             for _page in range(_MAX_PAGES):
                 params = dict(base, NextToken=token) if token else base
-                body = self._call("DescribeInstances", partial(self._page, params), retry=retry)
+                body = self._calls.call(
+                    "DescribeInstances", partial(self._page, params), retry=retry
+                )
                 for item in findall(body, "reservationSet/item/instancesSet/item", NAMESPACE):
                     observed = self._to_observed(item)
                     instances[observed.id] = observed
@@ -315,7 +269,7 @@ class Ec2Provider:
         if cached is not None:
             return cached
         params = {"Action": "DescribeImages", "Filter.1.Name": "name", "Filter.1.Value.1": image}
-        body = self._call("DescribeImages", partial(self._request, params))
+        body = self._calls.call("DescribeImages", partial(self._request, params))
         found = [
             (findtext(item, "creationDate", NAMESPACE) or "", findtext(item, "imageId", NAMESPACE))
             for item in findall(body, "imagesSet/item", NAMESPACE)
@@ -340,7 +294,7 @@ class Ec2Provider:
         )
         owner = request.tags[TAG_OWNER]
 
-        def launch() -> Node:
+        def run_instances() -> Node:
             node: Any = self._driver.create_node(
                 name=request.name,
                 image=image,
@@ -354,45 +308,33 @@ class Ec2Provider:
                 raise OutcomeUnknown("RunInstances: the response holds no single instance")
             return node
 
-        unknown = False  # did an earlier attempt possibly launch the instance?
-        try:
-            for attempt in self._retrying("RunInstances"):
-                with attempt:
-                    if unknown:
-                        existing = self._look_up_launch(owner, request.op)
-                        if existing is not None:
-                            return existing
-                    try:
-                        node = self._attempt("RunInstances", launch)
-                    except OutcomeUnknown:
-                        unknown = True
-                        raise
-        except TransientError:
-            if unknown:  # last chance, with the listing's own retries
-                try:
-                    existing = self.find_by_op(owner, request.op)
-                except ObservationIncomplete:
-                    existing = None
-                if existing is not None:
-                    return existing
-            raise
-        self._launched[str(node.id)] = time.monotonic()
-        return ObservedInstance(
-            id=str(node.id),
-            provider=self.name,
-            state=InstanceState.PENDING,
-            image=node.extra.get("image_id") or request.image,
-            size=node.extra.get("instance_type") or request.size,
-            env=request.tags.get(TAG_ENV),
-            service=request.tags.get(TAG_SERVICE),
-            generation=generation_from_tags(request.tags),
-            slot=slot_from_name(request.name),
-            fingerprint=request.tags.get(TAG_SPEC),
-            op=request.op,
-            name=request.name,
-            private_ip=_first(node.private_ips),
-            public_ip=_first(node.public_ips),
-            tags=dict(request.tags),
+        def launch() -> ObservedInstance:
+            node = self._calls.attempt("RunInstances", run_instances)
+            self._launched[str(node.id)] = time.monotonic()
+            return ObservedInstance(
+                id=str(node.id),
+                provider=self.name,
+                state=InstanceState.PENDING,
+                image=node.extra.get("image_id") or request.image,
+                size=node.extra.get("instance_type") or request.size,
+                env=request.tags.get(TAG_ENV),
+                service=request.tags.get(TAG_SERVICE),
+                generation=generation_from_tags(request.tags),
+                slot=slot_from_name(request.name),
+                fingerprint=request.tags.get(TAG_SPEC),
+                op=request.op,
+                name=request.name,
+                private_ip=_first(node.private_ips),
+                public_ip=_first(node.public_ips),
+                tags=dict(request.tags),
+            )
+
+        return launch_once(
+            launch,
+            retrying=self._calls.retrying("RunInstances"),
+            look_up=partial(self._look_up_launch, owner, request.op),
+            # The last chance, with the listing's own retries.
+            find=partial(self.find_by_op, owner, request.op),
         )
 
     def _look_up_launch(self, owner: str, op: str) -> ObservedInstance | None:
@@ -433,14 +375,14 @@ class Ec2Provider:
             if not all(state in _TERMINATING_STATES for state in states):
                 raise TransientError(f"TerminateInstances: {instance_id} is still {states[0]}")
 
-        self._call("TerminateInstances", terminate)
+        self._calls.call("TerminateInstances", terminate)
         self._launched.pop(instance_id, None)
 
     def user_data_of(self, instance_id: str) -> str | None:
         """The user data an instance was launched with (to relaunch its like in a rollback)."""
         params = {"Action": "DescribeInstanceAttribute", "InstanceId": instance_id,
                   "Attribute": "userData"}  # fmt: skip
-        body = self._call("DescribeInstanceAttribute", partial(self._request, params))
+        body = self._calls.call("DescribeInstanceAttribute", partial(self._request, params))
         encoded = findtext(body, "userData/value", NAMESPACE)
         return base64.b64decode(encoded).decode("utf-8", "replace") if encoded else None
 

@@ -17,7 +17,8 @@ from libcloud.utils.xml import findall, findtext
 
 from reconciler.errors import ProviderError, TransientError
 from reconciler.extensions import PluginError
-from reconciler.providers.ec2 import _translate, parse_endpoint
+from reconciler.providers.ec2 import _translate
+from reconciler.providers.endpoints import parse_endpoint
 
 _MEMBERS = "DescribeLoadBalancersResult/LoadBalancerDescriptions/member/Instances/member"
 

@@ -1,16 +1,17 @@
 """GCE adapter: libcloud's Google Compute Engine driver behind the `ComputeProvider` port.
 
-Owns: everything GCE-specific — the OAuth2 service-account token (kept in memory,
-never in libcloud's token file under $HOME), pointing auth and API at `endpoint`,
-zonal instance listing with `filter` and `nextPageToken`, labels and names
-(`gce_labels`), `startup-script` user data, the insert `requestId`, machine types and
-prices. Must not: decide what to create or destroy, or let libcloud retry on its own.
+Owns: everything GCE-specific — zonal instance listing with `filter` and
+`nextPageToken`, labels and names (`gce_labels`), `startup-script` user data, the
+insert `requestId`, machine types and prices. Must not: decide what to create or
+destroy, or let libcloud retry on its own.
 
 libcloud's `GCENodeDriver` is used for its connection (JWT signing, token exchange,
-bearer header, JSON errors mapped to exceptions); its high-level calls are not: they
-look up zones, networks, disk types and images before a create (four or more requests)
-and `list_nodes` reads every page of the aggregated list without a filter and ignores
-its warnings (a partial answer would read as a complete one).
+bearer header, JSON errors mapped to exceptions; set up in `gce_connection`, which
+keeps the token in memory and points auth and API at `endpoint`); its high-level
+calls are not: they look up zones, networks, disk types and images before a create
+(four or more requests) and `list_nodes` reads every page of the aggregated list
+without a filter and ignores its warnings (a partial answer would read as a complete
+one).
 
 Fault model: throttling (HTTP 429, or 403 `rateLimitExceeded`) means the call was not
 executed; a 5xx, a timeout, a reset connection or an unreadable body means its outcome
@@ -30,30 +31,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from importlib.util import find_spec
-from typing import Any, Final, TypeVar
-from urllib.parse import urlparse
+from typing import Any, Final
 
 import requests
 import structlog
-from libcloud.common.base import Connection, ConnectionUserAndKey
 from libcloud.common.google import (
     GoogleAuthError,
     GoogleBaseError,
-    GoogleServiceAcctAuthConnection,
     JsonParseError,
     ResourceExistsError,
     ResourceNotFoundError,
 )
 from libcloud.common.types import LibcloudError, MalformedResponseError
-from libcloud.compute.drivers.gce import API_VERSION, GCEConnection, GCENodeDriver
+from libcloud.compute.drivers.gce import API_VERSION
 from libcloud.pricing import get_pricing
-from tenacity import (
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_random_exponential,
-)
 
 from reconciler.errors import (
     ConfigurationError,
@@ -72,7 +63,15 @@ from reconciler.providers.base import (
     generation_from_tags,
     slot_from_name,
 )
+from reconciler.providers.calls import OutcomeUnknown, ProviderCalls
 from reconciler.providers.credentials import resolve_secret
+from reconciler.providers.gce_connection import (
+    GceDriver,
+    MemoryToken,
+    TokenRefused,
+    endpoint_parts,
+    new_token,
+)
 from reconciler.providers.gce_labels import (
     IMAGE_KEY,
     USER_DATA_KEY,
@@ -88,152 +87,12 @@ from reconciler.providers.gce_labels import (
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
-
-_SCOPES: Final = ["https://www.googleapis.com/auth/compute"]
 _PAGE_SIZE: Final = 500  # the largest page GCE list calls return
 _MAX_PAGES: Final = 10_000  # a server that never stops paging is a fault, not a fleet
 _RATE_REASONS: Final = ("rateLimitExceeded", "userRateLimitExceeded", "RESOURCE_EXHAUSTED")
 _BENIGN_WARNINGS: Final = ("NO_RESULTS_ON_PAGE",)
-_TOKEN_MARGIN: Final = 60.0  # renew a token this many seconds before GCE says it expires
 # Shared-core E2 types bill a fraction of a vCPU (machineTypes reports 2 guest CPUs).
 _SHARED_CORE_VCPUS: Final = {"e2-micro": 0.25, "e2-small": 0.5, "e2-medium": 1.0}
-
-
-class OutcomeUnknown(TransientError):
-    """The request may or may not have taken effect (lost response, 5xx, timeout)."""
-
-
-class _TokenRefused(TransientError):
-    """The API refused our access token (expired or revoked early): fetch a new one."""
-
-
-class _MemoryToken:
-    """The OAuth2 access token, in memory only and shared by every thread's connection.
-
-    libcloud's own credential object caches tokens in `~/.google_libcloud_auth.<project>`;
-    a token is a secret, so this replaces it: one token exchange per process (and per
-    expiry), nothing written anywhere."""
-
-    def __init__(self, auth: GoogleServiceAcctAuthConnection, on_fetch: Callable[[], None]) -> None:
-        self._auth = auth
-        self._on_fetch = on_fetch
-        self._lock = threading.Lock()
-        self._token: str | None = None
-        self._renew_at = 0.0
-
-    def __repr__(self) -> str:
-        return "<gce access token>"
-
-    @property
-    def access_token(self) -> str:
-        with self._lock:
-            if self._token is None or time.monotonic() >= self._renew_at:
-                self._token, lifetime = self._fetch()
-                self._renew_at = time.monotonic() + max(lifetime - _TOKEN_MARGIN, 0.0)
-            return self._token
-
-    def forget(self) -> None:
-        with self._lock:
-            self._token = None
-
-    def _fetch(self) -> tuple[str, float]:
-        self._on_fetch()
-        try:
-            info = self._auth.get_new_token()
-        except GoogleBaseError as exc:
-            # Not echoed: the token endpoint's answer is about our credentials.
-            if exc.http_code == 429 or exc.http_code >= 500:
-                raise TransientError(f"token endpoint unavailable (HTTP {exc.http_code})") from None
-            raise ProviderError(
-                f"the token endpoint rejected the service account (HTTP {exc.http_code})"
-            ) from None
-        except (LibcloudError, MalformedResponseError, ValueError):
-            raise OutcomeUnknown("the token endpoint's answer is unreadable") from None
-        token = info.get("access_token") if isinstance(info, dict) else None
-        if not isinstance(token, str) or not token:
-            raise OutcomeUnknown("the token endpoint's answer holds no access token")
-        return token, float(info.get("expires_in") or 300)
-
-
-class _AuthConnection(GoogleServiceAcctAuthConnection):
-    """Token exchange without libcloud's hidden retries (they happen in `_call`)."""
-
-    def request(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs["retry_failed"] = False
-        return super().request(*args, **kwargs)
-
-
-class _Connection(GCEConnection):
-    """GCEConnection with the token object above and a configurable API root.
-
-    GoogleBaseConnection.__init__ is skipped on purpose: it builds libcloud's
-    file-caching credential and fetches a token at construction."""
-
-    def __init__(
-        self,
-        user_id: str,
-        key: str,
-        secure: bool = True,
-        host: str | None = None,
-        port: int | None = None,
-        *,
-        token: _MemoryToken,
-        request_path: str,
-        timeout: float | None = None,
-        **_ignored: Any,  # retry_delay, backoff, proxy_url: unused
-    ) -> None:
-        ConnectionUserAndKey.__init__(
-            self, user_id, key, secure=secure, host=host, port=port, timeout=timeout
-        )
-        self.oauth2_credential = token  # type: ignore[assignment]  # same access_token
-        self.request_path = request_path
-        self.gce_params = None
-
-    def request(
-        self,
-        action: Any,
-        params: Any = None,
-        data: Any = None,
-        headers: Any = None,
-        method: Any = "GET",
-        raw: Any = False,
-        stream: Any = False,
-        json: Any = None,
-        retry_failed: Any = None,
-    ) -> Any:
-        # Skips GoogleBaseConnection.request, which resends on ECONNRESET by itself.
-        return Connection.request(
-            self, action, params=params, data=data, headers=headers, method=method, raw=raw,
-            stream=stream, json=json, retry_failed=False,
-        )  # fmt: skip
-
-
-class _Driver(GCENodeDriver):
-    connectionCls = _Connection  # type: ignore[assignment]  # built by our own kwargs
-
-    def __init__(
-        self, user_id: str, key: str, *, token: _MemoryToken, request_path: str, **kwargs: Any
-    ) -> None:
-        self._connection_kwargs = {"token": token, "request_path": request_path}
-        super().__init__(user_id, key, **kwargs)  # no datacenter: no request is made
-
-    def _ex_connection_class_kwargs(self) -> dict[str, Any]:
-        return dict(self._connection_kwargs)
-
-
-def _endpoint_parts(endpoint: str | None) -> tuple[dict[str, Any], str]:
-    """(host/port/secure options, path prefix) for `endpoint`, or the defaults."""
-    if not endpoint:
-        return {}, ""
-    url = urlparse(endpoint)
-    secure = url.scheme == "https"
-    options = {
-        "host": url.hostname or "127.0.0.1",
-        "port": url.port or (443 if secure else 80),
-        "secure": secure,
-    }
-    return options, url.path.rstrip("/")
 
 
 def _message(exc: GoogleBaseError) -> str:
@@ -262,7 +121,7 @@ def _translate(exc: Exception, action: str) -> Exception:
         if exc.http_code == 429 or exc.code in _RATE_REASONS:
             return TransientError(f"{action}: {message}")
         if exc.http_code == 401:
-            return _TokenRefused(f"{action}: the access token was refused")
+            return TokenRefused(f"{action}: the access token was refused")
         if exc.http_code >= 500:
             return OutcomeUnknown(f"{action}: {message}")
         # 200 with an error is a finished operation that failed: resending the same
@@ -302,17 +161,21 @@ class GceProvider:
         self._network = network
         self._subnetwork = subnetwork
         self._external_ip = external_ip
-        self._retry_attempts = retry_attempts
-        self._retry_seconds = retry_seconds
+        self._calls = ProviderCalls(
+            name,
+            translate=self._translated,
+            attempts=retry_attempts,
+            seconds=retry_seconds,
+            on_call=on_call,
+        )
         self._page_size = page_size
         self._operation_wait = operation_wait
-        self._on_call = on_call
-        options, prefix = _endpoint_parts(endpoint)
+        options, prefix = endpoint_parts(endpoint)
         self._driver_options: dict[str, Any] = {"project": project, "timeout": timeout, **options}
         self._api_path = f"{prefix}/compute/{API_VERSION}/projects/{project}"
         self._token_path = prefix  # the token is POSTed to <prefix>/o/oauth2/token
         self._credentials = (email, private_key)  # used once per thread; never printed
-        self._token: _MemoryToken | None = None
+        self._token: MemoryToken | None = None
         self._token_lock = threading.Lock()
         # libcloud keeps the last response on its connection object: one per thread.
         self._local = threading.local()
@@ -324,18 +187,17 @@ class GceProvider:
 
     # ------------------------------------------------------------ libcloud plumbing
 
-    def _shared_token(self) -> _MemoryToken:
+    def _shared_token(self) -> MemoryToken:
         with self._token_lock:
             if self._token is None:
                 email, key = self._credentials
-                auth = _AuthConnection(
+                self._token = new_token(
                     email,
                     key,
-                    _SCOPES,
-                    **{k: v for k, v in self._driver_options.items() if k != "project"},
+                    path=self._token_path,
+                    options={k: v for k, v in self._driver_options.items() if k != "project"},
+                    on_fetch=lambda: self._calls.count("oauth2.token"),
                 )
-                auth.request_path = self._token_path
-                self._token = _MemoryToken(auth, lambda: self._note_call("oauth2.token"))
             return self._token
 
     @property
@@ -343,7 +205,7 @@ class GceProvider:
         driver = getattr(self._local, "driver", None)
         if driver is None:
             email, key = self._credentials
-            driver = self._local.driver = _Driver(
+            driver = self._local.driver = GceDriver(
                 email,
                 key,
                 token=self._shared_token(),
@@ -355,45 +217,12 @@ class GceProvider:
     def _request(self, path: str, **kwargs: Any) -> Any:
         return self._driver.connection.request(path, **kwargs).object
 
-    def _note_call(self, action: str) -> None:
-        if self._on_call is not None:
-            self._on_call(self.name, action)
-
-    # ------------------------------------------------------------ calls with retries
-
-    def _retrying(self, action: str) -> Retrying:
-        """Bounded attempts and total time, jittered exponential waits, each retry logged."""
-        return Retrying(
-            retry=retry_if_exception_type(TransientError),
-            stop=stop_after_attempt(self._retry_attempts) | stop_after_delay(self._retry_seconds),
-            wait=wait_random_exponential(multiplier=0.5, max=10),
-            before_sleep=lambda state: log.warning(
-                "provider_call_retry",
-                provider=self.name,
-                action=action,
-                attempt=state.attempt_number,
-                error=str(state.outcome.exception()) if state.outcome else None,
-            ),
-            reraise=True,
-        )
-
-    def _call(self, action: str, fn: Callable[[], T], *, retry: bool = True) -> T:
-        if not retry:
-            return self._attempt(action, fn)
-        for attempt in self._retrying(action):
-            with attempt:
-                return self._attempt(action, fn)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _attempt(self, action: str, fn: Callable[[], T]) -> T:
-        self._note_call(action)
-        try:
-            return fn()
-        except Exception as exc:  # translated at this edge, re-raised typed
-            error = _translate(exc, action)
-            if isinstance(error, _TokenRefused) and self._token is not None:
-                self._token.forget()
-            raise error from None
+    def _translated(self, exc: Exception, action: str) -> Exception:
+        """`_translate`, and a refused token is dropped so the retry fetches a new one."""
+        error = _translate(exc, action)
+        if isinstance(error, TokenRefused) and self._token is not None:
+            self._token.forget()
+        return error
 
     # ------------------------------------------------------------ observation
 
@@ -463,7 +292,7 @@ class GceProvider:
             for _page in range(_MAX_PAGES):
                 params = dict(base, pageToken=token) if token else base
                 fetch = partial(self._page, path, params=params, kind=kind, action=action)
-                page, token = self._call(action, fetch, retry=retry)
+                page, token = self._calls.call(action, fetch, retry=retry)
                 for item in page:
                     items[str(item["name"])] = item
                 if not token:
@@ -509,9 +338,9 @@ class GceProvider:
             except ResourceExistsError:
                 return None  # the name holds the operation: an earlier attempt made it
 
-        operation = self._call("instances.insert", insert)
+        operation = self._calls.call("instances.insert", insert)
         if operation is None:
-            existing = self._call("instances.get", partial(self._get_instance, name))
+            existing = self._calls.call("instances.get", partial(self._get_instance, name))
             if existing is None or existing.tags.get(TAG_OP) != request.op:
                 raise ProviderError(f"{self.name}: instance name {name} is taken by another")
             log.info("provider_launch_found_by_op", provider=self.name, op=request.op,
@@ -582,7 +411,7 @@ class GceProvider:
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
             path = f"/zones/{self.zone}/operations/{name}"
-            operation = self._call("zoneOperations.get", partial(self._request, path))
+            operation = self._calls.call("zoneOperations.get", partial(self._request, path))
 
     def _get_instance(self, name: str) -> ObservedInstance | None:
         try:
@@ -603,7 +432,7 @@ class GceProvider:
             except ResourceNotFoundError:
                 return  # already gone: the goal of a destroy is met
 
-        self._call("instances.delete", delete)
+        self._calls.call("instances.delete", delete)
         self._deleted.add(instance_id)
 
     def user_data_of(self, instance_id: str) -> str | None:
@@ -617,7 +446,7 @@ class GceProvider:
                 return None
             return metadata_value(resource, USER_DATA_KEY)
 
-        return self._call("instances.get", read)
+        return self._calls.call("instances.get", read)
 
     # ------------------------------------------------------------ sizes and prices
 

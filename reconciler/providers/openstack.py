@@ -5,11 +5,11 @@ catalog (through libcloud), our tags as server metadata (Nova takes our key name
 as they are, so no mapping), user data and config drive, image names resolved
 through Glance and flavor names through Nova (reported back as names, the form the
 desired state writes), our own paging of /servers/detail (see `_paginate`), state
-mapping, lookup by the operation's metadata before re-sending a create, bounded
-retries (tenacity), and libcloud's connections set up to report every request and
-never retry on their own. Must not: decide what to create or destroy, or let libcloud
-retry (a hidden retry of a create could launch twice: Nova has no client token).
-Nova's own rules (statuses, metadata limits, next links) live in openstack_nova.
+mapping, lookup by the operation's metadata before re-sending a create, and bounded
+retries (`calls`). Must not: decide what to create or destroy, or let libcloud retry
+(a hidden retry of a create could launch twice: Nova has no client token). Nova's own
+rules (statuses, metadata limits, next links) live in openstack_nova; libcloud's
+connections, set up to report every request and never retry, in openstack_connection.
 
 Fault model: 429, and 413 with Retry-After (Nova's historic rate limiter), mean the
 call was not executed, and are retried after at least the hinted delay; a 5xx, a
@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import requests
@@ -34,22 +34,7 @@ import structlog
 from libcloud.common.exceptions import BaseHTTPError
 from libcloud.common.types import InvalidCredsError, LibcloudError, MalformedResponseError
 from libcloud.compute.base import Node, NodeImage, NodeSize
-from libcloud.compute.drivers.openstack import (
-    OpenStack_2_Connection,
-    OpenStack_2_ImageConnection,
-    OpenStack_2_NetworkConnection,
-    OpenStack_2_NodeDriver,
-    OpenStackNetwork,
-)
-from libcloud.utils.retry import Retry
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_random_exponential,
-)
+from libcloud.compute.drivers.openstack import OpenStackNetwork
 
 from reconciler.errors import (
     ConfigurationError,
@@ -69,114 +54,24 @@ from reconciler.providers.base import (
     generation_from_tags,
     slot_from_name,
 )
+from reconciler.providers.calls import OutcomeUnknown, ProviderCalls, launch_once
 from reconciler.providers.credentials import resolve_secret
+from reconciler.providers.openstack_connection import make_driver
 from reconciler.providers.openstack_nova import (
     USER_DATA_MAX,
-    Listener,
-    OutcomeUnknown,
     Throttled,
     is_uuid,
     metadata_problem,
     next_page,
     normalized_auth_url,
     nova_state,
-    request_name,
     retry_after_hint,
 )
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
-
 _PAGE_SIZE = 1000  # Nova's default osapi_max_limit; a cloud may cap pages lower
 _MAX_PAGES = 10_000  # a server that never stops paging is a fault, not a fleet
-
-
-# ---------------------------------------------------------------- libcloud plumbing
-
-
-class _NoRetry(Retry):
-    """libcloud's own retry (LIBCLOUD_RETRY_FAILED_HTTP_REQUESTS) stays off: retries
-    happen only in the adapter, where each one is bounded and logged."""
-
-    def __call__(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        return func
-
-
-class _Reporting:
-    """Mixed into each libcloud connection: reports every request, Keystone's included."""
-
-    retryCls = _NoRetry
-    listener: Listener | None = None
-
-    def request(self, action: str, *args: Any, **kwargs: Any) -> Any:
-        if self.listener is not None:
-            # libcloud passes the method by keyword; positionally it is the fifth.
-            method = kwargs.get("method") or (args[3] if len(args) > 3 else "GET")
-            self.listener(request_name(str(method), action))
-        return super().request(action, *args, **kwargs)  # type: ignore[misc]
-
-    def _populate_hosts_and_request_paths(self) -> None:
-        if self.listener is not None and not self.get_auth_class().is_token_valid():  # type: ignore[attr-defined]
-            self.listener("Authenticate")
-        super()._populate_hosts_and_request_paths()  # type: ignore[misc]
-
-
-class _Compute(_Reporting, OpenStack_2_Connection):
-    pass
-
-
-class _Image(_Reporting, OpenStack_2_ImageConnection):
-    pass
-
-
-class _Network(_Reporting, OpenStack_2_NetworkConnection):
-    pass
-
-
-class NovaDriver(OpenStack_2_NodeDriver):
-    connectionCls = _Compute
-    image_connectionCls = _Image
-    network_connectionCls = _Network
-
-
-def make_driver(
-    user: str,
-    password: str,
-    *,
-    auth_url: str,
-    tenant: str,
-    domain: str,
-    project_domain_id: str,
-    region: str,
-    endpoint: str | None,
-    timeout: float,
-    listener: Listener | None,
-) -> Any:
-    """A libcloud driver that authenticates with Keystone v3 (password) and reaches Nova
-    (and Glance, Neutron) through the catalog's public endpoints in `region`;
-    `endpoint` replaces the catalog's compute endpoint only."""
-    options: dict[str, Any] = {
-        "ex_force_auth_url": auth_url,
-        "ex_force_auth_version": "3.x_password",
-        "ex_tenant_name": tenant,
-        "ex_domain_name": domain,  # the user's domain, by name
-        "ex_tenant_domain_id": project_domain_id,  # the project's domain, by id
-        "ex_force_service_region": region,
-        "timeout": timeout,
-    }
-    if endpoint:
-        options["ex_force_base_url"] = endpoint.rstrip("/")
-    driver: Any = NovaDriver(user, password, **options)
-    if endpoint:
-        # libcloud points every service at a forced base URL; images and networks keep
-        # the catalog's endpoints, since `endpoint:` names the compute API only.
-        for connection in (driver.image_connection, driver.network_connection):
-            connection._ex_force_base_url = None
-            connection.base_url = None
-    for connection in (driver.connection, driver.image_connection, driver.network_connection):
-        connection.listener = listener
-    return driver
 
 
 def translate(exc: Exception, action: str, *, region: str) -> Exception:
@@ -214,6 +109,11 @@ def translate(exc: Exception, action: str, *, region: str) -> Exception:
 
 
 # ---------------------------------------------------------------- the adapter
+
+
+def _retry_after(error: BaseException) -> float | None:
+    """The wait Nova asked for (Retry-After): retrying sooner would be refused again."""
+    return error.retry_after if isinstance(error, Throttled) else None
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -304,8 +204,14 @@ class OpenStackProvider:
 
         self._new_driver = new_driver
         self._local = threading.local()
-        self._retry_attempts = retry_attempts
-        self._retry_seconds = retry_seconds
+        # No on_call here: the connections report every request, Keystone's included.
+        self._calls = ProviderCalls(
+            name,
+            translate=lambda exc, action: translate(exc, action, region=region),
+            attempts=retry_attempts,
+            seconds=retry_seconds,
+            least_wait=_retry_after,
+        )
         self._page_size = page_size
         self._lock = threading.Lock()
         self._flavors: dict[str, tuple[str, bool]] | None = None  # id -> (name, enabled)
@@ -319,44 +225,7 @@ class OpenStackProvider:
             driver = self._local.driver = self._new_driver()
         return driver
 
-    # ------------------------------------------------------------ calls with retries
-
-    def _wait(self, state: RetryCallState) -> float:
-        """Jittered exponential backoff, but never sooner than the cloud's Retry-After."""
-        seconds = float(wait_random_exponential(multiplier=0.5, max=10)(state))
-        error = state.outcome.exception() if state.outcome else None
-        hint = getattr(error, "retry_after", None)
-        return max(seconds, hint) if hint is not None else seconds
-
-    def _retrying(self, action: str) -> Retrying:
-        return Retrying(
-            retry=retry_if_exception_type(TransientError),
-            stop=stop_after_attempt(self._retry_attempts) | stop_after_delay(self._retry_seconds),
-            wait=self._wait,
-            before_sleep=lambda state: log.warning(
-                "provider_call_retry",
-                provider=self.name,
-                action=action,
-                attempt=state.attempt_number,
-                error=str(state.outcome.exception()) if state.outcome else None,
-            ),
-            reraise=True,
-        )
-
-    def _call(self, action: str, fn: Callable[[], T], *, retry: bool = True) -> T:
-        """Run one API call; retry transient failures with jittered backoff."""
-        if not retry:
-            return self._attempt(action, fn)
-        for attempt in self._retrying(action):
-            with attempt:
-                return self._attempt(action, fn)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _attempt(self, action: str, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except Exception as exc:  # translated at this edge, re-raised typed
-            raise translate(exc, action, region=self.region) from None
+    # ------------------------------------------------------------ requests
 
     def _get(self, path: str, params: dict[str, str], key: str, *, service: str = "compute") -> Any:
         connection = {
@@ -383,7 +252,7 @@ class OpenStackProvider:
         seen: set[str] = set()
         try:
             for _page in range(_MAX_PAGES):
-                body = self._call(action, partial(self._get, path, params, key), retry=retry)
+                body = self._calls.call(action, partial(self._get, path, params, key), retry=retry)
                 for item in body[key]:
                     items[str(item["id"])] = item
                 following = next_page(body.get(f"{key}_links"))
@@ -437,7 +306,7 @@ class OpenStackProvider:
         if cached is not None:
             return cached
         params = {"name": image, "status": "active"}
-        body = self._call(
+        body = self._calls.call(
             "ListImages", partial(self._get, "/v2/images", params, "images", service="image")
         )
         found = [(str(i.get("created_at", "")), str(i["id"])) for i in body["images"]]
@@ -457,7 +326,7 @@ class OpenStackProvider:
             if is_uuid(ref):
                 self._network_ids = [ref]
             else:
-                body = self._call(
+                body = self._calls.call(
                     "ListNetworks",
                     partial(
                         self._get, "/v2.0/networks", {"name": ref}, "networks", service="network"
@@ -569,7 +438,7 @@ class OpenStackProvider:
             )
         }
 
-        def launch() -> str:
+        def create_server() -> str:
             answer = self._driver.connection.request("/servers", method="POST", data=body).object
             server = answer.get("server") if isinstance(answer, dict) else None
             server_id = server.get("id") if isinstance(server, dict) else None
@@ -577,42 +446,29 @@ class OpenStackProvider:
                 raise OutcomeUnknown("CreateServer: the response names no server")
             return str(server_id)
 
-        unknown = False  # did an earlier attempt possibly create the server?
-        try:
-            for attempt in self._retrying("CreateServer"):
-                with attempt:
-                    if unknown:
-                        existing = self._look_up_launch(owner, request.op)
-                        if existing is not None:
-                            return existing
-                    try:
-                        server_id = self._attempt("CreateServer", launch)
-                    except OutcomeUnknown:
-                        unknown = True
-                        raise
-        except TransientError:
-            if unknown:  # last chance, with the listing's own retries
-                try:
-                    existing = self.find_by_op(owner, request.op)
-                except ObservationIncomplete:
-                    existing = None
-                if existing is not None:
-                    return existing
-            raise
-        return ObservedInstance(
-            id=server_id,
-            provider=self.name,
-            state=InstanceState.PENDING,
-            image=image_id,
-            size=request.size,  # the flavor's name, as the desired state writes it
-            env=request.tags.get(TAG_ENV),
-            service=request.tags.get(TAG_SERVICE),
-            generation=generation_from_tags(request.tags),
-            slot=slot_from_name(request.name),
-            fingerprint=request.tags.get(TAG_SPEC),
-            op=request.op,
-            name=request.name,
-            tags=dict(request.tags),
+        def launch() -> ObservedInstance:
+            return ObservedInstance(
+                id=self._calls.attempt("CreateServer", create_server),
+                provider=self.name,
+                state=InstanceState.PENDING,
+                image=image_id,
+                size=request.size,  # the flavor's name, as the desired state writes it
+                env=request.tags.get(TAG_ENV),
+                service=request.tags.get(TAG_SERVICE),
+                generation=generation_from_tags(request.tags),
+                slot=slot_from_name(request.name),
+                fingerprint=request.tags.get(TAG_SPEC),
+                op=request.op,
+                name=request.name,
+                tags=dict(request.tags),
+            )
+
+        return launch_once(
+            launch,
+            retrying=self._calls.retrying("CreateServer"),
+            look_up=partial(self._look_up_launch, owner, request.op),
+            # The last chance, with the listing's own retries.
+            find=partial(self.find_by_op, owner, request.op),
         )
 
     def _look_up_launch(self, owner: str, op: str) -> ObservedInstance | None:
@@ -638,7 +494,7 @@ class OpenStackProvider:
                 if exc.code != 404:
                     raise  # 404: already gone, the goal of a destroy is met
 
-        self._call("DeleteServer", delete)
+        self._calls.call("DeleteServer", delete)
 
     def user_data_of(self, instance_id: str) -> str | None:
         """The user data a server was launched with. Nova shows it from microversion 2.3
@@ -649,7 +505,7 @@ class OpenStackProvider:
         def show() -> Any:
             return self._driver.connection.request(path, headers=headers).object
 
-        server = (self._call("ShowServer", show) or {}).get("server") or {}
+        server = (self._calls.call("ShowServer", show) or {}).get("server") or {}
         if "OS-EXT-SRV-ATTR:user_data" not in server:
             raise ProviderError(
                 f"{self.name}: the cloud does not show this user the servers' user data "

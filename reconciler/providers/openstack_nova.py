@@ -2,8 +2,9 @@
 
 Owns: Nova's status -> InstanceState mapping, Nova's limits on server metadata and
 user data, reading a listing's next link, the auth URL as libcloud wants it, the
-names requests are reported under, and the adapter's two transient errors. Must not:
-import libcloud (only reconciler.providers.openstack may) or perform I/O.
+names requests are reported under, and the adapter's throttling error (with the
+wait Nova asked for; `OutcomeUnknown` is shared, in `calls`). Must not:
+import libcloud (only openstack and openstack_connection may) or perform I/O.
 """
 
 from __future__ import annotations
@@ -101,10 +102,6 @@ def next_page(links: Any) -> dict[str, str] | None:
 
 
 # ---------------------------------------------------------------- errors
-
-
-class OutcomeUnknown(TransientError):
-    """The request may or may not have taken effect (lost response, 5xx, timeout)."""
 
 
 class Throttled(TransientError):

@@ -1,0 +1,172 @@
+"""How every adapter calls its cloud: bounded retries, counting, and creates sent once.
+
+Owns: tenacity (the only module that imports it), the retry policy all adapters share
+(STYLE point 4: explicit stop and wait, jitter, each retry logged as
+`provider_call_retry`), `OutcomeUnknown`, running one API call (counted for metrics,
+its exception translated by the adapter, retried when transient), and the
+create-with-lookup loop that keeps an unknown outcome from launching twice.
+Must not: import libcloud or know any cloud's errors — each adapter translates its
+own library's exceptions into ours (`translate`) before anything here looks at them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import structlog
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from reconciler.errors import ObservationIncomplete, TransientError
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# (exception, action) -> our error. The adapter's own mapping: only it knows its cloud.
+Translate = Callable[[Exception, str], Exception]
+# The least wait (seconds) the cloud asked for before the next attempt, or None.
+LeastWait = Callable[[BaseException], float | None]
+
+
+class OutcomeUnknown(TransientError):
+    """The request may or may not have taken effect (lost response, 5xx, timeout)."""
+
+
+def retrying(
+    provider: str,
+    action: str,
+    *,
+    attempts: int,
+    seconds: float,
+    least_wait: LeastWait | None = None,
+) -> Retrying:
+    """The retry policy for one action: only TransientError is retried, within both
+    `attempts` and `seconds` (so a slow cloud cannot stretch a pass without bound),
+    with jittered exponential waits (so adapters in many threads do not retry in step),
+    each retry logged. `least_wait` lets a cloud's Retry-After lengthen a wait: sooner
+    would only be refused again."""
+    backoff = wait_random_exponential(multiplier=0.5, max=10)
+
+    def wait(state: RetryCallState) -> float:
+        seconds = float(backoff(state))
+        error = state.outcome.exception() if state.outcome else None
+        hint = least_wait(error) if least_wait is not None and error is not None else None
+        return max(seconds, hint) if hint is not None else seconds
+
+    return Retrying(
+        retry=retry_if_exception_type(TransientError),
+        stop=stop_after_attempt(attempts) | stop_after_delay(seconds),
+        wait=backoff if least_wait is None else wait,
+        before_sleep=lambda state: log.warning(
+            "provider_call_retry",
+            provider=provider,
+            action=action,
+            attempt=state.attempt_number,
+            error=str(state.outcome.exception()) if state.outcome else None,
+        ),
+        reraise=True,
+    )
+
+
+class ProviderCalls:
+    """One adapter's way of running API calls: each attempt counted (when the adapter
+    counts here rather than in its libcloud connection), its exception translated by
+    the adapter, transient failures retried under `retrying`."""
+
+    def __init__(
+        self,
+        provider: str,
+        *,
+        translate: Translate,
+        attempts: int,
+        seconds: float,
+        on_call: Callable[[str, str], None] | None = None,
+        least_wait: LeastWait | None = None,
+    ) -> None:
+        self.provider = provider
+        self._translate = translate
+        self._attempts = attempts
+        self._seconds = seconds
+        self._on_call = on_call  # (provider, action) per request sent: metrics
+        self._least_wait = least_wait
+
+    def count(self, action: str) -> None:
+        """Report one request sent (also for requests made outside `attempt`)."""
+        if self._on_call is not None:
+            self._on_call(self.provider, action)
+
+    def retrying(self, action: str) -> Retrying:
+        return retrying(
+            self.provider,
+            action,
+            attempts=self._attempts,
+            seconds=self._seconds,
+            least_wait=self._least_wait,
+        )
+
+    def attempt(self, action: str, fn: Callable[[], T]) -> T:
+        """Run `fn` once: counted, and any failure re-raised as the adapter's error."""
+        self.count(action)
+        try:
+            return fn()
+        except Exception as exc:  # translated at this edge, re-raised typed
+            raise self._translate(exc, action) from None
+
+    def call(self, action: str, fn: Callable[[], T], *, retry: bool = True) -> T:
+        """Run one API call; retry transient failures with jittered backoff. `retry=False`
+        is for lookups inside another call's retries, which must not multiply them."""
+        if not retry:
+            return self.attempt(action, fn)
+        for attempt in self.retrying(action):
+            with attempt:
+                return self.attempt(action, fn)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def launch_once(
+    launch: Callable[[], T],
+    *,
+    retrying: Retrying,
+    look_up: Callable[[], T | None],
+    find: Callable[[], T | None],
+) -> T:
+    """A create, retried without ever being sent again after an unknown outcome unless
+    a lookup says the earlier one took no effect (a resent create could launch twice).
+
+    `launch` is one counted, translated attempt; it raises OutcomeUnknown when the
+    create may have happened. Before each resend, `look_up` (one unretried lookup)
+    returns what the earlier attempt made, or None; it must raise OutcomeUnknown when
+    it cannot tell, so the retries go on without resending blind. When the retries run
+    out after an unknown outcome, `find` gets a last chance (with its own retries); a
+    listing it cannot complete (ObservationIncomplete) leaves the original error."""
+    unknown = False  # did an earlier attempt possibly create it?
+    try:
+        for attempt in retrying:
+            with attempt:
+                if unknown:
+                    existing = look_up()
+                    if existing is not None:
+                        return existing
+                try:
+                    made = launch()
+                except OutcomeUnknown:
+                    unknown = True
+                    raise
+    except TransientError:
+        if unknown:
+            try:
+                existing = find()
+            except ObservationIncomplete:
+                existing = None
+            if existing is not None:
+                return existing
+        raise
+    return made
