@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from reconciler.model import ObservedInstance
+from reconciler.model import InstanceState, ObservedInstance
 
 TAG_OWNER = "reconciler:owner"
 TAG_ENV = "reconciler:env"
@@ -62,6 +62,38 @@ def generation_from_tags(tags: Mapping[str, str]) -> int | None:
         return int(tags.get(TAG_GENERATION, ""))
     except ValueError:
         return None
+
+
+def launched_instance(
+    request: LaunchRequest,
+    *,
+    provider: str,
+    id: str,
+    image: str,
+    size: str,
+    private_ip: str | None = None,
+    public_ip: str | None = None,
+) -> ObservedInstance:
+    """What a create just made, as the next listing will show it: identity from the
+    request's tags, image and size as the cloud reported them (the tamper check compares
+    later listings with these)."""
+    return ObservedInstance(
+        id=id,
+        provider=provider,
+        state=InstanceState.PENDING,
+        image=image,
+        size=size,
+        env=request.tags.get(TAG_ENV),
+        service=request.tags.get(TAG_SERVICE),
+        generation=generation_from_tags(request.tags),
+        slot=slot_from_name(request.name),
+        fingerprint=request.tags.get(TAG_SPEC),
+        op=request.op,
+        name=request.name,
+        private_ip=private_ip,
+        public_ip=public_ip,
+        tags=dict(request.tags),
+    )
 
 
 class ComputeProvider(Protocol):

@@ -46,6 +46,7 @@ from reconciler.providers.base import (
     TAG_SPEC,
     LaunchRequest,
     generation_from_tags,
+    launched_instance,
     slot_from_name,
 )
 from reconciler.providers.calls import OutcomeUnknown, ProviderCalls, launch_once
@@ -311,22 +312,14 @@ class Ec2Provider:
         def launch() -> ObservedInstance:
             node = self._calls.attempt("RunInstances", run_instances)
             self._launched[str(node.id)] = time.monotonic()
-            return ObservedInstance(
-                id=str(node.id),
+            return launched_instance(
+                request,
                 provider=self.name,
-                state=InstanceState.PENDING,
+                id=str(node.id),
                 image=node.extra.get("image_id") or request.image,
                 size=node.extra.get("instance_type") or request.size,
-                env=request.tags.get(TAG_ENV),
-                service=request.tags.get(TAG_SERVICE),
-                generation=generation_from_tags(request.tags),
-                slot=slot_from_name(request.name),
-                fingerprint=request.tags.get(TAG_SPEC),
-                op=request.op,
-                name=request.name,
                 private_ip=_first(node.private_ips),
                 public_ip=_first(node.public_ips),
-                tags=dict(request.tags),
             )
 
         return launch_once(

@@ -54,14 +54,10 @@ from reconciler.errors import (
 )
 from reconciler.model import InstanceState, ObservedInstance, ProviderProfile
 from reconciler.providers.base import (
-    TAG_ENV,
     TAG_OP,
     TAG_OWNER,
-    TAG_SERVICE,
-    TAG_SPEC,
     LaunchRequest,
-    generation_from_tags,
-    slot_from_name,
+    launched_instance,
 )
 from reconciler.providers.calls import OutcomeUnknown, ProviderCalls
 from reconciler.providers.credentials import resolve_secret
@@ -347,20 +343,8 @@ class GceProvider:
                      instance=name)  # fmt: skip
             return existing
         self._await(operation, "instances.insert")
-        return ObservedInstance(
-            id=name,
-            provider=self.name,
-            state=InstanceState.PENDING,
-            image=image,
-            size=request.size,
-            env=request.tags.get(TAG_ENV),
-            service=request.tags.get(TAG_SERVICE),
-            generation=generation_from_tags(request.tags),
-            slot=slot_from_name(request.name),
-            fingerprint=request.tags.get(TAG_SPEC),
-            op=request.op,
-            name=request.name,
-            tags=dict(request.tags),
+        return launched_instance(
+            request, provider=self.name, id=name, image=image, size=request.size
         )
 
     def _instance_body(

@@ -42,7 +42,7 @@ from reconciler.errors import (
     ProviderError,
     TransientError,
 )
-from reconciler.model import InstanceState, ObservedInstance, ProviderProfile
+from reconciler.model import ObservedInstance, ProviderProfile
 from reconciler.providers.base import (
     TAG_ENV,
     TAG_NAME,
@@ -52,6 +52,7 @@ from reconciler.providers.base import (
     TAG_SPEC,
     LaunchRequest,
     generation_from_tags,
+    launched_instance,
     slot_from_name,
 )
 from reconciler.providers.calls import OutcomeUnknown, ProviderCalls, launch_once
@@ -447,20 +448,12 @@ class OpenStackProvider:
             return str(server_id)
 
         def launch() -> ObservedInstance:
-            return ObservedInstance(
-                id=self._calls.attempt("CreateServer", create_server),
+            return launched_instance(
+                request,
                 provider=self.name,
-                state=InstanceState.PENDING,
+                id=self._calls.attempt("CreateServer", create_server),
                 image=image_id,
                 size=request.size,  # the flavor's name, as the desired state writes it
-                env=request.tags.get(TAG_ENV),
-                service=request.tags.get(TAG_SERVICE),
-                generation=generation_from_tags(request.tags),
-                slot=slot_from_name(request.name),
-                fingerprint=request.tags.get(TAG_SPEC),
-                op=request.op,
-                name=request.name,
-                tags=dict(request.tags),
             )
 
         return launch_once(
