@@ -130,6 +130,9 @@ def main() -> None:
             timed("ledger history --service svc1 --limit 20", lambda: ledger.history_rows(
                 service="svc1", env="env1", limit=20, now=NOW))  # fmt: skip
             timed("ledger report (30 days)", lambda: build_report(ledger, now=NOW, days=30))
+            timed("ledger cost --by day --since 30d", lambda: ledger.cost_rows(
+                by="day", now=NOW, since=NOW - timedelta(days=30)))  # fmt: skip
+            timed("ledger cost --by day (all)", lambda: ledger.cost_rows(by="day", now=NOW))
         print("whole commands (best of 3, each a fresh `python -m reconciler`):")
         for command in (
             ["--help"],

@@ -6,6 +6,7 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -332,9 +333,46 @@ def _check_rollup(ledger: Ledger, billing: dict[str, tuple[str, float]], *, now:
     )
     total = sum(r["cost"] for r in ledger.cost_rows(by="env", now=now))
     assert total == pytest.approx(by_hand, abs=1e-9)
+    _check_days(ledger, billing, rows, now=now)
     whole_net = ledger.safety_net_cost(now=now)
     wide_net = ledger.safety_net_cost(now=now, **wide)
     assert whole_net == pytest.approx(wide_net, abs=1e-9)
+
+
+def _check_days(
+    ledger: Ledger,
+    billing: dict[str, tuple[str, float]],
+    rows: list[dict[str, Any]],
+    *,
+    now: datetime,
+) -> None:
+    """Each day's row equals the pure billing rules applied to that day alone."""
+    days = {(r["day"], r["service"]): r for r in ledger.cost_rows(by="day", now=now)}
+    expected: dict[tuple[str, str], tuple[float, int]] = {}
+    for row in rows:
+        created = datetime.fromisoformat(row["created_at"])
+        ended = datetime.fromisoformat(row["destroyed_at"]) if row["destroyed_at"] else None
+        mode, minimum = billing[row["provider"]]
+        rule = Billing(mode=mode, minimum=minimum)
+        day = created.replace(hour=0, minute=0, second=0, microsecond=0)
+        while day < now + timedelta(days=2):
+            part = instance_cost(
+                price_per_hour=row["price_per_hour"], created_at=created, ended_at=ended,
+                now=now, billing=rule, since=day, until=day + timedelta(days=1),
+            )  # fmt: skip
+            seconds = instance_cost(
+                price_per_hour=3600.0, created_at=created, ended_at=ended,
+                now=now, billing=rule, since=day, until=day + timedelta(days=1),
+            )  # fmt: skip
+            if seconds > 0:
+                key = (day.date().isoformat(), row["service"])
+                cost, count = expected.get(key, (0.0, 0))
+                expected[key] = (cost + part, count + 1)
+            day += timedelta(days=1)
+    assert days.keys() == expected.keys()
+    for key, (cost, count) in expected.items():
+        assert days[key]["cost"] == pytest.approx(cost, abs=1e-9), key
+        assert days[key]["instances"] == count, key
 
 
 def _record(ledger: Ledger, node: str, launch: tuple[str, int, datetime, float]) -> None:
