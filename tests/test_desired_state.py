@@ -1010,6 +1010,26 @@ defaults:""",
         "has no load balancer adapter",
     ),
     Bad(
+        "rolling-where-user-data-cannot-be-read-back",
+        {
+            CONF: BASE_CONFIG.replace(
+                "defaults:",
+                """  os:
+    driver: openstack
+    auth_url: https://keystone.example:5000
+    tenant: web
+    credentials: {key: {env: OS_USER}, secret: {env: OS_PASSWORD}}
+defaults:""",
+            ),
+            PROD: "provider: os\nservices:\n  web:\n    image: ubuntu\n    size: m1.small\n"
+            "    price_per_hour: 0.02\n    strategy: rolling\n",
+        },
+        PROD,
+        3,
+        "services.web.strategy",
+        "rolling cannot be used with provider os (driver openstack)",
+    ),
+    Bad(
         "price-required-where-libcloud-has-none",
         {
             CONF: BASE_CONFIG.replace(

@@ -187,7 +187,11 @@ def _parse_service(
     profile = settings.providers.get(provider) if provider is not None else None
     if image is None or size is None or profile is None or own.invalid:
         return None  # the reason is already reported (here, in reconciler.yaml, or above)
-    if not _capable(reporter, profile, price=price, traffic=traffic, line=node_map.line, path=path):
+    capable = _capable(
+        reporter, profile, price=price, traffic=traffic, rolling=strategy is Strategy.ROLLING,
+        line=node_map.line, path=path,
+    )  # fmt: skip
+    if not capable:
         return None
     rel_path, contents = user_data if user_data is not None else (None, None)
     return ServiceSpec(
@@ -224,6 +228,7 @@ def _capable(
     *,
     price: float | None,
     traffic: TrafficSpec | None,
+    rolling: bool,
     line: int,
     path: str,
 ) -> bool:
@@ -245,6 +250,15 @@ def _capable(
             join(path, "traffic.libcloud-lb"),
             f"provider {profile.name} (driver {profile.driver}) has no load balancer adapter; "
             "use traffic: {command: ...} for this provider",
+        )
+        ok = False
+    if rolling and not driver.reads_user_data:
+        reporter.add(
+            line,
+            join(path, "strategy"),
+            f"rolling cannot be used with provider {profile.name} (driver {profile.driver}): "
+            "rolling back a failed batch relaunches the replaced instances with their user "
+            "data, which this cloud shows to administrators only; use blue-green",
         )
         ok = False
     return ok

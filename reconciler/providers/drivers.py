@@ -27,6 +27,9 @@ class DriverSpec:
     prices: bool = True
     # A `libcloud-lb` traffic switch exists for this driver (classic ELB for EC2).
     load_balancer: bool = False
+    # The adapter can read an instance's user data back: a rolling update's rollback
+    # relaunches replaced instances with theirs (user data is never stored).
+    reads_user_data: bool = True
     setting_hints: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -103,6 +106,8 @@ DRIVER_SPECS: Final[dict[str, DriverSpec]] = {
             region_required=False,
             default_region="RegionOne",
             prices=False,
+            # Nova shows user data to admins only (microversion 2.3, default policy).
+            reads_user_data=False,
             setting_hints={
                 "auth_url": "the Keystone URL, e.g. https://keystone.example:5000",
                 "tenant": "the project (tenant) name",
