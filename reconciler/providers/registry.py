@@ -6,7 +6,6 @@ Must not: cache secrets beyond the adapter object it returns.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
@@ -67,19 +66,21 @@ def build_provider(
             secret=secret,
             endpoint=profile.endpoint,
         )
-    if profile.driver in _OTHER_ADAPTERS:
-        # Each module offers build(profile, on_call=...) and resolves its own credentials.
-        module = importlib.import_module(_OTHER_ADAPTERS[profile.driver])
-        provider: ComputeProvider = module.build(profile, on_call=on_call)
-        return provider
+    # Imported when used: an operator on one cloud never loads the others' drivers.
+    # Each module's build() resolves its own credentials.
+    if profile.driver == "gce":
+        from reconciler.providers import gce
+
+        return gce.build(profile, on_call=on_call)
+    if profile.driver == "azure":
+        from reconciler.providers import azure
+
+        return azure.build(profile, on_call=on_call)
+    if profile.driver == "openstack":
+        from reconciler.providers import openstack
+
+        return openstack.build(profile, on_call=on_call)
     raise ConfigurationError(f"provider {profile.name}: no adapter for driver {profile.driver!r}")
-
-
-_OTHER_ADAPTERS = {
-    "gce": "reconciler.providers.gce",
-    "azure": "reconciler.providers.azure",
-    "openstack": "reconciler.providers.openstack",
-}
 
 
 def _with_load_balancers(
