@@ -615,7 +615,16 @@ class Applier:
         self.ledger.set_generation_state(
             action.env, action.service, action.generation, state=state, at=at
         )
+        # What the tamper check compares later listings with, as for a launch of ours.
+        self.ledger.set_generation_fields(
+            action.env, action.service, action.generation, image_id=sample.image
+        )
+        spec = self.desired.service(action.env, action.service)
         for instance in members:
+            # Priced as a launch would be, so adopted instances do not cost nothing.
+            price = spec.price_per_hour if spec is not None else None
+            if price is None and instance.provider in self.providers:
+                price = self.providers[instance.provider].price_per_hour(instance.size)
             self.ledger.record_instance(
                 id=instance.id,
                 provider=instance.provider,
@@ -626,7 +635,7 @@ class Applier:
                 name=instance.name,
                 image=instance.image,
                 size=instance.size,
-                price_per_hour=None,
+                price_per_hour=price,
                 state=instance.state.value,
                 created_at=instance.launched_at or at,
                 op=instance.op,

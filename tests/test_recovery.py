@@ -184,6 +184,10 @@ def test_generation_launched_but_never_recorded_is_adopted_not_relaunched(
     assert states == {1: "standby", 2: "active"}
     assert ledger.open_operations() == []
     assert sorted((i.generation, i.slot) for i in alive(root)) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    adopted = ledger.instance_rows(env="prod", service="web", generation=2)
+    assert len(adopted) == 2 and all(r["price_per_hour"] for r in adopted), "priced, not free"
+    (g2,) = [r for r in ledger.generation_rows(env="prod", service="web") if r["number"] == 2]
+    assert g2["image_id"] == IMAGE_V2
     again = engine.apply_pass(root, ledger)
     assert again.plan.empty
 
