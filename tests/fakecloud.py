@@ -66,6 +66,9 @@ class FakeCloud:
         self.lock = threading.RLock()
         self.requests: list[tuple[str, str]] = []
         self.queries: list[dict[str, list[str]]] = []  # each request's query, in order
+        # Exceptions raised inside the fake itself: answered as a 500 (which the adapter
+        # may retry like an outage), then failed loudly when `serving` ends.
+        self.bugs: list[str] = []
         self.partial_listing = False
         self._throttle = 0
         self.base_url = ""  # set once the server listens: http://127.0.0.1:<port>
@@ -131,7 +134,8 @@ def _handler_for(cloud: FakeCloud) -> type[BaseHTTPRequestHandler]:
             )
             try:
                 response = cloud.dispatch(request)
-            except Exception as exc:  # a bug in the fake: answer 500 and say what
+            except Exception as exc:  # a bug in the fake: answer 500, fail the test later
+                cloud.bugs.append(f"{request.method} {request.path}: {exc!r}")
                 response = Response.of_json({"error": f"fake cloud: {exc!r}"}, status=500)
             self.send_response(response.status)
             for key, value in response.headers.items():
@@ -150,7 +154,8 @@ def _handler_for(cloud: FakeCloud) -> type[BaseHTTPRequestHandler]:
 
 @contextmanager
 def serving(cloud: FakeCloud) -> Iterator[FakeCloud]:
-    """Serve `cloud` on 127.0.0.1 (a free port) for the duration of the block."""
+    """Serve `cloud` on 127.0.0.1 (a free port) for the duration of the block; a bug in
+    the fake's own code (a request it could not answer) fails the block at its end."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(cloud))
     server.daemon_threads = True
     cloud.base_url = f"http://127.0.0.1:{server.server_address[1]}"
@@ -164,3 +169,4 @@ def serving(cloud: FakeCloud) -> Iterator[FakeCloud]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+    assert not cloud.bugs, "the fake cloud failed to answer: " + "; ".join(cloud.bugs)

@@ -6,15 +6,27 @@ so the real libcloud driver authenticates and then follows the catalog as it wou
 against a real cloud. State: the servers created (kept in creation order), a fixed
 flavor table, three images (two share a name, as re-uploads do). Listings are paged
 the way Nova pages them: at most `max_limit` servers per page (2 here, Nova's
-`osapi_max_limit` made small) with a `servers_links` rel=next whose marker is the
-last id of the page.
+`osapi_max_limit` made small); a full page gets a `servers_links` rel=next that
+repeats the request's own query (its `limit` included, as Nova does) with the page's
+last id as marker, on the host Nova believes it has (not the one the client used).
+A marker may name a deleted server (Nova reads deleted rows for it); a marker that
+never existed, or a limit that is not a whole number, is a 400.
+
+Deleting is not instant, as in Nova: a deleted server stays listed with task_state
+"deleting" (or, with `soft_delete`, as SOFT_DELETED: reclaim_instance_interval set)
+for `delete_lingers` more listings (counted at each first page), then is gone (404);
+a DELETE of a server already being deleted is accepted and changes nothing.
 
 Faults: `throttle(n)` answers the next n compute requests with `throttle_status`
 (429 or Nova's historic 413 overLimit) and a Retry-After; `partial_listing` makes
 every page after the first fail the way Nova does when the marker server vanished
 between pages (400 "marker not found"); `repeat_next_link` hands out the same next
 link again; `fail_later_pages` answers later pages with a 503;
-`create_fails_after_commit` makes the server and then answers 500 (a lost answer).
+`create_fails_after_commit` makes the server and then answers 500 (a lost answer);
+`quota_status` refuses creates the way Nova refuses them over quota (403, or 413
+without Retry-After from the legacy v2 API); `FakeServer.self_link = False` lists a
+server without its rel=self link, an answer libcloud cannot parse; `mangle[path]`
+rewrites the JSON of a 200 answer for that path (a malformed answer of other kinds).
 Servers boot (BUILD -> ACTIVE) by the time a listing shows them, unless `boots` is off.
 """
 
@@ -24,12 +36,13 @@ import base64
 import json
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import yaml
 
@@ -51,6 +64,8 @@ _IMAGES = (
 )
 _METADATA_KEY = re.compile(r"^[a-zA-Z0-9-_:. ]{1,255}$")  # Nova's schema for metadata keys
 _USER_DATA_MAX = 65535  # bytes of base64, Nova's limit
+_NOVA_SELF_URL = "http://nova-api.internal.invalid:8774/v2.1"  # where Nova thinks it is
+_VM_STATES = {"BUILD": "building", "ACTIVE": "active", "SOFT_DELETED": "soft-delete"}
 
 
 @dataclass
@@ -67,6 +82,13 @@ class FakeServer:
     user_data: str | None = None  # base64, as sent
     config_drive: bool = False
     networks: list[str] = field(default_factory=list)
+    self_link: bool = True  # False: listed without its rel=self link (malformed)
+    lingers: int | None = None  # deleted: listings it still shows in (None: not deleted)
+    purged: bool = False  # deleted and no longer shown; still found as a marker
+
+    @property
+    def deleting(self) -> bool:
+        return self.lingers is not None
 
 
 class FakeOpenStack(FakeCloud):
@@ -83,6 +105,10 @@ class FakeOpenStack(FakeCloud):
         self.fail_later_pages = False
         self.boots = True  # a BUILD server is ACTIVE by the time a listing shows it
         self.create_fails_after_commit = 0  # next n creates: server made, 500 answered
+        self.quota_status: int | None = None  # creates refused over quota (403 or 413)
+        self.delete_lingers = 1  # listings a deleted server still shows in
+        self.soft_delete = False  # deleted servers show as SOFT_DELETED, not "deleting"
+        self.mangle: dict[str, Callable[[Any], Any]] = {}  # path -> rewrite of a 200's JSON
         self.auth_bodies: list[Any] = []
         self._created = 0
 
@@ -96,16 +122,28 @@ class FakeOpenStack(FakeCloud):
         return f"{self.base_url}/identity"
 
     def live(self) -> list[FakeServer]:
-        return list(self.servers.values())
+        """The servers not deleted (nor being deleted)."""
+        return [s for s in self.servers.values() if not s.deleting]
+
+    def deleting(self) -> list[FakeServer]:
+        """The deleted servers a listing still shows."""
+        return [s for s in self.servers.values() if s.deleting and not s.purged]
 
     # -- routing ---------------------------------------------------------------
     def handle(self, request: Request) -> Response:
+        response = self._route(request)
+        rewrite = self.mangle.get(request.path)
+        if rewrite is not None and response.status == 200:
+            return Response.of_json(rewrite(json.loads(response.body)))
+        return response
+
+    def _route(self, request: Request) -> Response:
         path = request.path
         if path == "/identity/v3/auth/tokens" and request.method == "POST":
             return self._issue_token(request)
         if request.headers.get("x-auth-token") not in self.tokens:
             return self._fault(
-                "unauthorized", 401, "The request you have made requires authentication."
+                "unauthorized", 401, message="The request you have made requires authentication."
             )
         if path.startswith("/compute/v2.1/"):
             if self.throttled():
@@ -115,7 +153,7 @@ class FakeOpenStack(FakeCloud):
             return self._images(request)
         if path == "/network/v2.0/networks" and request.method == "GET":
             return self._networks(request)
-        return self._fault("itemNotFound", 404, f"no route for {request.method} {path}")
+        return self._fault("itemNotFound", 404, message=f"no route for {request.method} {path}")
 
     def _compute(self, request: Request, path: str) -> Response:
         method = request.method
@@ -128,15 +166,24 @@ class FakeOpenStack(FakeCloud):
         match = re.fullmatch(r"/servers/([^/]+)", path)
         if match:
             server = self.servers.get(match.group(1))
-            if server is None:
-                return self._fault("itemNotFound", 404, "Instance could not be found.")
+            if server is None or server.purged:
+                return self._fault("itemNotFound", 404, message="Instance could not be found.")
             if method == "GET":
                 return Response.of_json({"server": self._render(server, request)})
             if method == "DELETE":
-                with self.lock:
-                    self.servers.pop(server.id, None)
+                self._delete(server)
                 return Response(status=204, body=b"", headers={})
-        return self._fault("itemNotFound", 404, f"no route for {method} {path}")
+        return self._fault("itemNotFound", 404, message=f"no route for {method} {path}")
+
+    def _delete(self, server: FakeServer) -> None:
+        with self.lock:
+            if server.deleting:  # Nova: "already in deleting state, ignoring this request"
+                return
+            server.lingers = self.delete_lingers
+            if self.soft_delete:
+                server.status, server.task_state = "SOFT_DELETED", None
+            else:
+                server.task_state = "deleting"  # the status stays what it was
 
     # -- Keystone ----------------------------------------------------------------
     def _issue_token(self, request: Request) -> Response:
@@ -145,9 +192,13 @@ class FakeOpenStack(FakeCloud):
             self.auth_bodies.append(body)
         identity = body["auth"]["identity"]["password"]["user"]
         if (identity.get("name"), identity.get("password")) != (USER, PASSWORD):
-            return self._fault("error", 401, "The request you have made requires authentication.")
+            return self._fault(
+                "error", 401, message="The request you have made requires authentication."
+            )
         if body["auth"]["scope"]["project"]["name"] != PROJECT:
-            return self._fault("error", 401, "The request you have made requires authentication.")
+            return self._fault(
+                "error", 401, message="The request you have made requires authentication."
+            )
         token = uuid.uuid4().hex
         with self.lock:
             self.tokens.add(token)
@@ -165,30 +216,38 @@ class FakeOpenStack(FakeCloud):
 
     # -- Nova ----------------------------------------------------------------------
     def _list_servers(self, request: Request) -> Response:
-        limit = min(int(request.query.get("limit", ["1000"])[0]), self.max_limit)
-        marker = request.query.get("marker", [None])[0]
+        query = {k: v[0] for k, v in request.query.items()}
+        if not query.get("limit", "1000").isdigit():
+            return self._fault(
+                "badRequest", 400, message="Invalid input for query parameters limit."
+            )
+        limit = min(int(query.get("limit", "1000")), self.max_limit)
+        marker = query.get("marker")
         with self.lock:
+            if marker is None:  # a new listing: deleted servers fade one listing at a time
+                for server in self.servers.values():
+                    if server.lingers is not None and not server.purged:
+                        server.purged = server.lingers <= 0
+                        server.lingers -= 1
             servers = list(self.servers.values())
             ids = [s.id for s in servers]
             if marker is not None:
                 if self.partial_listing or marker not in ids:
-                    return self._fault("badRequest", 400, f"marker [{marker}] not found")
+                    return self._fault("badRequest", 400, message=f"marker [{marker}] not found")
                 if self.fail_later_pages:
-                    return self._fault("computeFault", 503, "Service Unavailable")
+                    return self._fault("computeFault", 503, message="Service Unavailable")
                 servers = servers[ids.index(marker) + 1 :]
-            page = servers[:limit]
+            page = [s for s in servers if not s.purged][:limit]
             for server in page:  # booted by the time a listing comes (keeps tests quick)
-                if server.status == "BUILD" and self.boots:
+                if server.status == "BUILD" and self.boots and not server.deleting:
                     server.status, server.task_state = "ACTIVE", None
             rendered = [self._render(s, request) for s in page]
         links = []
         if len(page) == limit and page:
-            next_marker = marker if (self.repeat_next_link and marker) else page[-1].id
+            query["marker"] = marker if (self.repeat_next_link and marker) else page[-1].id
+            # Nova builds the link from its own idea of its URL, often not the client's.
             links.append(
-                {
-                    "rel": "next",
-                    "href": f"{self.compute}/servers/detail?limit={limit}&marker={next_marker}",
-                }
+                {"rel": "next", "href": f"{_NOVA_SELF_URL}/servers/detail?{urlencode(query)}"}
             )
         return Response.of_json(self.fixture("servers.json", servers=rendered, links=links))
 
@@ -196,20 +255,31 @@ class FakeOpenStack(FakeCloud):
         spec = request.json()["server"]
         flavors = {f["id"] for f in self.fixture("flavors.json", compute=self.compute)["flavors"]}
         if spec.get("imageRef") not in {i[0] for i in _IMAGES}:
-            return self._fault("badRequest", 400, "Can not find requested image")
+            return self._fault("badRequest", 400, message="Can not find requested image")
         if str(spec.get("flavorRef")) not in flavors:
             return self._fault(
-                "badRequest", 400, f"Flavor {spec.get('flavorRef')} could not be found."
+                "badRequest", 400, message=f"Flavor {spec.get('flavorRef')} could not be found."
             )
         metadata = spec.get("metadata") or {}
         for key, value in metadata.items():
             if not _METADATA_KEY.match(key) or not isinstance(value, str) or len(value) > 255:
-                return self._fault("badRequest", 400, "Invalid input for field/attribute metadata.")
+                return self._fault(
+                    "badRequest", 400, message="Invalid input for field/attribute metadata."
+                )
         user_data = spec.get("user_data")
         if user_data is not None:
             if len(user_data) > _USER_DATA_MAX:
-                return self._fault("badRequest", 400, "User data too large.")
-            base64.b64decode(user_data, validate=True)
+                return self._fault("badRequest", 400, message="User data too large.")
+            try:
+                base64.b64decode(user_data, validate=True)
+            except ValueError:
+                return self._fault(
+                    "badRequest", 400, message="User data needs to be valid base 64."
+                )
+        if self.quota_status is not None:  # v2.1: 403; legacy v2: 413, no Retry-After
+            kind = "forbidden" if self.quota_status == 403 else "overLimit"
+            message = "Quota exceeded for instances: Requested 1, but already used 10 of 10"
+            return self._fault(kind, self.quota_status, message=message)
         with self.lock:
             self._created += 1
             n = self._created
@@ -228,7 +298,7 @@ class FakeOpenStack(FakeCloud):
             self.servers[server.id] = server
             if self.create_fails_after_commit > 0:
                 self.create_fails_after_commit -= 1
-                return self._fault("computeFault", 500, "Unexpected API Error.")
+                return self._fault("computeFault", 500, message="Unexpected API Error.")
         answer = self.fixture(
             "server_created.json",
             id=server.id,
@@ -252,8 +322,10 @@ class FakeOpenStack(FakeCloud):
             compute=self.compute,
             config_drive="True" if server.config_drive else "",
             task_state=json.dumps(server.task_state),  # a JSON string or null
-            vm_state={"BUILD": "building", "ACTIVE": "active"}.get(server.status, "stopped"),
+            vm_state=_VM_STATES.get(server.status, "stopped"),
         )
+        if not server.self_link:
+            rendered["links"] = [k for k in rendered["links"] if k["rel"] != "self"]
         # Microversion 2.3 adds the extended attributes (user data among them).
         if "compute 2.3" in request.headers.get("openstack-api-version", ""):
             rendered["OS-EXT-SRV-ATTR:user_data"] = server.user_data
@@ -286,7 +358,7 @@ class FakeOpenStack(FakeCloud):
         payload["networks"] = [n for n in payload["networks"] if name in (None, n["name"])]
         return Response.of_json(payload)
 
-    def _fault(self, kind: str, code: int, message: str) -> Response:
+    def _fault(self, kind: str, code: int, *, message: str) -> Response:
         return Response.of_json(
             self.fixture("fault.json", kind=kind, code=code, message=message), status=code
         )

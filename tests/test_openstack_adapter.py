@@ -10,9 +10,15 @@ from typing import Any
 import pytest
 from libcloud.common.exceptions import BaseHTTPError
 
-from reconciler.errors import ConfigurationError, ObservationIncomplete, ProviderError
+from reconciler.errors import (
+    ConfigurationError,
+    ObservationIncomplete,
+    ProviderError,
+    TransientError,
+)
 from reconciler.model import InstanceState, ProviderProfile, SecretRef
 from reconciler.providers.base import LaunchRequest, ownership_tags
+from reconciler.providers.calls import OutcomeUnknown
 from reconciler.providers.openstack import OpenStackProvider, build, translate
 from reconciler.providers.openstack_nova import Throttled, normalized_auth_url
 from reconciler.providers.registry import build_provider
@@ -60,7 +66,9 @@ def launch(
     return p.create_instance(request).id
 
 
-def count(cloud: FakeOpenStack, method: str, path: str) -> int:
+def count(cloud: FakeOpenStack, request: str) -> int:
+    """How many times `request` ("METHOD /path" under Nova's root) was sent."""
+    method, path = request.split(" ", 1)
     return sum(1 for m, p in cloud.requests if (m, p) == (method, "/compute/v2.1" + path))
 
 
@@ -103,13 +111,13 @@ def test_listing_follows_next_links_to_the_last_page_and_filters_owner(
     p = provider(cloud)
     ids = {launch(p, slot=n, op=f"op{n}") for n in range(1, 8)}
     foreign = launch(p, slot=1, op="foreign", owner="other")
-    pages_before = count(cloud, "GET", "/servers/detail")
+    pages_before = count(cloud, "GET /servers/detail")
 
     seen = p.list_owned("acme")
 
     assert {i.id for i in seen} == ids
     # 8 servers, 2 a page: four full pages, each with a next link, then an empty one.
-    assert count(cloud, "GET", "/servers/detail") - pages_before == 5
+    assert count(cloud, "GET /servers/detail") - pages_before == 5
     assert [i.id for i in p.list_unowned("acme")] == [foreign]
 
 
@@ -136,10 +144,10 @@ def test_throttling_is_retried_after_retry_after(cloud: FakeOpenStack, status: i
     launch(p, slot=1, op="a")
     cloud.throttle_status = status
     cloud.throttle(2)
-    before = count(cloud, "GET", "/servers/detail")
+    before = count(cloud, "GET /servers/detail")
 
     assert len(p.list_owned("acme")) == 1
-    assert count(cloud, "GET", "/servers/detail") - before == 3  # two refused, one answered
+    assert count(cloud, "GET /servers/detail") - before == 3  # two refused, one answered
 
     cloud.throttle(2)
     launch(p, slot=2, op="b")  # a throttled create was never executed: sent again
@@ -165,23 +173,112 @@ def test_a_create_whose_answer_was_lost_is_found_by_its_op_not_sent_twice(
     server_id = launch(p, slot=1, op="op-lost")
 
     assert list(cloud.servers) == [server_id]
-    assert count(cloud, "POST", "/servers") == 1
+    assert count(cloud, "POST /servers") == 1
     assert p.find_by_op("acme", "op-lost") is not None
     assert p.find_by_op("acme", "no-such-op") is None
 
 
-def test_destroy_removes_the_server_and_a_gone_server_counts_as_destroyed(
-    cloud: FakeOpenStack,
+@pytest.mark.parametrize("soft_delete", [False, True], ids=["deleting", "soft-deleted"])
+def test_a_destroyed_server_still_listed_reads_as_gone_until_nova_drops_it(
+    cloud: FakeOpenStack, soft_delete: bool
 ) -> None:
     p = provider(cloud)
     keep, gone = launch(p, slot=1, op="a"), launch(p, slot=2, op="b")
+    p.list_owned("acme")  # both ACTIVE now
+    cloud.soft_delete = soft_delete
 
     p.destroy_instance(gone)
-    p.destroy_instance(gone)  # 404: already gone
+    p.destroy_instance(gone)  # accepted again while Nova tears it down
 
-    assert [i.id for i in p.list_owned("acme")] == [keep]
+    # Nova still lists it ("deleting", or SOFT_DELETED): gone, not serving, not found by op.
+    states = {i.id: i.state for i in p.list_owned("acme")}
+    assert states == {keep: InstanceState.RUNNING, gone: InstanceState.GONE}
     assert p.find_by_op("acme", "b") is None
-    assert count(cloud, "DELETE", f"/servers/{gone}") == 2
+    assert [i.id for i in p.list_owned("acme")] == [keep]
+    p.destroy_instance(gone)  # 404: already gone, the goal of a destroy is met
+    assert count(cloud, f"DELETE /servers/{gone}") == 3
+
+
+def test_a_server_libcloud_cannot_read_makes_the_listing_incomplete(cloud: FakeOpenStack) -> None:
+    p = provider(cloud)
+    for n in range(1, 4):
+        launch(p, slot=n, op=f"op{n}")
+    list(cloud.servers.values())[1].self_link = False  # libcloud's _to_node: StopIteration
+
+    with pytest.raises(ObservationIncomplete, match=r"unreadable server \(StopIteration\)"):
+        p.list_owned("acme")
+    with pytest.raises(ObservationIncomplete):
+        p.list_unowned("acme")
+    with pytest.raises(ObservationIncomplete):
+        p.find_by_op("acme", "op1")
+    # A create whose answer was lost cannot be checked either: it is not sent again.
+    cloud.create_fails_after_commit = 1
+    with pytest.raises(TransientError):
+        launch(provider(cloud, retry_attempts=2), slot=4, op="op4")
+    assert count(cloud, "POST /servers") == 4
+
+
+def test_any_other_failure_leaves_as_our_error_without_its_text() -> None:
+    for failure in (StopIteration(), RuntimeError("body: canary-9f8e"), IndexError("canary-9f8e")):
+        error = translate(failure, "ListServers", region="R")
+        assert isinstance(error, OutcomeUnknown), failure
+        assert "canary" not in str(error) and type(failure).__name__ in str(error)
+    incomplete = ObservationIncomplete("x")
+    assert translate(incomplete, "ListServers", region="R") is incomplete
+
+
+def test_a_malformed_answer_leaves_as_our_error(cloud: FakeOpenStack) -> None:
+    p = provider(cloud)
+    server_id = launch(p, slot=1, op="a")
+    cloud.mangle = {
+        "/compute/v2.1/flavors/detail": lambda body: {"flavors": [{"id": "1"}]},
+        "/image/v2/images": lambda body: {"images": [None]},
+        f"/compute/v2.1/servers/{server_id}": lambda body: {
+            "server": {"OS-EXT-SRV-ATTR:user_data": "not base64!"}
+        },
+    }
+
+    fresh = provider(cloud, retry_attempts=1)
+    with pytest.raises(ObservationIncomplete, match=r"ListFlavors: unreadable .*\(KeyError\)"):
+        fresh.known_sizes()
+    with pytest.raises(ObservationIncomplete, match="ListFlavors"):
+        fresh.list_owned("acme")
+    with pytest.raises(ProviderError, match=r"ListImages: unreadable .*\(AttributeError\)"):
+        fresh.resolve_image("ubuntu-24.04")
+    with pytest.raises(ProviderError, match=r"ShowServer: unreadable .*\(Error\)"):
+        fresh.user_data_of(server_id)
+
+
+@pytest.mark.parametrize("status", [403, 413])
+def test_a_create_over_quota_fails_at_once_and_is_not_retried(
+    cloud: FakeOpenStack, status: int
+) -> None:
+    p = provider(cloud)
+    cloud.quota_status = status  # 413 without Retry-After: old Nova's quota answer
+
+    with pytest.raises(ProviderError, match="Quota exceeded"):
+        launch(p, slot=1, op="a")
+
+    assert count(cloud, "POST /servers") == 1 and cloud.servers == {}
+
+
+def test_later_pages_follow_the_next_links_query_not_its_host(cloud: FakeOpenStack) -> None:
+    p = provider(cloud, page_size=1000)
+    for n in range(1, 4):
+        launch(p, slot=n, op=f"op{n}")
+    first = len(cloud.requests)
+
+    assert len(p.list_owned("acme")) == 3
+
+    # Nova caps the page at 2 and links to the next one on a host this client cannot
+    # reach; the query (our limit, its marker) is what the next request sends.
+    pages = [
+        query
+        for (_, path), query in zip(cloud.requests[first:], cloud.queries[first:], strict=True)
+        if path == "/compute/v2.1/servers/detail"
+    ]
+    assert [sorted(q) for q in pages] == [["limit"], ["limit", "marker"]]
+    assert {q["limit"][0] for q in pages} == {"1000"}
 
 
 @pytest.mark.parametrize(
@@ -218,7 +315,7 @@ def test_known_sizes_are_enabled_flavor_names_read_once(cloud: FakeOpenStack) ->
     launch(p, slot=1, op="a")
     p.list_owned("acme")
     assert p.known_sizes() == frozenset({"m1.tiny", "m1.small", "m1.medium"})
-    assert count(cloud, "GET", "/flavors/detail") == 1
+    assert count(cloud, "GET /flavors/detail") == 1
     assert p.price_per_hour("m1.small") is None  # libcloud has no OpenStack prices
     with pytest.raises(ProviderError, match=r"no flavor named 'm1\.retired'"):
         p.create_instance(

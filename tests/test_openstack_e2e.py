@@ -59,7 +59,7 @@ def desired(tmp_path: Path, cloud: FakeOpenStack) -> Path:
     return root
 
 
-def generation_states(cli: Cli, env: str, service: str) -> dict[int, str]:
+def generation_states(cli: Cli, *, env: str, service: str) -> dict[int, str]:
     result = cli("ledger", "generations", "--json")
     assert result.code == 0, result.stderr
     return {
@@ -104,7 +104,7 @@ def test_apply_from_empty_creates_servers_with_metadata_and_user_data(
     assert {s.image_id for s in by_service["api"]} == {IMAGE_V2}
     assert all(s.user_data is None for s in by_service["api"])
     assert len({s.metadata["reconciler:op"] for s in cloud.live()}) == 5
-    assert generation_states(cli, "production", "web") == {1: "active"}
+    assert generation_states(cli, env="production", service="web") == {1: "active"}
     # Five servers at two a page: every listing walked three pages.
     assert list_pages(cloud) >= 3
 
@@ -148,8 +148,8 @@ def test_an_image_change_makes_a_new_generation(
     assert {(a["service"], a["generation"]) for a in document["actions"]} == {("web", 2)}
 
     assert cli("apply", "--desired", str(desired)).code == 0
-    assert generation_states(cli, "production", "web") == {1: "standby", 2: "active"}
-    assert generation_states(cli, "production", "api") == {1: "active"}
+    assert generation_states(cli, env="production", service="web") == {1: "standby", 2: "active"}
+    assert generation_states(cli, env="production", service="api") == {1: "active"}
     web2 = [s for s in cloud.live() if s.metadata["reconciler:generation"] == "2"]
     assert len(web2) == 3 and {s.image_id for s in web2} == {IMAGE_V2}
 
@@ -157,6 +157,36 @@ def test_an_image_change_makes_a_new_generation(
     before = len(cloud.mutating_requests())
     assert cli("plan", "--desired", str(desired), "--detailed-exitcode").code == 0
     assert len(cloud.mutating_requests()) == before
+
+
+def test_a_server_nova_is_still_deleting_is_neither_destroyed_again_nor_serving(
+    cli: Cli, desired: Path, cloud: FakeOpenStack
+) -> None:
+    assert cli("apply", "--desired", str(desired)).code == 0
+    wanted = services()
+    wanted["production"]["web"]["count"] = 2
+    write_openstack_desired(desired, cloud, environments=wanted)
+    git_commit(desired, "web to two")
+    cloud.delete_lingers = 3  # Nova takes its time: still listed on the next passes
+
+    assert cli("apply", "--desired", str(desired)).code == 0
+    (deleting,) = cloud.deleting()
+    assert deleting.task_state == "deleting"
+    mutations, lingers = len(cloud.mutating_requests()), deleting.lingers
+
+    again = cli("apply", "--desired", str(desired), "--json")
+
+    assert again.code == 0, again.stderr
+    assert json.loads(again.stdout)["actions"] == []  # 2 serving, as wanted: no more deletes
+    assert len(cloud.mutating_requests()) == mutations
+    assert cloud.deleting() == [deleting] and deleting.lingers < lingers  # it was listed
+
+    # Had it counted as serving, scaling back to three would create nothing.
+    write_openstack_desired(desired, cloud, environments=services())
+    git_commit(desired, "web back to three")
+    plan = cli("plan", "--desired", str(desired), "--json")
+    assert plan.code == 0, plan.stderr
+    assert json.loads(plan.stdout)["summary"]["create"] == 1
 
 
 def test_a_partial_listing_aborts_the_pass_with_no_mutation(

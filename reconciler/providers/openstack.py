@@ -16,7 +16,10 @@ call was not executed, and are retried after at least the hinted delay; a 5xx, a
 timeout or a reset connection means its outcome is unknown, and a create with an
 unknown outcome is looked up by its `reconciler:op` metadata before it is sent again.
 A listing that cannot be read to the end (an error on a later page, a next link that
-repeats) raises ObservationIncomplete, never a partial answer.
+repeats, an item libcloud or we cannot parse) raises ObservationIncomplete, never a
+partial answer. Whatever libcloud raises, or reading a cloud's answer raises, leaves
+the public methods as one of our errors (`translate`, `_unreadable`), never as
+libcloud's or Python's own exception.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from urllib.parse import quote
 import requests
 import structlog
 from libcloud.common.exceptions import BaseHTTPError
-from libcloud.common.types import InvalidCredsError, LibcloudError, MalformedResponseError
+from libcloud.common.types import InvalidCredsError, LibcloudError
 from libcloud.compute.base import Node, NodeImage, NodeSize
 from libcloud.compute.drivers.openstack import OpenStackNetwork
 
@@ -76,9 +79,10 @@ _MAX_PAGES = 10_000  # a server that never stops paging is a fault, not a fleet
 
 
 def translate(exc: Exception, action: str, *, region: str) -> Exception:
-    """Our error for a libcloud/requests failure. Messages carry the cloud's status and
-    fault text only: never URLs, headers, request bodies or libcloud's response dumps."""
-    if isinstance(exc, TransientError | ProviderError):
+    """Our error for a libcloud/requests failure (any exception: nothing else leaves a
+    call). Messages carry the cloud's status and fault text only: never URLs, headers,
+    request bodies or libcloud's response dumps."""
+    if isinstance(exc, TransientError | ProviderError | ObservationIncomplete | ConfigurationError):
         return exc
     if isinstance(exc, InvalidCredsError):
         return ProviderError(f"{action}: Keystone rejected the credentials")
@@ -103,10 +107,16 @@ def translate(exc: Exception, action: str, *, region: str) -> Exception:
             f"{action}: the Keystone catalog has no single public endpoint for this "
             f"service in region {region!r}"
         )
-    if isinstance(exc, LibcloudError | MalformedResponseError | KeyError | TypeError | ValueError):
-        # Not echoed: libcloud puts whole response bodies in these messages.
-        return OutcomeUnknown(f"{action}: unreadable response from the cloud")
-    return exc
+    # Anything else came from reading an answer (libcloud's parsers raise whatever their
+    # code hits: KeyError, StopIteration, ...) or from somewhere we do not know: the
+    # request may have been executed. Not echoed: libcloud puts whole bodies in messages.
+    return OutcomeUnknown(f"{action}: unreadable response from the cloud ({type(exc).__name__})")
+
+
+def _unreadable(what: str, exc: Exception) -> str:
+    """The message for an answer that could not be read: the exception's type only (its
+    text may quote the answer)."""
+    return f"{what}: unreadable answer from the cloud ({type(exc).__name__})"
 
 
 # ---------------------------------------------------------------- the adapter
@@ -228,7 +238,7 @@ class OpenStackProvider:
 
     # ------------------------------------------------------------ requests
 
-    def _get(self, path: str, params: dict[str, str], key: str, *, service: str = "compute") -> Any:
+    def _get(self, path: str, params: dict[str, str], *, key: str, service: str = "compute") -> Any:
         connection = {
             "compute": self._driver.connection,
             "image": self._driver.image_connection,
@@ -240,7 +250,7 @@ class OpenStackProvider:
             raise OutcomeUnknown(f"GET {path}: the response is not an OpenStack listing")
         return body
 
-    def _paginate(self, action: str, path: str, key: str, *, retry: bool = True) -> list[Any]:
+    def _paginate(self, action: str, path: str, *, key: str, retry: bool = True) -> list[Any]:
         """Every item of a Nova collection, following `<key>_links` rel=next to the end.
 
         libcloud's own paging (list_nodes) follows next links too, but a link that
@@ -251,23 +261,24 @@ class OpenStackProvider:
         items: dict[str, Any] = {}
         params = {"limit": str(self._page_size)}
         seen: set[str] = set()
-        try:
-            for _page in range(_MAX_PAGES):
-                body = self._calls.call(action, partial(self._get, path, params, key), retry=retry)
+        for _page in range(_MAX_PAGES):
+            get = partial(self._get, path, params, key=key)
+            body = self._calls.call(action, get, retry=retry)
+            try:
                 for item in body[key]:
                     items[str(item["id"])] = item
                 following = next_page(body.get(f"{key}_links"))
-                if following is None:
-                    return list(items.values())
-                marker = following.get("marker")
-                if not marker or marker in seen:
-                    raise ObservationIncomplete(f"{self.name}: listing repeats a page ({action})")
-                seen.add(marker)
-                params = following
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ObservationIncomplete(
-                f"{self.name}: listing held an unreadable item ({action}, {type(exc).__name__})"
-            ) from None
+            except Exception as exc:  # whatever reading a malformed page raises
+                raise ObservationIncomplete(
+                    f"{self.name}: listing held an unreadable item ({action}, {type(exc).__name__})"
+                ) from None
+            if following is None:
+                return list(items.values())
+            marker = following.get("marker")
+            if not marker or marker in seen:
+                raise ObservationIncomplete(f"{self.name}: listing repeats a page ({action})")
+            seen.add(marker)
+            params = following
         raise ObservationIncomplete(f"{self.name}: listing did not end after {_MAX_PAGES} pages")
 
     # ------------------------------------------------------------ flavors and images
@@ -276,11 +287,16 @@ class OpenStackProvider:
         """Flavor id -> (name, enabled), read once per adapter (one request)."""
         with self._lock:
             if self._flavors is None:
-                flavors = self._paginate("ListFlavors", "/flavors/detail", "flavors")
-                self._flavors = {
-                    str(f["id"]): (str(f["name"]), not f.get("OS-FLV-DISABLED:disabled", False))
-                    for f in flavors
-                }
+                flavors = self._paginate("ListFlavors", "/flavors/detail", key="flavors")
+                try:
+                    self._flavors = {
+                        str(f["id"]): (str(f["name"]), not f.get("OS-FLV-DISABLED:disabled"))
+                        for f in flavors
+                    }
+                except Exception as exc:  # whatever reading a malformed flavor raises
+                    raise ObservationIncomplete(
+                        _unreadable(f"{self.name}: ListFlavors", exc)
+                    ) from None
             return self._flavors
 
     def known_sizes(self) -> frozenset[str] | None:
@@ -308,9 +324,12 @@ class OpenStackProvider:
             return cached
         params = {"name": image, "status": "active"}
         body = self._calls.call(
-            "ListImages", partial(self._get, "/v2/images", params, "images", service="image")
+            "ListImages", partial(self._get, "/v2/images", params, key="images", service="image")
         )
-        found = [(str(i.get("created_at", "")), str(i["id"])) for i in body["images"]]
+        try:
+            found = [(str(i.get("created_at", "")), str(i["id"])) for i in body["images"]]
+        except Exception as exc:  # whatever reading a malformed image raises
+            raise ProviderError(_unreadable(f"{self.name}: ListImages", exc)) from None
         if not found:
             raise ProviderError(f"{self.name}: no active image named {image!r} in {self.region}")
         image_id = max(found)[1]
@@ -327,13 +346,15 @@ class OpenStackProvider:
             if is_uuid(ref):
                 self._network_ids = [ref]
             else:
+                params = {"name": ref}
                 body = self._calls.call(
                     "ListNetworks",
-                    partial(
-                        self._get, "/v2.0/networks", {"name": ref}, "networks", service="network"
-                    ),
+                    partial(self._get, "/v2.0/networks", params, key="networks", service="network"),
                 )
-                ids = [str(n["id"]) for n in body["networks"] if n.get("name") == ref]
+                try:
+                    ids = [str(n["id"]) for n in body["networks"] if n.get("name") == ref]
+                except Exception as exc:  # whatever reading a malformed network raises
+                    raise ProviderError(_unreadable(f"{self.name}: ListNetworks", exc)) from None
                 if len(ids) != 1:
                     raise ProviderError(
                         f"{self.name}: {len(ids)} networks are named {ref!r}; write its id"
@@ -347,12 +368,15 @@ class OpenStackProvider:
         try:
             # Without flavor names every size would read as changed: no partial facts.
             flavors = self._flavor_table()
-            servers = self._paginate("ListServers", "/servers/detail", "servers", retry=retry)
+            servers = self._paginate("ListServers", "/servers/detail", key="servers", retry=retry)
         except (TransientError, ProviderError) as exc:
             raise ObservationIncomplete(f"{self.name}: listing failed: {exc}") from None
         try:
             return [self._to_observed(server, flavors) for server in servers]
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except Exception as exc:
+            # libcloud's _to_node raises whatever its code hits on a server it cannot
+            # read (a StopIteration without a self link, ...): one unread server and the
+            # listing is partial.
             raise ObservationIncomplete(
                 f"{self.name}: listing held an unreadable server ({type(exc).__name__})"
             ) from None
@@ -498,11 +522,17 @@ class OpenStackProvider:
         def show() -> Any:
             return self._driver.connection.request(path, headers=headers).object
 
-        server = (self._calls.call("ShowServer", show) or {}).get("server") or {}
-        if "OS-EXT-SRV-ATTR:user_data" not in server:
+        answer = self._calls.call("ShowServer", show)
+        try:
+            server = answer["server"]
+            shown = "OS-EXT-SRV-ATTR:user_data" in server
+            encoded = server.get("OS-EXT-SRV-ATTR:user_data")
+            user_data = base64.b64decode(encoded, validate=True) if encoded else None
+        except Exception as exc:  # whatever reading a malformed answer raises
+            raise ProviderError(_unreadable(f"{self.name}: ShowServer", exc)) from None
+        if not shown:
             raise ProviderError(
                 f"{self.name}: the cloud does not show this user the servers' user data "
                 "(Nova policy os_compute_api:os-extended-server-attributes)"
             )
-        encoded = server["OS-EXT-SRV-ATTR:user_data"]
-        return base64.b64decode(encoded).decode("utf-8", "replace") if encoded else None
+        return user_data.decode("utf-8", "replace") if user_data is not None else None
