@@ -1,9 +1,11 @@
 """A fake Google Compute Engine on loopback, for the GCE adapter's tests.
 
 Speaks the part of the Compute v1 REST API the adapter uses (zonal instances list,
-insert, get, delete; zone operations; machine types) and the OAuth2 token endpoint,
-from the response files in tests/fixtures/gce/. Stateful: an insert adds an instance
-(RUNNING at once), a delete removes it, listings come back two to a page.
+insert, get, delete; zone operations; machine types; images.getFromFamily) and the
+OAuth2 token endpoint, from the response files in tests/fixtures/gce/. Stateful: an
+insert adds an instance (RUNNING at once), a delete leaves it STOPPING for one listing
+that shows it and then removes it (as GCE does, for longer), listings come back two to
+a page.
 
 It checks what a real GCE would refuse: a token request whose JWT is not signed by
 the service account's key, an API call without that token, an instance name that is
@@ -15,9 +17,11 @@ operation, as GCE does.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import re
+import threading
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,7 @@ EMAIL = "reconciler@acme-prod.iam.gserviceaccount.com"
 TOKEN = "ya29.canary-access-token-5d1c"  # a canary: must never be printed
 TOKEN_PATH = "/o/oauth2/token"
 _API = re.compile(r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/(?P<rest>.+)$")
+_FAMILY = re.compile(r"^/compute/v1/projects/(?P<project>[^/]+)/global/images/family/(?P<f>.+)$")
 _NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
@@ -65,7 +70,10 @@ class FakeGce(FakeCloud):
     `repeat_page_token` (page two names page one's token again), `lose_insert_responses`
     (an insert takes effect, but its answer is a 503), `pending_operations` (inserts
     answer RUNNING; reading the operation says DONE), `fail_operations` (an insert's
-    operation ends with QUOTA_EXCEEDED)."""
+    operation ends with QUOTA_EXCEEDED), `echo_metadata` (an insert is refused with a
+    400 that quotes its metadata, as GCE does for an invalid value), `answer_next`
+    (canned answers for the next requests to a path), `revoke_tokens` and
+    `hold_refusals` (for token races)."""
 
     fixture_dir = "gce"
 
@@ -77,6 +85,15 @@ class FakeGce(FakeCloud):
         self.request_ids: dict[str, str] = {}  # requestId -> operation name
         self.bodies: list[dict[str, Any]] = []  # every insert body received
         self.token_requests = 0
+        self.valid_tokens: set[str] = set()
+        self.families: dict[tuple[str, str], str] = {}  # (project, family) -> image name
+        self.stopping: dict[str, int] = {}  # deleted name -> listings left to show it in
+        self.listed_stopping: list[str] = []  # STOPPING instances each listing showed
+        self.echo_metadata = False
+        self._canned: list[tuple[str, str, Response]] = []
+        self._refusal_barrier: threading.Barrier | None = None
+        self._refusals_held = 0
+        self._token_barrier: threading.Barrier | None = None
         self.list_filters: list[str] = []  # the filter of every instance listing
         self.repeat_page_token = False
         self.lose_insert_responses = 0
@@ -99,6 +116,28 @@ class FakeGce(FakeCloud):
                 name, machine_type="e2-small", labels=labels, metadata=[], status="RUNNING"
             )
 
+    def answer_next(self, method: str, path_end: str, response: Response, times: int = 1) -> None:
+        """Answer the next `times` `method` requests whose path ends with `path_end`
+        with `response` (after the token check), whatever the state."""
+        with self.lock:
+            self._canned.extend([(method, path_end, response)] * times)
+
+    def revoke_tokens(self) -> None:
+        """Every token issued so far is refused (401) from now on."""
+        with self.lock:
+            self.valid_tokens.clear()
+
+    def hold_refusals(self, parties: int) -> None:
+        """The next `parties` refused requests are answered together, once all arrived."""
+        with self.lock:
+            self._refusal_barrier = threading.Barrier(parties, timeout=20)
+            self._refusals_held = parties
+
+    def hold_token_requests(self, parties: int, *, wait: float = 1.0) -> None:
+        """A token request waits (up to `wait` seconds) for `parties` of them to arrive
+        together, so clients that would fetch in parallel reliably do so."""
+        self._token_barrier = threading.Barrier(parties, timeout=wait)
+
     def metadata(self, name: str) -> dict[str, str]:
         items = self.instances[name]["metadata"]["items"]
         return {item["key"]: item["value"] for item in items}
@@ -107,12 +146,26 @@ class FakeGce(FakeCloud):
     def handle(self, request: Request) -> Response:
         if request.path == TOKEN_PATH and request.method == "POST":
             return self._token(request)
-        if request.headers.get("authorization") != f"Bearer {TOKEN}":
+        bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if bearer not in self.valid_tokens:
+            with self.lock:
+                barrier = self._refusal_barrier if self._refusals_held > 0 else None
+                self._refusals_held -= 1
+            if barrier is not None:
+                barrier.wait()  # outside the lock: the other parties must get in
             return self._error(
                 401, "Request had invalid authentication credentials.", reason="authError"
             )
         if self.throttled():
             return self._error(429, "Rate Limit Exceeded", reason="rateLimitExceeded")
+        with self.lock:
+            for canned in self._canned:
+                if canned[0] == request.method and request.path.endswith(canned[1]):
+                    self._canned.remove(canned)
+                    return canned[2]
+        family = _FAMILY.match(request.path)
+        if family is not None and request.method == "GET":
+            return self._family(family["project"], family["f"])
         match = _API.match(request.path)
         if match is None:
             return self._error(404, f"The requested URL {request.path} was not found.")
@@ -130,7 +183,8 @@ class FakeGce(FakeCloud):
                 if request.method == "GET":
                     return Response.of_json(self.instances[name])
                 if request.method == "DELETE":
-                    del self.instances[name]
+                    self.instances[name]["status"] = "STOPPING"
+                    self.stopping.setdefault(name, 1)
                     return Response.of_json(self._operation("delete", name, zone))
             if kind == "operations" and name in self.operations and request.method == "GET":
                 operation = self.operations[name]
@@ -148,9 +202,26 @@ class FakeGce(FakeCloud):
                 {"error": "invalid_grant", "error_description": "Invalid JWT Signature."},
                 status=400,
             )
+        barrier = self._token_barrier
+        if barrier is not None:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait()  # broken when fewer came (as they should): answer
         with self.lock:
             self.token_requests += 1
-        return Response.of_json(self.fixture("token.json", token=TOKEN))
+            token = TOKEN if self.token_requests == 1 else f"{TOKEN}.{self.token_requests}"
+            self.valid_tokens.add(token)
+        return Response.of_json(self.fixture("token.json", token=token))
+
+    def _family(self, project: str, family: str) -> Response:
+        name = self.families.get((project, family))
+        if name is None:
+            return self._error(
+                404,
+                f"The resource 'projects/{project}/global/images/family/{family}' was not found",
+            )
+        return Response.of_json(
+            self.fixture("image.json", project=project, image=name, family=family)
+        )
 
     def _list_instances(self, request: Request, zone: str) -> Response:
         terms = request.query.get("filter", [""])[0]
@@ -160,11 +231,20 @@ class FakeGce(FakeCloud):
             return self._error(
                 400, f"Invalid value for field 'filter': '{terms}'.", reason="invalid"
             )
+        if "pageToken" not in request.query:  # a new listing: end what was shown stopping
+            for name, left in list(self.stopping.items()):
+                if left <= 0:
+                    del self.stopping[name], self.instances[name]
         items = [
             i
             for i in self.instances.values()
             if all(i["labels"].get(k) == v for k, v in wanted.items())
         ]
+        if "pageToken" not in request.query:
+            shown = [i["name"] for i in items if i["name"] in self.stopping]
+            self.listed_stopping.extend(shown)
+            for name in shown:
+                self.stopping[name] -= 1
         return self._page(request, "instance_list.json", items, zone)
 
     def _page(
@@ -210,6 +290,11 @@ class FakeGce(FakeCloud):
                 )
         if name in self.instances:
             return self._error(409, f"The resource '{name}' already exists", reason="alreadyExists")
+        if self.echo_metadata:
+            quoted = json.dumps(body.get("metadata"))
+            return self._error(
+                400, f"Invalid value for field 'resource.metadata': '{quoted}'.", reason="invalid"
+            )
         machine_type = body["machineType"].rsplit("/", 1)[-1]
         metadata = body.get("metadata", {}).get("items", [])
         self.instances[name] = self._instance(
@@ -286,7 +371,11 @@ class FakeGce(FakeCloud):
     def _error(self, status: int, message: str, *, reason: str = "notFound") -> Response:
         return Response.of_json(
             self.fixture(
-                "error.json", code=status, message=message, domain="global", reason=reason
+                "error.json",
+                code=status,
+                message=json.dumps(message)[1:-1],  # the template quotes it
+                domain="global",
+                reason=reason,
             ),
             status=status,
         )

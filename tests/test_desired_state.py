@@ -1030,6 +1030,26 @@ defaults:""",
         "rolling cannot be used with provider os (driver openstack)",
     ),
     Bad(
+        "owner-too-long-for-gce-labels",
+        {
+            CONF: BASE_CONFIG.replace("owner: acme", "owner: " + "ACME" * 6).replace(
+                "defaults:",
+                """  gcp:
+    driver: gce
+    region: us-central1-a
+    project: acme-prod
+    credentials:
+      key: {env: GCE_ACCOUNT}
+      secret: {file: gce_key}
+defaults:""",
+            )
+        },
+        CONF,
+        1,
+        "owner",
+        "is 72 characters as a GCE label value (at most 63",
+    ),
+    Bad(
         "price-required-where-libcloud-has-none",
         {
             CONF: BASE_CONFIG.replace(

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,21 +16,31 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.errors import ObservationIncomplete, ProviderError
+from reconciler.errors import (
+    ConfigurationError,
+    ObservationIncomplete,
+    ProviderError,
+    TransientError,
+)
 from reconciler.model import InstanceState, ProviderProfile, SecretRef
 from reconciler.providers.base import LaunchRequest, ownership_tags
 from reconciler.providers.gce import GceProvider
+from reconciler.providers.gce_connection import endpoint_parts, new_token
 from reconciler.providers.gce_labels import (
+    METADATA_VALUE_LIMIT,
     GceValueError,
     decode_value,
     encode_value,
     gce_instance_name,
     image_reference,
     labels_for,
+    metadata_problem,
+    owner_problem,
+    scrubbed_message,
     tags_from,
 )
 from reconciler.providers.registry import build_provider
-from tests.fakecloud import serving
+from tests.fakecloud import Response, serving
 from tests.gce_support import (
     EMAIL,
     PROJECT,
@@ -60,6 +73,14 @@ def provider(cloud: FakeGce, **options: Any) -> GceProvider:
         endpoint=cloud.base_url,
         **options,
     )
+
+
+def _request(*, image: str, slot: int, op: str) -> LaunchRequest:
+    tags = ownership_tags(
+        owner="acme", env="prod", service="web", generation=1, fingerprint="f" * 16, op=op,
+        slot=slot,
+    )  # fmt: skip
+    return LaunchRequest(name=tags["Name"], image=image, size="e2-small", tags=tags, op=op)
 
 
 def launch(
@@ -137,6 +158,50 @@ def test_image_references_an_operator_may_write() -> None:
             image_reference(bad, PROJECT)
 
 
+def test_owner_problem_says_when_an_owner_is_too_long_for_a_label() -> None:
+    assert owner_problem("acme") is None
+    assert owner_problem("a" * 63) is None
+    assert owner_problem("a" * 64) == (
+        "is 64 characters as a GCE label value (at most 63; every byte other than a-z, 0-9 "
+        "and '-' takes 3)"
+    )
+    assert owner_problem("Acme" * 10) is None  # 40 characters, 60 escaped
+    assert owner_problem("Acme" * 11) is not None  # 44 characters, 66 escaped
+    for owner in ("a" * 64, "Acme" * 10, "Acme" * 11, "ü" * 10, "ü" * 11):
+        assert (owner_problem(owner) is None) == _encodes(owner)
+
+
+def _encodes(owner: str) -> bool:
+    try:
+        encode_value(owner)
+    except GceValueError:
+        return False
+    return True
+
+
+def test_error_text_keeps_field_names_and_drops_quoted_values() -> None:
+    echo = """Invalid value for field 'resource.metadata': '{"items": [{"key": "startup-script",
+    "value": "export TOKEN='s3cret'"}]}'. Metadata too large."""
+    assert scrubbed_message(echo) == (
+        "Invalid value for field 'resource.metadata': <value removed>. Metadata too large."
+    )
+    assert scrubbed_message("Quota 'CPUS' exceeded. Limit: 24.0 in region us-central1.") == (
+        "Quota 'CPUS' exceeded. Limit: 24.0 in region us-central1."
+    )
+    assert scrubbed_message("Invalid value 's3cret") == "Invalid value <value removed>"
+    # Text that looks like the placeholders used inside is only text.
+    assert scrubbed_message("field 'x': \x009\x00 'y'") == "field 'x': 9 <value removed>"
+    assert len(scrubbed_message("x" * 1000)) == 200
+
+
+def test_metadata_limits() -> None:
+    assert metadata_problem({"startup-script": "x" * METADATA_VALUE_LIMIT}) is None
+    too_big = metadata_problem({"startup-script": "é" * (METADATA_VALUE_LIMIT // 2 + 1)})
+    assert too_big == "metadata 'startup-script' is 262146 bytes (GCE takes at most 262144)"
+    three = {f"k{n}": "x" * (METADATA_VALUE_LIMIT - 2) for n in range(3)}
+    assert metadata_problem(three) == "metadata is 786432 bytes in all (GCE takes at most 524288)"
+
+
 # ---------------------------------------------------------------- against the fake
 
 
@@ -188,6 +253,88 @@ def test_a_launch_carries_labels_user_data_and_image_and_reads_back_the_same(
     assert seen.state is InstanceState.RUNNING and seen.private_ip and seen.launched_at
 
 
+def test_an_image_family_is_launched_and_reported_as_the_image_it_points_at(
+    cloud: FakeGce,
+) -> None:
+    cloud.families[("debian-cloud", "debian-12")] = "debian-12-bookworm-v20240515"
+    concrete = "projects/debian-cloud/global/images/debian-12-bookworm-v20240515"
+    p = provider(cloud)
+    family = "projects/debian-cloud/global/images/family/debian-12"
+
+    created = p.create_instance(_request(image=family, slot=1, op="a"))
+    cloud.families[("debian-cloud", "debian-12")] = "debian-12-bookworm-v20240601"
+    second = p.create_instance(_request(image=family, slot=2, op="b"))  # same pass
+
+    assert created.image == second.image == concrete
+    assert {b["disks"][0]["initializeParams"]["sourceImage"] for b in cloud.bodies} == {concrete}
+    assert {i.image for i in provider(cloud).list_owned("acme")} == {concrete}
+    family_path = "/compute/v1/projects/debian-cloud/global/images/family/debian-12"
+    assert cloud.api_requests().count(("GET", family_path)) == 1  # once per adapter
+    # A family of the profile's own project, written short; and one that does not exist.
+    cloud.families[(PROJECT, "web")] = "web-v7"
+    assert launch(p, image="family/web", slot=3, op="c")
+    assert cloud.bodies[-1]["disks"][0]["initializeParams"]["sourceImage"] == (
+        f"projects/{PROJECT}/global/images/web-v7"
+    )
+    with pytest.raises(ProviderError, match=r"image family .*family/nope not found"):
+        launch(p, image="family/nope", slot=4, op="d")
+
+
+def test_an_insert_refused_with_its_metadata_quoted_does_not_repeat_it(cloud: FakeGce) -> None:
+    canary = "canary-startup-secret-8b2f"
+    cloud.echo_metadata = True
+    with pytest.raises(ProviderError) as info:
+        launch(provider(cloud), user_data=f"#!/bin/sh\nexport API_KEY='{canary}'\n")
+    assert canary in json.dumps(cloud.bodies[-1])  # it was sent and quoted back
+    assert canary not in str(info.value)
+    assert "invalid" in str(info.value) and "field 'resource.metadata'" in str(info.value)
+
+
+def test_user_data_over_gce_limits_is_refused_before_sending(cloud: FakeGce) -> None:
+    with pytest.raises(ProviderError, match="'startup-script' is 262145 bytes") as info:
+        launch(provider(cloud), user_data="#" * (METADATA_VALUE_LIMIT + 1))
+    assert "###" not in str(info.value)
+    assert cloud.mutating_requests() == []
+
+
+_OURS = (TransientError, ProviderError, ObservationIncomplete, ConfigurationError)
+
+
+@pytest.mark.parametrize(
+    ("method", "path_end", "call"),
+    [
+        ("GET", "/instances", lambda p: p.list_owned("acme")),
+        ("GET", "/machineTypes", lambda p: p.known_sizes()),
+        ("GET", "/instances/x1", lambda p: p.user_data_of("x1")),
+        ("DELETE", "/instances/x1", lambda p: p.destroy_instance("x1")),
+        ("POST", "/instances", lambda p: launch(p)),
+    ],
+)
+@pytest.mark.parametrize(
+    "answer",
+    [
+        Response.of_json({"error": "backendError"}),  # libcloud's parser: AttributeError
+        Response.of_json(["not", "an", "object"]),
+        Response(body=b"<html>gateway</html>", headers={"Content-Type": "text/html"}),
+    ],
+)
+def test_only_our_errors_leave_the_adapter(
+    cloud: FakeGce, method: str, path_end: str, call: Callable[[GceProvider], Any], answer: Response
+) -> None:
+    p = provider(cloud, retry_attempts=2, retry_seconds=5)
+    cloud.answer_next(method, path_end, answer, times=2)
+    with contextlib.suppress(*_OURS):  # anything else fails the test
+        call(p)
+
+
+def test_an_unreadable_instance_makes_the_listing_incomplete(cloud: FakeGce) -> None:
+    p = provider(cloud)
+    launch(p)
+    next(iter(cloud.instances.values()))["creationTimestamp"] = "yesterday"
+    with pytest.raises(ObservationIncomplete, match="unreadable instance"):
+        p.list_owned("acme")
+
+
 def test_throttling_is_retried(cloud: FakeGce) -> None:
     p = provider(cloud)
     launch(p)
@@ -236,12 +383,27 @@ def test_destroy_and_destroy_again(cloud: FakeGce) -> None:
     p = provider(cloud)
     keep, gone = launch(p, slot=1, op="a"), launch(p, slot=2, op="b")
     p.destroy_instance(gone)
-    p.destroy_instance(gone)  # already gone: not an error
-    assert [i.id for i in p.list_owned("acme")] == [keep]
+    p.destroy_instance(gone)  # still STOPPING: not an error
+    assert {i.id: i.alive for i in p.list_owned("acme")} == {keep: True, gone: False}
+    assert p.list_owned("acme")[0].id == keep  # the next listing no longer has it
+    p.destroy_instance(gone)  # gone for good (404): not an error either
     assert p.find_by_op("acme", "a") is not None and p.find_by_op("acme", "b") is None
     assert cloud.list_filters[-1] == (
         '(labels.reconciler_owner = "acme") (labels.reconciler_op = "b")'
     )
+
+
+def test_an_instance_stopping_after_a_delete_reads_as_gone_in_a_new_pass(cloud: FakeGce) -> None:
+    launch(provider(cloud), slot=1, op="a")
+    gone = launch(provider(cloud), slot=2, op="b")
+    provider(cloud).destroy_instance(gone)
+
+    fresh = provider(cloud)  # the next pass: no memory of the delete
+    seen = {i.id: i for i in fresh.list_owned("acme")}
+
+    assert cloud.listed_stopping == [gone]  # GCE still lists it, STOPPING
+    assert seen[gone].state is InstanceState.GONE and not seen[gone].alive
+    assert fresh.find_by_op("acme", "b") is None
 
 
 def test_partial_or_looping_listings_raise_observation_incomplete(cloud: FakeGce) -> None:
@@ -272,20 +434,55 @@ def test_known_sizes_are_the_zones_machine_types_and_prices_come_from_libcloud(
     assert len(machine_type_pages) == 3  # six types at two a page, read once
 
 
-def test_token_is_fetched_once_and_never_written_to_disk(
+def _in_threads(fn: Callable[[], Any], count: int = 3) -> list[Any]:
+    """`fn` in `count` threads started together: each one's result (an exception re-raised)."""
+    start = threading.Barrier(count, timeout=20)
+
+    def run() -> Any:
+        start.wait()
+        return fn()
+
+    with ThreadPoolExecutor(count) as pool:
+        futures = [pool.submit(run) for _ in range(count)]
+        return [future.result(timeout=60) for future in futures]
+
+
+def test_threads_racing_for_a_token_fetch_one_and_never_write_it_to_disk(
     cloud: FakeGce, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
-    p = provider(cloud)
-    launch(p)
-    threads = [threading.Thread(target=p.list_owned, args=("acme",)) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert cloud.token_requests == 1
+    launch(provider(cloud))
+    p = provider(cloud)  # no token yet
+    first = cloud.token_requests
+    cloud.hold_token_requests(3)  # parallel fetches, if any, arrive together
+
+    results = _in_threads(lambda: [i.id for i in p.list_owned("acme")])
+
+    assert len(results) == 3 and all(r == results[0] and len(r) == 1 for r in results)
+    assert cloud.token_requests - first == 1
+
+    # The token is refused (revoked, or expired early): all three threads are refused
+    # together and race for a new one; one is fetched.
+    cloud.revoke_tokens()
+    cloud.hold_refusals(3)
+    cloud.hold_token_requests(3)
+
+    assert _in_threads(lambda: [i.id for i in p.list_owned("acme")]) == results
+    assert cloud.token_requests - first == 2
     assert list(tmp_path.iterdir()) == []
     assert TOKEN not in repr(p) and not any(line in repr(p) for line in pem_canaries())
+
+
+def test_a_late_refusal_of_an_old_token_keeps_the_new_one(cloud: FakeGce) -> None:
+    pem, _ = service_account_key()
+    options, prefix = endpoint_parts(cloud.base_url)
+    token = new_token(EMAIL, pem, path=prefix, options=options, on_fetch=lambda: None)
+    old, old_serial = token.issue()
+    token.forget(old_serial)  # thread A's request was refused
+    new, _ = token.issue()  # thread A fetched a new token
+    token.forget(old_serial)  # thread B's request, sent with the old token, is refused
+    assert token.issue()[0] == new != old
+    assert cloud.token_requests == 2
 
 
 def test_a_key_the_token_endpoint_refuses_is_a_provider_error(cloud: FakeGce) -> None:

@@ -16,6 +16,7 @@ from tests.desired_builder import git_commit
 from tests.fakecloud import serving
 from tests.gce_support import (
     EMAIL,
+    PROJECT,
     TOKEN,
     FakeGce,
     pem_canaries,
@@ -189,3 +190,51 @@ def test_a_size_libcloud_cannot_price_needs_price_per_hour_before_any_change(
     costs = json.loads(cli("ledger", "cost", "--by", "service", "--json").stdout)
     staging = [row for row in costs["rows"] if row["env"] == "staging"]
     assert staging and staging[0]["cost"] > 0  # priced at the given rate, not free
+
+
+def test_a_family_is_recorded_as_its_image_so_a_generation_never_mixes_images(
+    cli: Cli, desired: Path, cloud: FakeGce
+) -> None:
+    cloud.families[(PROJECT, "web")] = "web-v1"
+    services = json.loads(json.dumps(SERVICES))
+    services["production"]["web"]["image"] = "family/web"
+    write_gce_desired(desired, endpoint=cloud.base_url, environments=services)
+    git_commit(desired, "web from its family")
+    assert cli("apply", "--desired", str(desired)).code == 0
+    v1 = f"projects/{PROJECT}/global/images/web-v1"
+    web = [n for n, t in owned(cloud).items() if t["reconciler:service"] == "web"
+           and t["reconciler:env"] == "production"]  # fmt: skip
+    assert {cloud.metadata(n)["reconciler-image"] for n in web} == {v1}
+
+    # The family moves on, and one instance of the generation is lost: its replacement
+    # is the generation's image, not the family's new one.
+    cloud.families[(PROJECT, "web")] = "web-v2"
+    del cloud.instances[web[0]]
+    result = cli("apply", "--desired", str(desired), "--json")
+    assert result.code == 0, result.stderr
+    created = [a for a in json.loads(result.stdout)["actions"] if a["kind"] == "create"]
+    assert [(a["service"], a["generation"]) for a in created] == [("web", 1)]
+    assert cloud.bodies[-1]["disks"][0]["initializeParams"]["sourceImage"] == v1
+    assert cli("plan", "--desired", str(desired), "--detailed-exitcode").code == 0
+
+
+def test_a_deleted_instance_still_listed_stopping_is_neither_destroyed_again_nor_counted(
+    cli: Cli, desired: Path, cloud: FakeGce
+) -> None:
+    assert cli("apply", "--desired", str(desired)).code == 0
+    services = json.loads(json.dumps(SERVICES))
+    services["production"]["web"]["count"] = 2
+    write_gce_desired(desired, endpoint=cloud.base_url, environments=services)
+    git_commit(desired, "web: two")
+    shrink = cli("apply", "--desired", str(desired), "--json")
+    assert shrink.code == 0, shrink.stderr
+    (destroy,) = [a for a in json.loads(shrink.stdout)["actions"] if a["kind"] == "destroy"]
+    stopping = destroy["instance"]
+    before, shown = len(cloud.mutating_requests()), len(cloud.listed_stopping)
+
+    again = cli("apply", "--desired", str(desired), "--json")
+
+    assert again.code == 0, again.stderr
+    assert cloud.listed_stopping[shown:] == [stopping]  # this pass saw it, STOPPING
+    assert json.loads(again.stdout)["actions"] == []  # no destroy, and no create either:
+    assert len(cloud.mutating_requests()) == before  # two serve, as desired

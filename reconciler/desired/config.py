@@ -136,6 +136,8 @@ def parse_settings(
     providers = require(reporter, top, "providers", path="")
     if providers is not None:
         _parse_providers(reporter, providers, settings=settings)
+    if owner is not None and settings.owner is not None:
+        _check_owner_fits(reporter, owner.line, settings)
 
     notifiers = top.entries.get("notifiers")
     if notifiers is not None:
@@ -342,6 +344,17 @@ def _parse_profile(
         timeout=timeout,
         options=options,
     )
+
+
+def _check_owner_fits(reporter: Reporter, line: int | None, settings: Settings) -> None:
+    """The owner is a tag value on every instance: each cloud must be able to hold it."""
+    for profile in settings.providers.values():
+        check = DRIVER_SPECS[profile.driver].owner_problem
+        problem = check(settings.owner) if check is not None and settings.owner else None
+        if problem is not None:
+            reporter.add(
+                line, "owner", f"{problem}: provider {profile.name} (driver {profile.driver})"
+            )
 
 
 def _parse_driver_settings(

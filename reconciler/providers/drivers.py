@@ -8,8 +8,11 @@ driver is loaded, and must never contact a cloud).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
+
+from reconciler.providers import gce_labels
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,10 @@ class DriverSpec:
     # The adapter can read an instance's user data back: a rolling update's rollback
     # relaunches replaced instances with theirs (user data is never stored).
     reads_user_data: bool = True
+    # Why this cloud would refuse the owner as a tag value (None: it would not): asked
+    # by validation, so no listing or launch fails on it. (User data is capped at 16 KiB
+    # for every driver, below each cloud's own limit.)
+    owner_problem: Callable[[str], str | None] | None = None
     setting_hints: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -66,6 +73,7 @@ DRIVER_SPECS: Final[dict[str, DriverSpec]] = {
             region_meaning="zone",
             # libcloud prices predefined types of the c2/e2/f1/g1/m1/n1/n2/n2d families;
             # others cost nothing in the ledger unless price_per_hour is set.
+            owner_problem=gce_labels.owner_problem,
             setting_hints={
                 "project": "the Google Cloud project id",
                 "network": "the VPC network of new instances (default: default)",

@@ -20,11 +20,20 @@ is unknown. An insert is safe to resend: the same operation always sends the sam
 name (a second instance of that name cannot exist: GCE says `alreadyExists`, and the
 adapter then reads the existing one). A listing that cannot be read to the end, that
 repeats a page token or that carries a warning (an unreachable zone) raises
-ObservationIncomplete, never a partial answer.
+ObservationIncomplete, never a partial answer. Nothing but our own error types leaves
+a public method: libcloud's exceptions, and answers that cannot be read, are
+translated in `_translate`.
+
+Images: an image family is resolved here (once per family per adapter, so per pass)
+and the concrete image is launched and recorded, so every instance of a generation
+runs the image its first launch got. Cloud error text is repeated only with its
+quoted values removed (`scrubbed_message`): GCE quotes what it refuses, and an insert
+carries the startup-script.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -72,13 +81,17 @@ from reconciler.providers.gce_labels import (
     IMAGE_KEY,
     USER_DATA_KEY,
     GceValueError,
+    family_image,
     gce_instance_name,
     image_reference,
+    is_family,
     labels_for,
+    metadata_problem,
     metadata_value,
     observed_from,
     owner_filter,
     request_id,
+    scrubbed_message,
 )
 
 log = structlog.get_logger(__name__)
@@ -91,17 +104,27 @@ _BENIGN_WARNINGS: Final = ("NO_RESULTS_ON_PAGE",)
 _SHARED_CORE_VCPUS: Final = {"e2-micro": 0.25, "e2-small": 0.5, "e2-medium": 1.0}
 
 
+_OUR_ERRORS: Final = (TransientError, ProviderError, ObservationIncomplete, ConfigurationError)
+_UNREADABLE: Final = (ValueError, KeyError, TypeError, AttributeError, IndexError)
+_REASON = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
 def _message(exc: GoogleBaseError) -> str:
+    """The cloud's error as `<reason>: <message>`, the message without quoted values."""
     value = exc.value
     if isinstance(value, dict):
         value = value.get("message") or value.get("reason") or ""
-    return f"{exc.code}: {value}"[:300] if exc.code else str(value)[:300]
+    text = scrubbed_message(value) if isinstance(value, str) else ""
+    reason = str(exc.code) if exc.code is not None else ""
+    if not _REASON.fullmatch(reason):
+        reason = f"HTTP {exc.http_code}"
+    return f"{reason}: {text}" if text else reason
 
 
 def _translate(exc: Exception, action: str) -> Exception:
-    """Our error for a libcloud/requests failure; messages carry no credentials (nor
-    request URLs, headers or bodies: only the cloud's error code and message)."""
-    if isinstance(exc, TransientError | ProviderError):
+    """Our error for any failure of a call (libcloud, requests, or reading the answer);
+    messages carry no credentials, URLs, headers or bodies, and no quoted values."""
+    if isinstance(exc, _OUR_ERRORS):
         return exc
     if isinstance(exc, GoogleAuthError):
         # libcloud could not load the private key (its message is not echoed).
@@ -114,18 +137,22 @@ def _translate(exc: Exception, action: str) -> Exception:
         return OutcomeUnknown(f"{action}: malformed response from the cloud")
     if isinstance(exc, GoogleBaseError):
         message = _message(exc)
-        if exc.http_code == 429 or exc.code in _RATE_REASONS:
+        status = exc.http_code if isinstance(exc.http_code, int) else 0
+        if status == 429 or exc.code in _RATE_REASONS:
             return TransientError(f"{action}: {message}")
-        if exc.http_code == 401:
+        if status == 401:
             return TokenRefused(f"{action}: the access token was refused")
-        if exc.http_code >= 500:
+        if status >= 500:
             return OutcomeUnknown(f"{action}: {message}")
         # 200 with an error is a finished operation that failed: resending the same
         # requestId would only return it again.
         return ProviderError(f"{action}: {message}")
-    if isinstance(exc, (LibcloudError, MalformedResponseError)):
-        return OutcomeUnknown(f"{action}: malformed response from the cloud")
-    return exc
+    if isinstance(exc, (LibcloudError, MalformedResponseError, *_UNREADABLE)):
+        # libcloud's own parsing fails with these too (a 200 whose `error` is a string
+        # raises AttributeError there); the call may have been carried out.
+        return OutcomeUnknown(f"{action}: unreadable answer from the cloud ({type(exc).__name__})")
+    # Not echoed: an unknown exception's text may hold anything the request held.
+    return ProviderError(f"{action}: unexpected {type(exc).__name__} in the GCE client")
 
 
 class GceProvider:
@@ -176,6 +203,8 @@ class GceProvider:
         # libcloud keeps the last response on its connection object: one per thread.
         self._local = threading.local()
         self._machine_types: dict[str, Mapping[str, Any]] | None = None
+        self._families: dict[str, str] = {}  # family -> its image, as first resolved here
+        self._families_lock = threading.Lock()
         self._deleted: set[str] = set()  # deleted here; GCE lists them while STOPPING
 
     def __repr__(self) -> str:
@@ -214,10 +243,11 @@ class GceProvider:
         return self._driver.connection.request(path, **kwargs).object
 
     def _translated(self, exc: Exception, action: str) -> Exception:
-        """`_translate`, and a refused token is dropped so the retry fetches a new one."""
+        """`_translate`, and a refused token is dropped so the retry fetches a new one
+        (called in the thread whose connection sent it)."""
         error = _translate(exc, action)
         if isinstance(error, TokenRefused) and self._token is not None:
-            self._token.forget()
+            self._token.forget(self._driver.connection.token_serial)
         return error
 
     # ------------------------------------------------------------ observation
@@ -323,16 +353,25 @@ class GceProvider:
             image = image_reference(request.image, self.project)
         except GceValueError as exc:
             raise ProviderError(f"{self.name}: {exc}") from None
+        metadata = {IMAGE_KEY: image}
+        if request.user_data is not None:
+            metadata[USER_DATA_KEY] = request.user_data
+        if is_family(image):
+            image = metadata[IMAGE_KEY] = self._family_image(image)
+        problem = metadata_problem(metadata)  # GCE's refusal would quote the script
+        if problem:
+            raise ProviderError(f"{self.name}: {problem}")
         body = self._instance_body(name, image=image, size=request.size, labels=labels,
-                                   user_data=request.user_data)  # fmt: skip
+                                   metadata=metadata)  # fmt: skip
         params = {"requestId": request_id(owner, request.op)}
         path = f"/zones/{self.zone}/instances"
 
-        def insert() -> Any:
+        def insert() -> Mapping[str, Any] | None:
             try:
-                return self._request(path, method="POST", params=params, data=body)
+                answer = self._request(path, method="POST", params=params, data=body)
             except ResourceExistsError:
                 return None  # the name holds the operation: an earlier attempt made it
+            return _operation(answer, "instances.insert")
 
         operation = self._calls.call("instances.insert", insert)
         if operation is None:
@@ -347,6 +386,28 @@ class GceProvider:
             request, provider=self.name, id=name, image=image, size=request.size
         )
 
+    def _family_image(self, reference: str) -> str:
+        """The image family `reference` points at now, asked once per adapter (per pass):
+        launches of one generation within a pass get the same image even if the family
+        moves meanwhile (later launches relaunch the image the generation recorded)."""
+        with self._families_lock:
+            if reference not in self._families:
+                read = partial(self._read_family, reference)
+                image = self._calls.call("images.getFromFamily", read)
+                if image is None:
+                    raise ProviderError(f"{self.name}: image family {reference} not found")
+                log.info("provider_image_family_resolved", provider=self.name,
+                         family=reference, image=image)  # fmt: skip
+                self._families[reference] = image
+            return self._families[reference]
+
+    def _read_family(self, reference: str) -> str | None:
+        try:
+            answer = self._request(f"/{reference}")  # `/projects/...`: any project
+        except ResourceNotFoundError:
+            return None
+        return family_image(reference, answer)
+
     def _instance_body(
         self,
         name: str,
@@ -354,11 +415,8 @@ class GceProvider:
         image: str,
         size: str,
         labels: Mapping[str, str],
-        user_data: str | None,
+        metadata: Mapping[str, str],
     ) -> dict[str, Any]:
-        metadata = [{"key": IMAGE_KEY, "value": image}]
-        if user_data is not None:
-            metadata.append({"key": USER_DATA_KEY, "value": user_data})
         interface: dict[str, Any] = {"network": _resource(self._network, "global/networks")}
         if self._subnetwork:
             interface["subnetwork"] = _resource(
@@ -370,7 +428,7 @@ class GceProvider:
             "name": name,
             "machineType": f"zones/{self.zone}/machineTypes/{size}",
             "labels": dict(labels),
-            "metadata": {"items": metadata},
+            "metadata": {"items": [{"key": k, "value": v} for k, v in metadata.items()]},
             "disks": [
                 {
                     "boot": True,
@@ -394,8 +452,11 @@ class GceProvider:
                 return  # the listing shows the instance; the waiter watches it boot
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
-            path = f"/zones/{self.zone}/operations/{name}"
-            operation = self._calls.call("zoneOperations.get", partial(self._request, path))
+            read = partial(self._read_operation, f"/zones/{self.zone}/operations/{name}")
+            operation = self._calls.call("zoneOperations.get", read)
+
+    def _read_operation(self, path: str) -> Mapping[str, Any]:
+        return _operation(self._request(path), "zoneOperations.get")
 
     def _get_instance(self, name: str) -> ObservedInstance | None:
         try:
@@ -477,6 +538,13 @@ def machine_price(size: str, machine: Mapping[str, Any], *, region: str) -> floa
     except (KeyError, TypeError, ValueError):
         return None
     return round(total, 6)
+
+
+def _operation(answer: Any, action: str) -> Mapping[str, Any]:
+    """`answer` if it is an operation (libcloud raised already if it holds an error)."""
+    if not isinstance(answer, dict) or answer.get("kind") != "compute#operation":
+        raise OutcomeUnknown(f"{action}: the answer is not a compute#operation")
+    return answer
 
 
 def _resource(value: str, collection: str) -> str:

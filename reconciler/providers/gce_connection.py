@@ -36,29 +36,40 @@ class MemoryToken:
 
     libcloud's own credential object caches tokens in `~/.google_libcloud_auth.<project>`;
     a token is a secret, so this replaces it: one token exchange per process (and per
-    expiry), nothing written anywhere."""
+    expiry, or per refusal), nothing written anywhere. Each token has a serial number,
+    so a thread whose request was refused forgets only the token it sent: threads that
+    were refused together fetch one new token, not one each."""
 
     def __init__(self, auth: GoogleServiceAcctAuthConnection, on_fetch: Callable[[], None]) -> None:
         self._auth = auth
         self._on_fetch = on_fetch
         self._lock = threading.Lock()
         self._token: str | None = None
+        self._serial = 0
         self._renew_at = 0.0
 
     def __repr__(self) -> str:
         return "<gce access token>"
 
-    @property
-    def access_token(self) -> str:
+    def issue(self) -> tuple[str, int]:
+        """(token, serial): the current token, fetched first when there is none or it is
+        about to expire."""
         with self._lock:
             if self._token is None or time.monotonic() >= self._renew_at:
                 self._token, lifetime = self._fetch()
+                self._serial += 1
                 self._renew_at = time.monotonic() + max(lifetime - _TOKEN_MARGIN, 0.0)
-            return self._token
+            return self._token, self._serial
 
-    def forget(self) -> None:
+    @property
+    def access_token(self) -> str:
+        return self.issue()[0]
+
+    def forget(self, serial: int) -> None:
+        """Drop token `serial` (refused by the API); a newer one is kept."""
         with self._lock:
-            self._token = None
+            if serial == self._serial:
+                self._token = None
 
     def _fetch(self) -> tuple[str, float]:
         self._on_fetch()
@@ -111,8 +122,24 @@ class _Connection(GCEConnection):
             self, user_id, key, secure=secure, host=host, port=port, timeout=timeout
         )
         self.oauth2_credential = token  # type: ignore[assignment]  # same access_token
+        self._token = token
         self.request_path = request_path
+        # Resources of other projects (public image families) sit beside ours.
+        self.api_root = request_path.rsplit("/projects/", 1)[0]
         self.gce_params = None
+        self.token_serial = 0  # of the token this connection (one thread) last sent
+
+    def pre_connect_hook(self, params: Any, headers: Any) -> Any:
+        token, self.token_serial = self._token.issue()
+        headers["Authorization"] = f"Bearer {token}"
+        return params, headers
+
+    def morph_action_hook(self, action: str) -> str:
+        """`/projects/<p>/...` is a path from the API root; anything else is one under
+        our project (libcloud's own rule for everything but full URLs)."""
+        if action.startswith("/projects/"):
+            return f"{self.api_root}{action}"
+        return str(super().morph_action_hook(action))
 
     def request(
         self,

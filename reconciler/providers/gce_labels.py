@@ -2,8 +2,9 @@
 
 Owns: the reversible tag <-> label mapping (DESIGN §3), the RFC 1035 instance name
 derived from a launch, the insert `requestId`, the image reference an operator may
-write, and reading one instance resource (JSON) into an `ObservedInstance`.
-Must not: import libcloud or make a request (the adapter in `gce.py` does).
+write (and the concrete image a family resolves to), GCE's metadata size limits,
+error text made safe to repeat, and reading one instance resource (JSON) into an
+`ObservedInstance`. Must not: import libcloud or make a request (`gce.py` does).
 
 GCE labels allow only lowercase letters, digits, '_' and '-', at most 63 characters,
 keys starting with a letter. So:
@@ -59,6 +60,15 @@ _VALID_VALUE = re.compile(r"[a-z0-9_-]*")
 # image it launched from here and reads it back.
 IMAGE_KEY: Final = "reconciler-image"
 USER_DATA_KEY: Final = "startup-script"
+# https://cloud.google.com/compute/docs/metadata/setting-custom-metadata#limitations
+METADATA_VALUE_LIMIT: Final = 256 * 1024
+METADATA_TOTAL_LIMIT: Final = 512 * 1024
+
+_IMAGE_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+# In GCE's error text a quote opens a value it refuses (a metadata value, secrets and
+# all); these names before a quote are safe to keep: a field path, a quota metric.
+_NAMED = re.compile(r"\b(field|Quota) '([A-Za-z0-9_.\[\]/-]{1,100})'")
+_KEPT_NAME = re.compile(r"\x00(\d+)\x00")
 
 # https://cloud.google.com/compute/docs/instances/instance-life-cycle
 _STATES: Final = {
@@ -90,6 +100,17 @@ def encode_value(value: str) -> str:
             f"{value!r} is {len(encoded)} characters as a GCE label value (limit {LABEL_LIMIT})"
         )
     return encoded
+
+
+def owner_problem(owner: str) -> str | None:
+    """Why `owner` cannot be a GCE label value, or None if it can (validation asks)."""
+    encoded = "".join(chr(b) if b in _KEPT else "___" for b in owner.encode("utf-8"))
+    if len(encoded) <= LABEL_LIMIT:
+        return None
+    return (
+        f"is {len(encoded)} characters as a GCE label value (at most {LABEL_LIMIT}; every "
+        "byte other than a-z, 0-9 and '-' takes 3)"
+    )
 
 
 def decode_value(label: str) -> str:
@@ -176,7 +197,8 @@ def image_reference(image: str, project: str) -> str:
 
     Accepted: `projects/<p>/global/images/<name>`, `projects/<p>/global/images/family/<f>`
     (or either as a full https URL), `family/<f>` (in the profile's project), or a bare
-    image name (in the profile's project). A family is resolved by GCE at each launch."""
+    image name (in the profile's project). The adapter resolves a family itself before
+    launching (`family_image`), so a generation records one concrete image."""
     path = image.strip()
     marker = path.find("projects/")
     if path.startswith("https://") and marker >= 0:
@@ -192,6 +214,58 @@ def image_reference(image: str, project: str) -> str:
         f"image {image!r} is not an image name, family/<family>, or "
         "projects/<project>/global/images/[family/]<name>"
     )
+
+
+def is_family(reference: str) -> bool:
+    """True for `projects/<p>/global/images/family/<f>` (as `image_reference` makes it)."""
+    return reference.split("/")[4:5] == ["family"]
+
+
+def family_image(reference: str, resource: Any) -> str:
+    """The concrete image (`projects/<p>/global/images/<name>`) GCE answered for the family
+    `reference`; raises ValueError on an answer that is not an image."""
+    if not isinstance(resource, dict) or resource.get("kind") != "compute#image":
+        raise ValueError("the answer is not a compute#image")
+    name = resource.get("name")
+    if not isinstance(name, str) or not _IMAGE_NAME.fullmatch(name):
+        raise ValueError("the image name is not one GCE makes")
+    project = reference.split("/")[1]  # a family's images live in the family's project
+    return f"projects/{project}/global/images/{name}"
+
+
+def metadata_problem(items: Mapping[str, str]) -> str | None:
+    """Why GCE would refuse these metadata items, or None. Checked before an insert, so
+    GCE never answers with an error that quotes the value (user data may hold secrets)."""
+    total = 0
+    for key, value in items.items():
+        size = len(value.encode("utf-8"))
+        if size > METADATA_VALUE_LIMIT:
+            return f"metadata {key!r} is {size} bytes (GCE takes at most {METADATA_VALUE_LIMIT})"
+        total += len(key.encode("utf-8")) + size
+    if total > METADATA_TOTAL_LIMIT:
+        return f"metadata is {total} bytes in all (GCE takes at most {METADATA_TOTAL_LIMIT})"
+    return None
+
+
+def scrubbed_message(text: str, *, limit: int = 200) -> str:
+    """A cloud error message safe for exceptions, logs and the ledger: everything from
+    its first quote to its last is dropped (GCE quotes the values it refuses, e.g.
+    `Invalid value for field 'resource.metadata': '{...}'`), field names and quota
+    metrics before a quote are kept, whitespace is folded, the length is capped."""
+    names: list[str] = []
+
+    def keep(match: re.Match[str]) -> str:
+        names.append(f"{match[1]} '{match[2]}'")
+        return f"\x00{len(names) - 1}\x00"
+
+    text = _NAMED.sub(keep, text.replace("\x00", ""))
+    quotes = [i for i, c in enumerate(text) if c in "'\"`"]
+    if quotes:  # one quote alone may open a value GCE cut short: drop to the end
+        end = quotes[-1] + 1 if len(quotes) > 1 else len(text)
+        text = f"{text[: quotes[0]]}<value removed>{text[end:]}"
+    text = _KEPT_NAME.sub(lambda m: names[int(m[1])], text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def last_segment(url: str | None) -> str:
