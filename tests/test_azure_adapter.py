@@ -4,16 +4,22 @@ Azure of tests/azure_support.py: paging, tags, user data, leftovers, retries, pr
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from libcloud.pricing import get_size_price
 
-from reconciler.errors import ObservationIncomplete, ProviderError
+from reconciler.errors import ObservationIncomplete, ProviderError, TransientError
 from reconciler.model import InstanceState
-from reconciler.providers.azure import AzureProvider
-from reconciler.providers.azure_resources import image_of, image_reference, vm_name
+from reconciler.providers.azure import AzureProvider, _translate
+from reconciler.providers.azure_resources import (
+    image_of,
+    image_reference,
+    instance_state,
+    vm_name,
+)
 from reconciler.providers.base import LaunchRequest, ownership_tags
 from tests.azure_support import (
     CLIENT_ID,
@@ -70,14 +76,23 @@ def test_listing_follows_every_next_link_and_joins_nic_addresses(fake: AzureClou
 
     assert {i.id for i in owned} == ids
     assert fake.list_pages("virtualMachines") == 3  # 6 VMs, 2 a page
+    # Power states from the subscription's status listing, paged too (7 VMs with the one
+    # of another resource group).
+    assert fake.list_pages("statuses") == 4
     assert all(i.state is InstanceState.RUNNING for i in owned)
     assert all(i.private_ip and i.private_ip.startswith("10.0.") for i in owned)
     assert all(i.image == IMAGE_V1 and i.size == "Standard_B1s" for i in owned)
     assert all(i.launched_at is not None for i in owned)
     assert [i.name for i in p.list_unowned("acme")] == [None]
-    # No per-VM requests: no instance view, no NIC by id (libcloud's list_nodes makes both).
-    assert not [path for method, path in fake.requests if "instanceView" in path.lower()]
-    assert not [p for m, p in fake.requests if m == "GET" and p.endswith("-nic")]
+    # Ids as the ledger recorded them, though the listing upper-cases the resource group.
+    assert all(i.id == i.id.lower() for i in owned)
+    # Nothing per VM (libcloud's list_nodes makes three requests per VM): no instance
+    # view, no VM or NIC by id.
+    assert not [
+        path
+        for method, path in fake.requests
+        if method == "GET" and re.search(r"/(virtualMachines|networkInterfaces)/[^/]+", path)
+    ]
 
 
 def test_partial_listing_is_refused_not_returned(fake: AzureCloud) -> None:
@@ -134,7 +149,7 @@ def test_destroy_takes_the_nic_and_disk_with_the_vm_and_repeats_harmlessly(
     p.destroy_instance(gone.id)  # already gone: not an error
 
     assert [i.id for i in p.list_owned("acme")] == [keep.id]
-    assert list(fake.nics) == [vm_name("prod-web-g1-1", "d" * 32) + "-nic"]
+    assert [nic["properties"]["virtualMachine"]["id"] for nic in fake.nics.values()] == [keep.id]
     assert fake.disks == {vm_name("prod-web-g1-1", "d" * 32) + "-osdisk"}
 
 
@@ -167,6 +182,138 @@ def test_a_refused_create_leaves_no_nic_behind(fake: AzureCloud) -> None:
         p.create_instance(request(op="1" * 32, size="Standard_Nope"))
 
     assert fake.vms == {} and fake.nics == {}
+
+
+def test_a_create_is_one_vm_put_that_defines_its_nic(fake: AzureCloud) -> None:
+    p = provider(fake)
+    fake.throttle(1)  # a retried create still makes one VM and one NIC
+
+    created = p.create_instance(request(op="7" * 32))
+
+    name = vm_name("prod-web-g1-1", "7" * 32)
+    group = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}"
+    vm_path = f"{group}/providers/Microsoft.Compute/virtualMachines/{name}"
+    assert fake.mutating_requests() == [("PUT", vm_path)] * 2  # throttled, then made
+    assert fake.vm_put_versions == ["2021-11-01"]
+    network = fake.vm_puts[0]["properties"]["networkProfile"]
+    assert "networkInterfaces" not in network and network["networkApiVersion"] == "2020-11-01"
+    (nic,) = network["networkInterfaceConfigurations"]
+    assert nic["properties"]["deleteOption"] == "Delete"
+    (ip,) = nic["properties"]["ipConfigurations"]
+    assert ip["properties"]["subnet"]["id"].endswith(
+        f"/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.Network/virtualNetworks"
+        "/reconciler-vnet/subnets/default"
+    )
+    (seen,) = p.list_owned("acme")  # the NIC Azure named is found by the VM it names
+    assert seen.id == created.id and seen.private_ip == "10.0.0.4"
+
+
+def test_a_create_that_keeps_failing_leaves_nothing_behind(fake: AzureCloud) -> None:
+    p = provider(fake, retry_attempts=2)
+    fake.failing_vm_puts = 5
+
+    with pytest.raises(TransientError):
+        p.create_instance(request(op="8" * 32))
+
+    assert fake.vms == {} and fake.nics == {} and fake.disks == set()
+    assert {method for method, _ in fake.mutating_requests()} == {"PUT"}
+    assert all("/virtualMachines/" in path for _, path in fake.mutating_requests())
+
+
+def test_power_state_decides_whether_a_vm_runs(fake: AzureCloud) -> None:
+    p = provider(fake)
+    made = {
+        slot: p.create_instance(request(slot=slot, op=f"{slot:032x}")).id for slot in range(1, 7)
+    }
+    cases = {  # slot: (provisioningState, power state or None: not in the status listing)
+        1: ("Succeeded", "deallocated"),
+        2: ("Failed", "running"),
+        3: ("Failed", "stopped"),
+        4: ("Succeeded", "starting"),
+        5: ("Creating", None),
+        6: ("Succeeded", None),
+    }
+    for slot, (provisioning, power) in cases.items():
+        vm = fake.vms[vm_name(f"prod-web-g1-{slot}", f"{slot:032x}")]
+        vm["provisioning"], vm["power"] = provisioning, power
+
+    states = {i.slot: i.state for i in p.list_owned("acme")}
+
+    assert states == {
+        1: InstanceState.STOPPED,  # deallocated: serves nothing, must be replaced
+        2: InstanceState.RUNNING,  # its last operation failed, but it runs
+        3: InstanceState.STOPPED,
+        4: InstanceState.PENDING,
+        5: InstanceState.PENDING,  # just created: provisioningState alone
+        6: InstanceState.RUNNING,
+    }
+    assert {i.id for i in p.list_owned("acme")} == set(made.values())
+
+
+@pytest.mark.parametrize(
+    ("provisioning", "power", "state"),
+    [
+        ("Succeeded", "running", InstanceState.RUNNING),
+        ("Updating", "running", InstanceState.RUNNING),
+        ("Succeeded", "stopping", InstanceState.STOPPED),
+        ("Succeeded", "stopped", InstanceState.STOPPED),
+        ("Succeeded", "deallocating", InstanceState.STOPPED),
+        ("Succeeded", "deallocated", InstanceState.STOPPED),
+        ("Succeeded", "starting", InstanceState.PENDING),
+        ("Creating", "running", InstanceState.PENDING),
+        ("Deleting", "running", InstanceState.GONE),
+        ("Failed", "running", InstanceState.RUNNING),
+        ("Failed", "deallocated", InstanceState.STOPPED),
+        ("Failed", None, InstanceState.STOPPED),
+        ("Succeeded", None, InstanceState.RUNNING),
+        ("Creating", None, InstanceState.PENDING),
+        ("Succeeded", "unknown", InstanceState.RUNNING),
+    ],
+)
+def test_instance_state(provisioning: str, power: str | None, state: InstanceState) -> None:
+    assert instance_state(provisioning, power) is state
+
+
+def test_a_partial_status_listing_is_refused(fake: AzureCloud) -> None:
+    p = provider(fake)
+    for n in range(1, 4):
+        p.create_instance(request(slot=n, op=f"{n:032x}"))
+    fake.partial_status_listing = True  # 4 statuses: the second page cannot be read
+
+    with pytest.raises(ObservationIncomplete, match="listing failed"):
+        p.list_owned("acme")
+    with pytest.raises(ObservationIncomplete):
+        p.find_by_op("acme", f"{1:032x}")
+
+
+def test_an_unreadable_status_listing_is_refused(fake: AzureCloud) -> None:
+    p = provider(fake)
+    p.create_instance(request(op="9" * 32))
+    fake.garbled_statuses = True
+
+    with pytest.raises(ObservationIncomplete, match="unreadable"):
+        p.list_owned("acme")
+
+
+def test_unreadable_user_data_is_a_provider_error(fake: AzureCloud) -> None:
+    p = provider(fake)
+    created = p.create_instance(request(op="a1" * 16, user_data="#!/bin/sh\n"))
+    fake.vms[vm_name("prod-web-g1-1", "a1" * 16)]["body"]["properties"]["userData"] = "%%%"
+
+    with pytest.raises(ProviderError, match="not base64"):
+        p.user_data_of(created.id)
+
+
+def test_only_our_errors_leave_a_call() -> None:
+    class Surprise(Exception):
+        pass
+
+    error = _translate(Surprise("https://user:secret@example/"), "GET virtualMachines")
+
+    assert isinstance(error, TransientError)  # the outcome of the call is unknown
+    assert "secret" not in str(error) and "Surprise" in str(error)
+    incomplete = ObservationIncomplete("x")
+    assert _translate(incomplete, "GET virtualMachines") is incomplete
 
 
 def test_find_by_op(fake: AzureCloud) -> None:
@@ -220,7 +367,7 @@ def test_every_request_is_reported_by_resource_type(fake: AzureCloud) -> None:
 
     p.list_owned("acme")
 
-    assert heard == ["GET virtualMachines", "GET networkInterfaces"]
+    assert heard == ["GET virtualMachines", "GET networkInterfaces", "GET virtualMachines"]
 
 
 def test_images_and_names() -> None:

@@ -100,6 +100,10 @@ def test_apply_from_empty_creates_tagged_vms_with_custom_data(
         assert vm["body"]["properties"]["hardwareProfile"]["vmSize"] == "Standard_B1s"
     assert len({vm["body"]["tags"]["reconciler:op"] for vm in web}) == 3
     assert len(fake.nics) == 5  # one NIC per VM, nothing else
+    # Each VM is one request, its NIC defined in it: no create leaves a NIC alone.
+    assert {(m, p.split("/")[-2]) for m, p in fake.mutating_requests()} == {
+        ("PUT", "virtualMachines")
+    }
     # The secret was used (the fake checks it at login) and shown nowhere.
     assert CANARY not in result.stdout + result.stderr
     ledger = (desired.parent / "state" / "ledger.sqlite").read_bytes()
@@ -166,6 +170,28 @@ def test_partial_listing_aborts_the_pass_without_mutating(
     assert result.code != 0
     assert len(fake.mutating_requests()) == before
     assert "listing failed" in result.stdout + result.stderr
+
+
+def test_a_deallocated_vm_is_replaced(cli: Cli, desired: Path, fake: AzureCloud) -> None:
+    assert cli("apply", "--desired", str(desired)).code == 0
+    stopped = sorted(live(fake, "api"), key=lambda vm: vm["body"]["tags"]["Name"])[0]
+    stopped["power"] = "deallocated"  # someone stopped it in the portal
+
+    plan = cli("plan", "--desired", str(desired), "--json")
+
+    assert plan.code == 0, plan.stderr
+    actions = json.loads(plan.stdout)["actions"]
+    stopped_id = (
+        f"/subscriptions/{SUBSCRIPTION}/resourcegroups/{RESOURCE_GROUP}/providers"
+        f"/microsoft.compute/virtualmachines/{stopped['name']}"
+    )
+    assert sorted((a["kind"], a["service"], a["slot"]) for a in actions) == [
+        ("create", "api", 1),
+        ("destroy", "api", 1),
+    ]
+    (create,) = [a for a in actions if a["kind"] == "create"]
+    (destroy,) = [a for a in actions if a["kind"] == "destroy"]
+    assert create["replaces"] == destroy["instance"] == stopped_id.lower()
 
 
 def image_urn(vm: dict[str, Any]) -> str:

@@ -1,29 +1,40 @@
 """Azure adapter: libcloud's Azure ARM driver behind the `ComputeProvider` port.
 
-Owns: everything Azure-specific — paged listings of one resource group
-(libcloud's `list_nodes` stops following `nextLink` after a time limit and returns
-what it has without an error, and makes three extra requests per VM: here every page
-is followed or the listing fails, and the VMs' private addresses come from one paged
-NIC listing), state from `provisioningState`, deterministic VM names (ARM PUT by name
-is idempotent), the launch body, user data, prices from libcloud's `azure_linux` data,
-and translating libcloud/requests exceptions into ours with bounded retries.
-Must not: decide what to create or destroy, or let libcloud retry on its own (its
-connection, login and `endpoint:` handling are in `azure_connection`).
+Owns: everything Azure-specific — paged listings (libcloud's `list_nodes` stops
+following `nextLink` after a time limit and returns what it has without an error, and
+makes three extra requests per VM: here every page is followed or the listing fails),
+states, deterministic VM names (ARM PUT by name is idempotent), the launch body, user
+data, prices from libcloud's `azure_linux` data, and translating libcloud/requests
+exceptions into ours with bounded retries. Must not: decide what to create or destroy,
+or let libcloud retry on its own (its connection, login and `endpoint:` handling are in
+`azure_connection`).
+
+Observation: one pass reads three paged listings and nothing per VM: the resource
+group's VMs (model view: tags, image, size, provisioningState), its NICs (private
+addresses) and the subscription's VM statuses (`statusOnly=true`, the only listing
+that carries power states; a resource group listing takes `$expand=instanceView` only
+with a scale set filter). A VM's state needs both: provisioningState says how its last
+operation ended, the power state whether it runs. Resource ids are compared in lower
+case (ARM varies their casing) and reported in lower case. So the client needs to read
+VMs at subscription scope (e.g. Reader on the subscription) besides its role on the
+resource group: without it every listing fails (403) and no pass acts.
 
 Tags: Azure tag names may hold ':' (only `< > % & \\ ? /` are refused), so our
 identity tags are written and read back under their own names, unmapped.
 
-Leftovers: each VM gets its own NIC (`<vm>-nic`) and managed OS disk (`<vm>-osdisk`),
-both created with `deleteOption: Delete`, so Azure removes them with the VM whoever
-deletes it; a NIC whose VM could not be created is removed by the failed create.
+Leftovers: a create is ONE request, the VM PUT: the VM's NIC is defined inside it (a
+network interface configuration) and its OS disk too, both with `deleteOption:
+Delete`, so nothing of a VM exists without the VM and Azure removes both with the VM
+whoever deletes it.
 
 User data: sent as custom data (cloud-init reads it at first boot) and again as the
 VM's `userData`, because Azure never returns custom data and a rollback must relaunch
 an instance with the user data it had.
 
-Fault model: 429 (throttling) means the call was not executed; a 5xx, a timeout or a
-reset connection means its outcome is unknown. A create whose outcome is unknown is
-looked up by its VM name (derived from the operation id) before it is sent again.
+Fault model: 429 (throttling) means the call was not executed; a 5xx, a timeout, a
+reset connection or an answer that cannot be read means its outcome is unknown. A
+create whose outcome is unknown is looked up by its VM name (derived from the operation
+id) before it is sent again.
 """
 
 from __future__ import annotations
@@ -39,14 +50,8 @@ from urllib.parse import parse_qs, urlparse
 import requests
 import structlog
 from libcloud.common.exceptions import BaseHTTPError
-from libcloud.common.types import InvalidCredsError, LibcloudError, MalformedResponseError
-from libcloud.compute.base import Node
-from libcloud.compute.drivers.azure_arm import (
-    NIC_API_VERSION,
-    VM_API_VERSION,
-    AzureSubnet,
-)
-from libcloud.compute.types import NodeState
+from libcloud.common.types import InvalidCredsError, LibcloudError
+from libcloud.compute.drivers.azure_arm import NIC_API_VERSION
 from libcloud.pricing import get_size_price
 
 from reconciler.errors import (
@@ -55,15 +60,18 @@ from reconciler.errors import (
     ProviderError,
     TransientError,
 )
-from reconciler.model import InstanceState, ObservedInstance, ProviderProfile
+from reconciler.model import ObservedInstance, ProviderProfile
 from reconciler.providers.azure_connection import AzureDriver
 from reconciler.providers.azure_resources import (
     action_name,
+    addresses,
     encoded,
     image_of,
     image_reference,
+    instance_state,
+    power_states,
     price_key,
-    private_ip,
+    resource_id,
     vm_name,
 )
 from reconciler.providers.base import (
@@ -83,16 +91,15 @@ from reconciler.providers.credentials import resolve_secret
 log = structlog.get_logger(__name__)
 
 _MAX_PAGES = 10_000  # a server that never stops paging is a fault, not a fleet
+# Pinned, not libcloud's: the launch body needs this version's network interface
+# configurations (the NIC defined in the VM PUT; the ARM examples show them from
+# 2021-11-01 on), `userData` and `deleteOption`, and its listings' `statusOnly`.
+_VM_API_VERSION = "2021-11-01"
+_NETWORK_API_VERSION = "2020-11-01"  # the Microsoft.Network version Azure makes NICs with
 _OS_DISK_TYPE = "StandardSSD_LRS"
 _DEFAULT_ADMIN = "azureuser"  # libcloud's default admin user name
-# libcloud maps provisioningState (without the per-VM instance view) to these.
-_STATES = {
-    NodeState.PENDING: InstanceState.PENDING,  # Creating
-    NodeState.RUNNING: InstanceState.RUNNING,  # Succeeded
-    NodeState.UPDATING: InstanceState.RUNNING,  # Updating: a change to a running VM
-    NodeState.TERMINATED: InstanceState.GONE,  # Deleting
-    NodeState.ERROR: InstanceState.STOPPED,  # Failed: exists, serves nothing
-}
+# What a VM or NIC listing or a status can hold that this adapter cannot read.
+_UNREADABLE = (ValueError, LookupError, TypeError, AttributeError)
 # ARM error codes that mean "not now" rather than "never" (throttling: not executed).
 _THROTTLE_CODES = ("TooManyRequests", "ServerBusy")
 _TRANSIENT_CODES = (*_THROTTLE_CODES, "RetryableError", "AnotherOperationInProgress",
@@ -138,9 +145,12 @@ def build(
 
 
 def _translate(exc: Exception, action: str) -> Exception:
-    """Our error for a libcloud/requests failure; messages carry the cloud's error code
-    and message only (never request URLs, headers or bodies)."""
-    if isinstance(exc, TransientError | ProviderError):
+    """Our error for any failure of a call (libcloud's, requests', or reading the answer);
+    messages carry the cloud's error code and message only (never request URLs, headers
+    or bodies). Nothing else leaves: an exception of a kind not known here means the
+    outcome is unknown."""
+    if isinstance(exc, TransientError | ProviderError | ObservationIncomplete
+                  | ConfigurationError):  # fmt: skip
         return exc
     if isinstance(exc, InvalidCredsError):
         return ProviderError(f"{action}: the login endpoint rejected the credentials ({exc})")
@@ -157,12 +167,11 @@ def _translate(exc: Exception, action: str) -> Exception:
         if exc.code >= 500 or any(code in message for code in _TRANSIENT_CODES):
             return OutcomeUnknown(f"{action}: {message}")
         return ProviderError(f"{action}: {message}")
-    if isinstance(exc, (LibcloudError, MalformedResponseError, ValueError, LookupError,
-                        TypeError, AttributeError)):  # fmt: skip
+    if isinstance(exc, (LibcloudError, *_UNREADABLE)):
         # Not echoed: libcloud puts response bodies in messages, and its ARM error parser
         # itself fails (AttributeError) on a body whose `error` is not an object.
         return OutcomeUnknown(f"{action}: malformed response from the cloud")
-    return exc
+    return OutcomeUnknown(f"{action}: unexpected failure ({type(exc).__name__})")
 
 
 # ---------------------------------------------------------------- the adapter
@@ -194,7 +203,8 @@ class AzureProvider:
         self.name = name
         self.location = location.lower().replace(" ", "")
         self.resource_group = resource_group
-        self._group_path = f"/subscriptions/{subscription}/resourceGroups/{resource_group}"
+        self._subscription_path = f"/subscriptions/{subscription}"
+        self._group_path = f"{self._subscription_path}/resourceGroups/{resource_group}"
         self._subnet_id = (
             f"{self._group_path}/providers/Microsoft.Network/virtualNetworks/{network}"
             f"/subnets/{subnet}"
@@ -245,7 +255,7 @@ class AzureProvider:
         """ARM messages can name the client (`The client '<id>' ... does not have
         authorization`): the credentials never reach a message."""
         text = str(error)
-        if not isinstance(error, TransientError | ProviderError):
+        if not isinstance(error, TransientError | ProviderError | ObservationIncomplete):
             return error
         for value in self._secrets:
             text = text.replace(value, "[redacted]")
@@ -269,44 +279,52 @@ class AzureProvider:
         return found[0] if found else None
 
     def _observe(self) -> list[ObservedInstance]:
-        """Every VM of the resource group, all pages, with NIC addresses joined in.
-        ARM lists cannot filter VMs by tag, so owners are told apart here."""
+        """Every VM of the resource group with its address and power state joined in:
+        three listings, each read to its last page. ARM lists cannot filter VMs by tag,
+        so owners are told apart here."""
+        version = {"api-version": _VM_API_VERSION}
         vms = self._list_all(
-            f"{self._group_path}/providers/Microsoft.Compute/virtualMachines", VM_API_VERSION
+            f"{self._group_path}/providers/Microsoft.Compute/virtualMachines", version
         )
         nics = self._list_all(
-            f"{self._group_path}/providers/Microsoft.Network/networkInterfaces", NIC_API_VERSION
+            f"{self._group_path}/providers/Microsoft.Network/networkInterfaces",
+            {"api-version": NIC_API_VERSION},
         )
-        addresses = {str(n.get("id", "")).lower(): private_ip(n) for n in nics}
+        statuses = self._list_all(
+            f"{self._subscription_path}/providers/Microsoft.Compute/virtualMachines",
+            {**version, "statusOnly": "true"},
+        )
         try:
-            return [self._to_observed(vm, addresses) for vm in vms]
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            # One unreadable VM makes the whole listing untrustworthy.
+            power, ips = power_states(statuses), addresses(nics)
+            return [self._to_observed(vm, addresses=ips, power=power) for vm in vms]
+        except _UNREADABLE as exc:
+            # One unreadable VM, NIC or status makes the whole listing untrustworthy.
             raise ObservationIncomplete(
-                f"{self.name}: listing held an unreadable virtual machine ({type(exc).__name__})"
+                f"{self.name}: a listing held an unreadable item ({type(exc).__name__})"
             ) from None
 
-    def _list_all(self, path: str, api_version: str) -> list[dict[str, Any]]:
-        """Follow every `nextLink`; any page that cannot be read fails the listing."""
-        items: dict[str, dict[str, Any]] = {}  # by id: overlapping pages count once
-        params = {"api-version": api_version}
+    def _list_all(self, path: str, params: Mapping[str, str]) -> list[Any]:
+        """Follow every `nextLink` (keeping `params` unless the link sets them); any page
+        that cannot be read fails the listing."""
+        items: dict[str, Any] = {}  # by id: overlapping pages count once
+        page_params = dict(params)
         seen: set[str] = set()
         action = action_name("GET", path)
         try:
             for _page in range(_MAX_PAGES):
-                body = self._calls.call(action, partial(self._page, path, params))
+                body = self._calls.call(action, partial(self._page, path, page_params))
                 for item in body["value"]:
-                    items[str(item.get("id", len(items)))] = item
+                    key = item.get("id") if isinstance(item, dict) else None
+                    items[str(key).lower() if key else f"#{len(items)}"] = item
                 link = body.get("nextLink")
                 if not link:
                     return list(items.values())
-                if link in seen:
-                    raise ObservationIncomplete(f"{self.name}: listing repeats a page link")
+                if not isinstance(link, str) or link in seen:
+                    raise ObservationIncomplete(f"{self.name}: listing has a bad page link")
                 seen.add(link)
                 parsed = urlparse(link)
                 path = parsed.path
-                params = {"api-version": api_version,
-                          **{k: v[0] for k, v in parse_qs(parsed.query).items()}}  # fmt: skip
+                page_params = {**params, **{k: v[0] for k, v in parse_qs(parsed.query).items()}}
         except (TransientError, ProviderError) as exc:
             raise ObservationIncomplete(f"{self.name}: listing failed: {exc}") from None
         raise ObservationIncomplete(f"{self.name}: listing did not end after {_MAX_PAGES} pages")
@@ -319,21 +337,31 @@ class AzureProvider:
             raise OutcomeUnknown("list: the response is not an ARM listing")
         return body
 
-    def _to_observed(self, vm: Mapping[str, Any], addresses: Mapping[str, str | None]
-                     ) -> ObservedInstance:  # fmt: skip
-        node: Node = self._driver._to_node(vm)
+    def _to_observed(
+        self,
+        vm: Mapping[str, Any],
+        *,
+        addresses: Mapping[str, str] | None = None,
+        power: Mapping[str, str] | None = None,
+    ) -> ObservedInstance:
+        """One VM as observed; without `power` its state comes from provisioningState
+        alone (a VM created after the status listing was read, or one just PUT)."""
+        vm_id = resource_id(vm["id"])
         properties = vm["properties"]
         tags = {str(k): str(v) for k, v in (vm.get("tags") or {}).items()}
-        nics = properties.get("networkProfile", {}).get("networkInterfaces", [])
-        private = next(
-            (ip for ip in (addresses.get(str(n.get("id", "")).lower()) for n in nics) if ip),
+        ips = addresses or {}
+        nics = (properties.get("networkProfile") or {}).get("networkInterfaces") or []
+        private = ips.get(vm_id) or next(
+            (ips[nic_id] for nic_id in (resource_id(n.get("id")) for n in nics) if nic_id in ips),
             None,
         )
         created = properties.get("timeCreated")
         return ObservedInstance(
-            id=str(node.id),
+            id=vm_id,
             provider=self.name,
-            state=_STATES.get(node.state, InstanceState.PENDING),
+            state=instance_state(
+                str(properties.get("provisioningState") or ""), (power or {}).get(vm_id)
+            ),
             image=image_of(properties["storageProfile"].get("imageReference") or {}),
             size=str(properties["hardwareProfile"]["vmSize"]),
             env=tags.get(TAG_ENV),
@@ -357,15 +385,11 @@ class AzureProvider:
     def create_instance(self, request: LaunchRequest) -> ObservedInstance:
         name = vm_name(request.name, request.op)
         body = self._launch_body(name, request)  # refuses a bad image before any request
-        nic_id: str | None = None
 
         def put() -> ObservedInstance:
-            nonlocal nic_id
-            nic_id, address = self._nic(name)
-            body["properties"]["networkProfile"]["networkInterfaces"][0]["id"] = nic_id
             vm = self._request(self._vm_path(name), method="PUT", data=body,
-                               params={"api-version": VM_API_VERSION})  # fmt: skip
-            return self._to_observed(vm, {nic_id.lower(): address})
+                               params={"api-version": _VM_API_VERSION})  # fmt: skip
+            return self._to_observed(vm)
 
         def launch() -> ObservedInstance:
             # PUT by name: a resend cannot make a second VM, but it could try to change
@@ -374,16 +398,12 @@ class AzureProvider:
             log.info("provider_vm_created", provider=self.name, vm=name, op=request.op)
             return observed
 
-        try:
-            return launch_once(
-                launch,
-                retrying=self._calls.retrying("PUT virtualMachines"),
-                look_up=partial(self._look_up, name),
-                find=partial(self._look_up, name, quiet=True),
-            )
-        except ProviderError:
-            self._discard_nic(nic_id)
-            raise
+        return launch_once(
+            launch,
+            retrying=self._calls.retrying("PUT virtualMachines"),
+            look_up=partial(self._look_up, name),
+            find=partial(self._look_up, name, quiet=True),
+        )
 
     def _launch_body(self, name: str, request: LaunchRequest) -> dict[str, Any]:
         os_profile: dict[str, Any] = {
@@ -393,6 +413,19 @@ class AzureProvider:
                 "disablePasswordAuthentication": True,
                 "ssh": {"publicKeys": [{"keyData": self._ssh_key,
                                         "path": f"/home/{self._admin_user}/.ssh/authorized_keys"}]},
+            },
+        }  # fmt: skip
+        # The NIC as part of the VM: Azure makes it with the VM (or not at all), names it
+        # itself and deletes it with the VM, so no create leaves a NIC without a VM.
+        nic = {
+            "name": f"{name}-nic",
+            "properties": {
+                "primary": True,
+                "deleteOption": "Delete",
+                "ipConfigurations": [
+                    {"name": "ipconfig1",
+                     "properties": {"primary": True, "subnet": {"id": self._subnet_id}}}
+                ],
             },
         }  # fmt: skip
         properties: dict[str, Any] = {
@@ -409,9 +442,8 @@ class AzureProvider:
             },
             "osProfile": os_profile,
             "networkProfile": {
-                "networkInterfaces": [
-                    {"id": "", "properties": {"primary": True, "deleteOption": "Delete"}}
-                ]
+                "networkApiVersion": _NETWORK_API_VERSION,
+                "networkInterfaceConfigurations": [nic],
             },
         }
         if request.user_data:
@@ -419,60 +451,43 @@ class AzureProvider:
             properties["userData"] = encoded(request.user_data)
         return {"location": self.location, "tags": dict(request.tags), "properties": properties}
 
-    def _nic(self, name: str) -> tuple[str, str | None]:
-        """The VM's own NIC (id, private address): PUT by name, so resending is safe."""
-        subnet = AzureSubnet(self._subnet_id, self._subnet_id.rsplit("/", 1)[-1], {})
-        nic = self._driver.ex_create_network_interface(
-            f"{name}-nic", subnet, self.resource_group, location=self._driver.default_location
-        )
-        return str(nic.id), private_ip({"properties": nic.extra})
-
-    def _discard_nic(self, nic_id: str | None) -> None:
-        """A NIC whose VM was refused would outlive it: remove it (best effort)."""
-        if nic_id is None:
-            return
-        try:
-            self._calls.call(
-                "DELETE networkInterfaces",
-                partial(self._request, nic_id, method="DELETE",
-                        params={"api-version": NIC_API_VERSION}),
-            )  # fmt: skip
-        except (TransientError, ProviderError) as exc:
-            log.warning("provider_nic_left_behind", provider=self.name, nic=nic_id, error=str(exc))
-
     def _get_vm(self, name_or_id: str, **params: str) -> dict[str, Any] | None:
         path = name_or_id if name_or_id.startswith("/") else self._vm_path(name_or_id)
         try:
-            body = self._request(path, params={"api-version": VM_API_VERSION, **params})
+            body = self._request(path, params={"api-version": _VM_API_VERSION, **params})
         except BaseHTTPError as exc:
             if exc.code == 404:
                 return None
             raise
-        if not isinstance(body, dict) or "properties" not in body:
+        if not isinstance(body, dict) or not isinstance(body.get("properties"), dict):
             raise OutcomeUnknown("GET virtualMachines: the response is not a virtual machine")
         return body
+
+    def _found(self, name: str) -> ObservedInstance | None:
+        vm = self._get_vm(name)
+        return self._to_observed(vm) if vm is not None else None
 
     def _look_up(self, name: str, *, quiet: bool = False) -> ObservedInstance | None:
         """One unretried GET by name; if it fails the create must not be resent, so the
         failure counts as one more unknown outcome (or, `quiet`, as not found)."""
         try:
-            found = self._calls.attempt("GET virtualMachines", partial(self._get_vm, name))
+            found = self._calls.attempt("GET virtualMachines", partial(self._found, name))
         except (TransientError, ProviderError) as exc:
             if quiet:
                 return None
             raise OutcomeUnknown(f"cannot check for an earlier create: {exc}") from None
-        if found is None:
-            return None
-        log.info("provider_launch_found_by_name", provider=self.name, vm=name)
-        return self._to_observed(found, {})
+        if found is not None:
+            log.info("provider_launch_found_by_name", provider=self.name, vm=name)
+        return found
 
     def destroy_instance(self, instance_id: str) -> None:
         """DELETE the VM; its NIC and OS disk go with it (`deleteOption: Delete`). A VM
         that is already gone (404, or 204 from the DELETE) counts as destroyed."""
+        path = instance_id.lower()  # as listed; ARM paths are case-insensitive
 
         def delete() -> None:
             try:
-                self._request(instance_id, method="DELETE", params={"api-version": VM_API_VERSION})
+                self._request(path, method="DELETE", params={"api-version": _VM_API_VERSION})
             except BaseHTTPError as exc:
                 if exc.code not in (204, 404):  # libcloud treats 204 as an error
                     raise
@@ -481,10 +496,15 @@ class AzureProvider:
 
     def user_data_of(self, instance_id: str) -> str | None:
         vm = self._calls.call(
-            "GET virtualMachines", partial(self._get_vm, instance_id, **{"$expand": "userData"})
+            "GET virtualMachines",
+            partial(self._get_vm, instance_id.lower(), **{"$expand": "userData"}),
         )
-        encoded = (vm or {}).get("properties", {}).get("userData")
-        return base64.b64decode(encoded).decode("utf-8", "replace") if encoded else None
+        try:
+            data = vm["properties"].get("userData") if vm is not None else None
+            text = base64.b64decode(data, validate=True) if data else None
+        except _UNREADABLE:  # binascii.Error is a ValueError
+            raise ProviderError("GET virtualMachines: the VM's userData is not base64") from None
+        return text.decode("utf-8", "replace") if text is not None else None
 
     # ------------------------------------------------------------ sizes and prices
 
@@ -504,6 +524,6 @@ class AzureProvider:
                 size_id=price_key(size),
                 region=self.location,
             )
-        except (KeyError, LibcloudError):
+        except (LibcloudError, *_UNREADABLE):
             return None
         return float(price) if price is not None else None
