@@ -19,18 +19,30 @@ from reconciler.extensions import PluginError
 from reconciler.model import Action, ActionKind, ObservedInstance, Reason
 
 if TYPE_CHECKING:
-    from reconciler.apply import Applier
+    from reconciler.applyrun import ApplyRun, HealthGate
+    from reconciler.launching import Launcher
+    from reconciler.rollout import TrafficPort
+    from reconciler.teardown import Teardown
 
 log = structlog.get_logger(__name__)
 
 
-def roll_back_batches(applier: Applier, env: str, service: str) -> None:
+def roll_back_batches(
+    run: ApplyRun,
+    launcher: Launcher,
+    *,
+    teardown: Teardown,
+    gate: HealthGate,
+    traffic: TrafficPort,
+    env: str,
+    service: str,
+) -> None:
     """Bring back what the finished batches replaced; the failed batch is already undone."""
-    spec = applier.desired.service(env, service)
+    spec = run.desired.service(env, service)
     if spec is None:
         return
-    provider = applier.providers[spec.provider]
-    taken = applier._rolled.pop((env, service), [])
+    provider = run.providers[spec.provider]
+    taken = run.rolled.pop((env, service), [])
     launched: list[tuple[str, ObservedInstance]] = []
     for old in taken:
         # The old generation's launch configuration, as the instance itself reports it.
@@ -39,35 +51,35 @@ def roll_back_batches(applier: Applier, env: str, service: str) -> None:
             image=old.image,
             size=old.size,
             fingerprint=old.fingerprint or "",
-            user_data=applier._old_user_data.get((env, service)),
+            user_data=run.old_user_data.get((env, service)),
             price_per_hour=None,
         )
         relaunch = Action(
             ActionKind.CREATE, Reason.SPEC_CHANGED, env, service, old.generation or 0,
             spec.provider, slot=old.slot or 1, detail="rolling rollback",
         )  # fmt: skip
-        launched.append(applier._launch(relaunch, old_spec, provider))
+        launched.append(launcher.launch(relaunch, old_spec, provider))
     relaunched = [instance for _, instance in launched]
-    running = applier._wait_running(relaunched, provider, spec)
-    failure = applier.gate.wait_healthy(running, spec)
+    running = launcher.wait_running(relaunched, provider, spec)
+    failure = gate.wait_healthy(running, spec)
     if failure:
         raise ReconcilerError(f"relaunched old instances are not healthy: {failure}")
     for op, instance in launched:
-        applier.ledger.mark_operation(op, state="done", at=applier.now(), instance_id=instance.id)
-        applier.ledger.set_instance_state(instance.id, state="running", at=applier.now())
+        run.ledger.mark_operation(op, state="done", at=run.now(), instance_id=instance.id)
+        run.ledger.set_instance_state(instance.id, state="running", at=run.now())
     new_ones = [
         i
-        for (e, s, _), batch in applier._launched.items()
+        for (e, s, _), batch in run.launched.items()
         if (e, s) == (env, service)
         for i in batch
-        if i.id not in applier._destroyed and i.generation != taken[0].generation
+        if i.id not in run.destroyed and i.generation != taken[0].generation
     ]
     try:
-        applier.traffic.switch(spec, old=new_ones, new=running)
+        traffic.switch(spec, old=new_ones, new=running)
     except PluginError as exc:
         raise ReconcilerError(f"switching back to the old instances: {exc}") from None
     for instance in new_ones:
-        applier._terminate(instance.id, spec.provider, provider, reason="failed: rolled back")
+        teardown.terminate(instance.id, spec.provider, provider, reason="failed: rolled back")
     log.warning(
         "rolling_rolled_back", env=env, service=service, relaunched=[i.id for i in running],
         removed=[i.id for i in new_ones],

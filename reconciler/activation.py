@@ -1,0 +1,174 @@
+"""Activation: a generation goes from healthy to serving, or fails and is undone.
+
+Owns: the activate action (health gate on the instances not gated at launch →
+traffic switch, switched back if it fails → generation active, the previous one
+standby → event, log line and notification) and the failure paths shared with the
+creates: a failed activation or batch loses its new instances and, when the
+generation is new, marks it failed and notifies; the serving generation stays.
+Must not: launch instances (the launcher does) or decide what to activate (the
+planner does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NoReturn
+
+import structlog
+
+from reconciler.applyrun import ApplyRun, HealthGate, RolloutFailed
+from reconciler.extensions import PluginError
+from reconciler.model import Action, GenerationState, ObservedInstance, ServiceSpec
+from reconciler.notify import Notifications
+from reconciler.providers import ComputeProvider
+from reconciler.rollout import TrafficPort
+from reconciler.teardown import Teardown
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(kw_only=True)
+class Activator:
+    run: ApplyRun
+    gate: HealthGate
+    traffic: TrafficPort
+    notifications: Notifications
+    teardown: Teardown
+
+    def activate(self, action: Action) -> None:
+        """Healthy → switch traffic → mark active → previous to standby."""
+        run = self.run
+        spec = run.spec(action)
+        key = (action.env, action.service, action.generation)
+        launched = run.launched.get(key, [])
+        gated = {i.id for i in launched}
+        new = launched + [
+            i for i in self._alive(action.env, action.service, action.generation)
+            if i.id not in gated
+        ]  # fmt: skip
+        failure = self.gate.wait_healthy([i for i in new if i.id not in gated], spec)
+        if failure:
+            self._fail_activation(action, spec, f"health gate: {failure}")
+        old = self._alive(action.env, action.service, action.previous)
+        try:
+            self.traffic.switch(spec, old=old, new=new)
+        except PluginError as exc:
+            try:
+                self.traffic.switch(spec, old=new, new=old)  # back to where it was
+            except PluginError as back:
+                log.error("traffic_switch_back_failed", service=spec.name, error=str(back))
+            self._fail_activation(action, spec, f"traffic switch: {exc}")
+        at = run.now()
+        run.ledger.set_generation_state(
+            action.env, action.service, action.generation, state=GenerationState.ACTIVE, at=at
+        )
+        if action.previous is not None:
+            run.ledger.set_generation_state(
+                action.env,
+                action.service,
+                action.previous,
+                state=GenerationState.STANDBY,
+                at=at,
+                reason=f"replaced by g{action.generation}",
+            )
+        run.ledger.record_event(
+            kind="generation_activated",
+            at=at,
+            run=run.run_id,
+            env=action.env,
+            service=action.service,
+            generation=action.generation,
+            detail={"previous": action.previous, "note": action.detail},
+        )
+        log.info(
+            "generation_activated",
+            run=run.run_id,
+            env=action.env,
+            service=action.service,
+            generation=action.generation,
+            previous=action.previous,
+        )
+        replacing = f", replacing generation {action.previous}" if action.previous else ""
+        self.notifications.send(
+            "generation-activated",
+            f"{spec.env}/{spec.name} generation {action.generation} ({spec.image}) is active"
+            f"{replacing}",
+            env=spec.env, service=spec.name, generation=action.generation,
+            commit=run.desired.commit, detail={"previous": action.previous},
+        )  # fmt: skip
+
+    def _alive(self, env: str, service: str, generation: int | None) -> list[ObservedInstance]:
+        if generation is None:
+            return []
+        return [
+            i for i in self.run.observed
+            if (i.env, i.service, i.generation) == (env, service, generation) and i.alive
+            and i.id not in self.run.destroyed
+        ]  # fmt: skip
+
+    def _fail_activation(self, action: Action, spec: ServiceSpec, why: str) -> NoReturn:
+        """The old generation keeps serving; a new generation's instances go."""
+        run = self.run
+        provider = run.providers[spec.provider]
+        rows = run.ledger.generation_rows(env=action.env, service=action.service)
+        state = next((r["state"] for r in rows if r["number"] == action.generation), None)
+        launched = run.launched.get((action.env, action.service, action.generation), [])
+        doomed = {i.id for i in launched}
+        if state == GenerationState.CREATING.value:
+            doomed |= {i.id for i in self._alive(action.env, action.service, action.generation)}
+            run.ledger.set_generation_state(
+                action.env, action.service, action.generation, state=GenerationState.FAILED,
+                at=run.now(), reason=f"failed: {why}",
+            )  # fmt: skip
+            self._notify_failed(spec, action.generation, why)
+        for instance_id in sorted(doomed):
+            self.teardown.terminate(instance_id, spec.provider, provider, reason=f"failed: {why}")
+        run.ledger.record_event(
+            kind="rollout_failed", at=run.now(), run=run.run_id, env=action.env,
+            service=action.service, generation=action.generation, detail={"error": why},
+        )  # fmt: skip
+        raise RolloutFailed(why)
+
+    def compensate(
+        self,
+        launched: list[tuple[str, ObservedInstance]],
+        provider: ComputeProvider,
+        spec: ServiceSpec,
+        generation: int,
+        new_generation: bool,
+        why: str,
+    ) -> None:
+        """Undo a failed batch: the new instances go, the serving generation stays."""
+        run = self.run
+        for op, instance in launched:
+            run.ledger.mark_operation(op, state="failed", at=run.now(), detail=why)
+            self.teardown.terminate(instance.id, spec.provider, provider, reason=f"failed: {why}")
+        if new_generation:
+            run.ledger.set_generation_state(
+                spec.env,
+                spec.name,
+                generation,
+                state=GenerationState.FAILED,
+                at=run.now(),
+                reason=f"failed: {why}",
+            )
+        run.ledger.record_event(
+            kind="rollout_failed",
+            at=run.now(),
+            run=run.run_id,
+            env=spec.env,
+            service=spec.name,
+            generation=generation,
+            detail={"error": why},
+        )
+        if new_generation:
+            self._notify_failed(spec, generation, why)
+
+    def _notify_failed(self, spec: ServiceSpec, generation: int, why: str) -> None:
+        self.notifications.send(
+            "generation-failed",
+            f"{spec.env}/{spec.name} generation {generation} ({spec.image}) failed: {why}; "
+            "the previous generation keeps serving",
+            env=spec.env, service=spec.name, generation=generation, commit=self.run.desired.commit,
+            detail={"error": why},
+        )  # fmt: skip
