@@ -75,15 +75,10 @@ from reconciler.providers.azure_resources import (
     vm_name,
 )
 from reconciler.providers.base import (
-    TAG_ENV,
-    TAG_NAME,
     TAG_OP,
     TAG_OWNER,
-    TAG_SERVICE,
-    TAG_SPEC,
     LaunchRequest,
-    generation_from_tags,
-    slot_from_name,
+    instance_from_tags,
 )
 from reconciler.providers.calls import OutcomeUnknown, ProviderCalls, launch_once
 from reconciler.providers.credentials import resolve_secret
@@ -356,7 +351,8 @@ class AzureProvider:
             None,
         )
         created = properties.get("timeCreated")
-        return ObservedInstance(
+        return instance_from_tags(
+            tags,
             id=vm_id,
             provider=self.name,
             state=instance_state(
@@ -364,17 +360,9 @@ class AzureProvider:
             ),
             image=image_of(properties["storageProfile"].get("imageReference") or {}),
             size=str(properties["hardwareProfile"]["vmSize"]),
-            env=tags.get(TAG_ENV),
-            service=tags.get(TAG_SERVICE),
-            generation=generation_from_tags(tags),
-            slot=slot_from_name(tags.get(TAG_NAME)),
-            fingerprint=tags.get(TAG_SPEC),
-            op=tags.get(TAG_OP),
-            name=tags.get(TAG_NAME),
             private_ip=private,
             public_ip=None,  # no public addresses are created
             launched_at=datetime.fromisoformat(created.replace("Z", "+00:00")) if created else None,
-            tags=tags,
         )
 
     # ------------------------------------------------------------ mutation

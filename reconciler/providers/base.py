@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from reconciler.model import InstanceState, ObservedInstance
@@ -64,6 +65,41 @@ def generation_from_tags(tags: Mapping[str, str]) -> int | None:
         return None
 
 
+def instance_from_tags(
+    tags: Mapping[str, str],
+    *,
+    id: str,
+    provider: str,
+    state: InstanceState,
+    image: str,
+    size: str,
+    private_ip: str | None = None,
+    public_ip: str | None = None,
+    launched_at: datetime | None = None,
+) -> ObservedInstance:
+    """An observed instance whose identity (env, service, generation, slot, spec, op,
+    name) is read from our tags, already in their DESIGN §3 names (adapters reverse any
+    mapping first): every adapter reads them the same way."""
+    return ObservedInstance(
+        id=id,
+        provider=provider,
+        state=state,
+        image=image,
+        size=size,
+        env=tags.get(TAG_ENV),
+        service=tags.get(TAG_SERVICE),
+        generation=generation_from_tags(tags),
+        slot=slot_from_name(tags.get(TAG_NAME)),
+        fingerprint=tags.get(TAG_SPEC),
+        op=tags.get(TAG_OP),
+        name=tags.get(TAG_NAME),
+        private_ip=private_ip,
+        public_ip=public_ip,
+        launched_at=launched_at,
+        tags=dict(tags),
+    )
+
+
 def launched_instance(
     request: LaunchRequest,
     *,
@@ -77,22 +113,15 @@ def launched_instance(
     """What a create just made, as the next listing will show it: identity from the
     request's tags, image and size as the cloud reported them (the tamper check compares
     later listings with these)."""
-    return ObservedInstance(
+    return instance_from_tags(
+        {**request.tags, TAG_NAME: request.name, TAG_OP: request.op},
         id=id,
         provider=provider,
         state=InstanceState.PENDING,
         image=image,
         size=size,
-        env=request.tags.get(TAG_ENV),
-        service=request.tags.get(TAG_SERVICE),
-        generation=generation_from_tags(request.tags),
-        slot=slot_from_name(request.name),
-        fingerprint=request.tags.get(TAG_SPEC),
-        op=request.op,
-        name=request.name,
         private_ip=private_ip,
         public_ip=public_ip,
-        tags=dict(request.tags),
     )
 
 

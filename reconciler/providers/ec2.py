@@ -39,15 +39,11 @@ from reconciler.errors import ObservationIncomplete, ProviderError, TransientErr
 from reconciler.extensions import LoadBalancerPort
 from reconciler.model import InstanceState, ObservedInstance
 from reconciler.providers.base import (
-    TAG_ENV,
     TAG_OP,
     TAG_OWNER,
-    TAG_SERVICE,
-    TAG_SPEC,
     LaunchRequest,
-    generation_from_tags,
+    instance_from_tags,
     launched_instance,
-    slot_from_name,
 )
 from reconciler.providers.calls import OutcomeUnknown, ProviderCalls, launch_once
 from reconciler.providers.endpoints import parse_endpoint
@@ -240,23 +236,16 @@ class Ec2Provider:
         raw_state = findattr(item, "instanceState/name", NAMESPACE) or ""
         tags: dict[str, str] = dict(node.extra.get("tags") or {})
         launched = node.extra.get("launch_time")
-        return ObservedInstance(
+        return instance_from_tags(
+            tags,
             id=str(node.id),
             provider=self.name,
             state=_STATES.get(raw_state, InstanceState.PENDING),
             image=node.extra.get("image_id") or "",
             size=node.extra.get("instance_type") or "",
-            env=tags.get(TAG_ENV),
-            service=tags.get(TAG_SERVICE),
-            generation=generation_from_tags(tags),
-            slot=slot_from_name(tags.get("Name")),
-            fingerprint=tags.get(TAG_SPEC),
-            op=tags.get(TAG_OP),
-            name=tags.get("Name"),
             private_ip=_first(node.private_ips),
             public_ip=_first(node.public_ips),
             launched_at=datetime.fromisoformat(launched) if launched else None,
-            tags=tags,
         )
 
     # ------------------------------------------------------------ mutation

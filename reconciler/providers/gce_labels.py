@@ -36,6 +36,7 @@ from reconciler.providers.base import (
     TAG_SERVICE,
     TAG_SPEC,
     generation_from_tags,
+    instance_from_tags,
     instance_name,
     slot_from_name,
 )
@@ -296,21 +297,14 @@ def observed_from(resource: Mapping[str, Any], *, provider: str) -> ObservedInst
     first = interfaces[0] if interfaces else {}
     access = (first.get("accessConfigs") or [{}])[0]
     created = resource.get("creationTimestamp")
-    return ObservedInstance(
+    return instance_from_tags(
+        tags,
         id=name,
         provider=provider,
         state=_STATES.get(str(resource.get("status")), InstanceState.PENDING),
         image=metadata_value(resource, IMAGE_KEY) or "",
         size=last_segment(resource.get("machineType")),
-        env=tags.get(TAG_ENV),
-        service=tags.get(TAG_SERVICE),
-        generation=generation_from_tags(tags),
-        slot=slot_from_name(tags.get(TAG_NAME)),
-        fingerprint=tags.get(TAG_SPEC),
-        op=tags.get(TAG_OP),
-        name=tags.get(TAG_NAME),
         private_ip=first.get("networkIP"),
         public_ip=access.get("natIP"),
         launched_at=datetime.fromisoformat(created) if created else None,
-        tags=tags,
     )

@@ -47,16 +47,12 @@ from reconciler.errors import (
 )
 from reconciler.model import ObservedInstance, ProviderProfile
 from reconciler.providers.base import (
-    TAG_ENV,
     TAG_NAME,
     TAG_OP,
     TAG_OWNER,
-    TAG_SERVICE,
-    TAG_SPEC,
     LaunchRequest,
-    generation_from_tags,
+    instance_from_tags,
     launched_instance,
-    slot_from_name,
 )
 from reconciler.providers.calls import OutcomeUnknown, ProviderCalls, launch_once
 from reconciler.providers.credentials import resolve_secret
@@ -388,23 +384,16 @@ class OpenStackProvider:
         # Microversion 2.47+ embeds the flavor's name; older ones give its id only.
         flavor_id = str(flavor.get("id", ""))
         size = flavor.get("original_name") or flavors.get(flavor_id, (f"flavor:{flavor_id}",))[0]
-        return ObservedInstance(
+        return instance_from_tags(
+            tags if TAG_NAME in tags else {**tags, TAG_NAME: str(node.name)},
             id=str(node.id),
             provider=self.name,
             state=nova_state(str(server["status"]), server.get("OS-EXT-STS:task_state")),
             image=node.extra.get("imageId") or "",
             size=size,
-            env=tags.get(TAG_ENV),
-            service=tags.get(TAG_SERVICE),
-            generation=generation_from_tags(tags),
-            slot=slot_from_name(tags.get(TAG_NAME) or node.name),
-            fingerprint=tags.get(TAG_SPEC),
-            op=tags.get(TAG_OP),
-            name=tags.get(TAG_NAME) or node.name,
             private_ip=next(iter(node.private_ips), None),
             public_ip=next(iter(node.public_ips), None),
             launched_at=_utc(node.created_at),
-            tags=tags,
         )
 
     def list_owned(self, owner: str) -> Sequence[ObservedInstance]:
