@@ -726,3 +726,31 @@ def test_listing_a_damaged_ledger_without_the_open_check_still_refuses(
     message = str(caught.value)
     assert str(state_dir / "ledger.sqlite") in message
     assert "reconciler ledger rebuild" in message
+
+
+def test_a_listing_that_would_migrate_the_file_checks_it_whole_first(state_dir: Path) -> None:
+    """Opening without the check is for reading; a pending migration writes, so the
+    whole-file check runs and a damaged file is refused before anything is written."""
+    from sqlite_utils import Database
+
+    from reconciler.ledger.schema import migrations
+
+    state_dir.mkdir(mode=0o700, parents=True)
+    conn = sqlite3.connect(state_dir / "ledger.sqlite", isolation_level=None)
+    migrations.apply(Database(conn), stop_before="0004_cost_rollup")
+    for _ in range(200):
+        conn.execute(
+            "INSERT INTO events (at, kind, detail) VALUES (?, 'filler', ?)", [T0_TEXT, "x" * 200]
+        )
+    (root,) = conn.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'events_kind'"
+    ).fetchone()
+    (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+    conn.close()
+    with open(state_dir / "ledger.sqlite", "r+b") as handle:
+        handle.seek((root - 1) * page_size + 8)
+        handle.write(b"\xff" * 64)
+    with pytest.raises(LedgerError, match="is corrupt"):
+        Ledger.open(state_dir, check="none")
+    applied = raw(state_dir).execute("SELECT name FROM _sqlite_migrations").fetchall()
+    assert "0004_cost_rollup" not in {row[0] for row in applied}, "nothing was migrated"
