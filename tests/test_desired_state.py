@@ -45,6 +45,24 @@ services:
     user_data: userdata/web.sh
 """
 
+# Profiles of drivers with their own settings, added before `defaults:` in BASE_CONFIG.
+GCE_PROFILE = """\
+  gcp:
+    driver: gce
+    region: us-central1-a
+    project: acme-prod
+    credentials:
+      key: {env: GCE_ACCOUNT}
+      secret: {file: gce_key}
+"""
+OPENSTACK_PROFILE = """\
+  os:
+    driver: openstack
+    auth_url: https://keystone.example:5000
+    tenant: web
+    credentials: {key: {env: OS_USER}, secret: {env: OS_PASSWORD}}
+"""
+
 BASE_FILES: dict[str, str | bytes] = {
     "reconciler.yaml": BASE_CONFIG,
     "environments/production.yaml": BASE_ENV,
@@ -939,15 +957,7 @@ BAD_CASES = [
         {
             CONF: BASE_CONFIG.replace(
                 "defaults:",
-                """  gcp:
-    driver: gce
-    region: us-central1-a
-    project: acme-prod
-    credentials:
-      key: {env: GCE_ACCOUNT}
-      secret: {file: gce_key}
-""".replace("    project: acme-prod\n", "")
-                + "defaults:",
+                GCE_PROFILE.replace("    project: acme-prod\n", "") + "defaults:",
             )
         },
         CONF,
@@ -972,13 +982,10 @@ BAD_CASES = [
         {
             CONF: BASE_CONFIG.replace(
                 "defaults:",
-                """  os:
-    driver: openstack
-    auth_url: https://keystone.example:5000
-    tenant: web
-    config_drive: "yes"
-    credentials: {key: {env: OS_USER}, secret: {env: OS_PASSWORD}}
-defaults:""",
+                OPENSTACK_PROFILE.replace(
+                    "    tenant: web\n", '    tenant: web\n    config_drive: "yes"\n'
+                )
+                + "defaults:",
             )
         },
         CONF,
@@ -991,15 +998,7 @@ defaults:""",
         {
             CONF: BASE_CONFIG.replace(
                 "defaults:",
-                """  gcp:
-    driver: gce
-    region: us-central1-a
-    project: acme-prod
-    credentials:
-      key: {env: GCE_ACCOUNT}
-      secret: {file: gce_key}
-"""
-                + "defaults:",
+                GCE_PROFILE + "defaults:",
             ),
             PROD: "provider: gcp\nservices:\n  web:\n    image: debian-12\n    size: e2-small\n"
             "    traffic: {libcloud-lb: web-lb}\n",
@@ -1014,12 +1013,7 @@ defaults:""",
         {
             CONF: BASE_CONFIG.replace(
                 "defaults:",
-                """  os:
-    driver: openstack
-    auth_url: https://keystone.example:5000
-    tenant: web
-    credentials: {key: {env: OS_USER}, secret: {env: OS_PASSWORD}}
-defaults:""",
+                OPENSTACK_PROFILE + "defaults:",
             ),
             PROD: "provider: os\nservices:\n  web:\n    image: ubuntu\n    size: m1.small\n"
             "    price_per_hour: 0.02\n    strategy: rolling\n",
@@ -1034,14 +1028,7 @@ defaults:""",
         {
             CONF: BASE_CONFIG.replace("owner: acme", "owner: " + "ACME" * 6).replace(
                 "defaults:",
-                """  gcp:
-    driver: gce
-    region: us-central1-a
-    project: acme-prod
-    credentials:
-      key: {env: GCE_ACCOUNT}
-      secret: {file: gce_key}
-defaults:""",
+                GCE_PROFILE + "defaults:",
             )
         },
         CONF,
@@ -1054,12 +1041,7 @@ defaults:""",
         {
             CONF: BASE_CONFIG.replace(
                 "defaults:",
-                """  os:
-    driver: openstack
-    auth_url: https://keystone.example:5000
-    tenant: web
-    credentials: {key: {env: OS_USER}, secret: {env: OS_PASSWORD}}
-defaults:""",
+                OPENSTACK_PROFILE + "defaults:",
             ),
             PROD: "provider: os\nservices:\n  web:\n    image: ubuntu\n    size: m1.small\n",
         },
