@@ -62,6 +62,7 @@ _ROUTES = [
 
 class AzureCloud(FakeCloud):
     fixture_dir = "azure"
+    auth_paths = ("/oauth2/token",)  # the login: a POST that changes nothing in the cloud
 
     def __init__(self, *, client_secret: str, page_size: int = 2) -> None:
         super().__init__()
@@ -81,10 +82,6 @@ class AzureCloud(FakeCloud):
         self.sizes_offered = {s["name"] for s in self.fixture("vm_sizes.json")["value"]}
 
     # -- what tests use ------------------------------------------------------
-    def mutating_requests(self) -> list[tuple[str, str]]:
-        """Mutations of cloud resources: a login (POST token) changes nothing."""
-        return [(m, p) for m, p in super().mutating_requests() if not p.endswith("/oauth2/token")]
-
     def list_pages(self, kind: str = "virtualMachines") -> int:
         """Pages read of the resource group's `kind` listing, or of the status listing."""
         if kind == "statuses":

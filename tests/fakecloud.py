@@ -59,7 +59,8 @@ class FakeCloud:
     """Subclasses implement `handle`; the server calls it for every request."""
 
     fixture_dir: str = ""  # e.g. "gce": response files live in tests/fixtures/gce/
-    # Paths that only fetch a token: POSTs there change nothing in the cloud.
+    # Endings of the paths that only fetch a token: POSTs there change nothing in the
+    # cloud (an ending, since e.g. Azure's login path starts with the tenant id).
     auth_paths: tuple[str, ...] = ()
 
     def __init__(self) -> None:
@@ -83,7 +84,7 @@ class FakeCloud:
             (m, p)
             for m, p in self.requests
             if m in ("POST", "PUT", "PATCH", "DELETE")
-            and not p.startswith(self.auth_paths or ("\0",))
+            and not (self.auth_paths and p.endswith(self.auth_paths))
         ]
 
     # -- what subclasses use -------------------------------------------------

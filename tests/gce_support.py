@@ -76,6 +76,7 @@ class FakeGce(FakeCloud):
     `hold_refusals` (for token races)."""
 
     fixture_dir = "gce"
+    auth_paths = (TOKEN_PATH,)  # the token exchange: a POST that changes nothing
 
     def __init__(self, page_size: int = 2) -> None:
         super().__init__()
@@ -102,10 +103,6 @@ class FakeGce(FakeCloud):
         self._ids = itertools.count(4_100_000_000_000_000_001)
 
     # -- what tests use --------------------------------------------------------
-    def mutating_requests(self) -> list[tuple[str, str]]:
-        # The token exchange is a POST, but it changes nothing in the cloud.
-        return [r for r in super().mutating_requests() if r[1] != TOKEN_PATH]
-
     def api_requests(self) -> list[tuple[str, str]]:
         return [r for r in self.requests if r[1] != TOKEN_PATH]
 
