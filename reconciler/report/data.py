@@ -41,7 +41,9 @@ def gather_report(ledger: Ledger, *, now: datetime, days: int) -> ReportData:
         ended = _parse(row.get("destroyed_at"))
         if ended is None or ended >= start:
             shown.append(row)
-    by_day = ledger.cost_rows(by="day", since=start, until=now, now=now)
+    # Open-ended like `ledger cost --since`: a started hour or a billing minimum is owed
+    # in full once it starts, so the window must not cut it off at `now`.
+    by_day = ledger.cost_rows(by="day", since=start, until=None, now=now)
     orphans = find_orphans(ledger, now=now)
     return ReportData(
         now=now,

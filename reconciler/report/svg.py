@@ -7,8 +7,9 @@ external fonts, images or scripts); tooltips are SVG <title> elements, not scrip
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from html import escape
 from typing import Any
 
@@ -121,7 +122,9 @@ def cost_chart(rows: Sequence[dict[str, Any]], *, start: datetime, now: datetime
     colour = {name: PALETTE[n % len(PALETTE)] for n, name in enumerate(services)}
     days: list[str] = []
     moment = start.date()
-    while moment <= now.date():
+    # A billing minimum that began just before midnight is owed on the next day too.
+    last = max([now.date(), *(date.fromisoformat(r["day"]) for r in rows)])
+    while moment <= last:
         days.append(moment.isoformat())
         moment += timedelta(days=1)
     per_day: dict[str, dict[str, float]] = {d: {} for d in days}
@@ -139,13 +142,14 @@ def cost_chart(rows: Sequence[dict[str, Any]], *, start: datetime, now: datetime
         f'role="img" aria-label="Cost per day, stacked by service" '
         ">"
     ]
+    decimals = axis_decimals(scale_top / 4)
     for k in range(5):
         value = scale_top * k / 4
         y = plot_top + plot_h - plot_h * k / 4
         parts.append(
             f'<line class="grid" x1="{left}" y1="{y:.1f}" x2="{WIDTH - 10}" y2="{y:.1f}"/>'
             f'<text class="axis" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">'
-            f"${value:,.2f}</text>"
+            f"${value:,.{decimals}f}</text>"
         )
     label_every = max(1, len(days) // 10)
     for n, day in enumerate(days):
@@ -180,6 +184,14 @@ def cost_chart(rows: Sequence[dict[str, Any]], *, start: datetime, now: datetime
                      "No cost recorded in this window.</text>")  # fmt: skip
     parts.append("</svg>")
     return "".join(parts)
+
+
+def axis_decimals(step: float) -> int:
+    """Decimals for gridlines `step` apart: two significant digits of the step, and at
+    least cents (a demo fleet's $0.0005 steps must not all read "$0.00")."""
+    if step <= 0 or not math.isfinite(step):
+        return 2
+    return max(2, 1 - math.floor(math.log10(step)))
 
 
 def _nice(value: float) -> float:
