@@ -174,18 +174,35 @@ def _cell(value: Any) -> str:
     return text
 
 
+def print_phrases(console: Console, phrases: Sequence[str], *, indent: str = "  ") -> None:
+    """Phrases joined by spaces, wrapped between phrases only: at 80 columns a line
+    breaks before "commit 0123456789", never inside it."""
+    line = ""
+    for phrase in phrases:
+        if line and len(line) + 1 + len(phrase) > console.width:
+            console.print(escape(line), overflow="fold")
+            line = indent + phrase
+        else:
+            line = f"{line} {phrase}" if line else phrase
+    if line:
+        console.print(escape(line), overflow="fold")
+
+
 def print_status(console: Console, document: Mapping[str, Any]) -> None:
     last = document.get("last_run")
     if last:
-        counts = ", ".join(
+        counts = [
             f"{n} {k}" for k, n in sorted(last["counts"].items()) if not k.startswith("drift:")
-        )
-        console.print(
-            escape(
-                f"Last run {last['id']} ({last['command']}): {last['result'] or 'running'} "
-                f"at {_cell(last['started_at'])}, commit {_cell(last['commit'])}"
-                + (f" - {counts}" if counts else "")
-            )
+        ]
+        print_phrases(
+            console,
+            [
+                f"Last run {last['id']} ({last['command']}): {last['result'] or 'running'}",
+                f"at {_cell(last['started_at'])},",
+                f"commit {_cell(last['commit'])}" + (" -" if counts else ""),
+                *(f"{c}," for c in counts[:-1]),
+                *counts[-1:],
+            ],
         )
         if last.get("error"):
             console.print(escape(f"  error: {last['error']}"))

@@ -6,6 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -259,3 +262,24 @@ def test_human_history_shows_a_page_of_services_and_says_how_to_see_the_rest(
     assert "production/svc22" in one.stdout and "not shown" not in one.stderr
     everything = _json(cli("ledger", "history", "--json"))
     assert len(everything) == 23
+
+
+def test_status_wraps_between_phrases_at_80_columns(tmp_path: Path) -> None:
+    with Ledger.open(tmp_path / "state") as ledger:
+        run = ledger.start_run(command="daemon", commit="0123456789abcdef" * 2 + "01234567")
+        ledger.finish_run(
+            run,
+            result="changes",
+            counts={"create": 12, "destroy": 3, "adopt": 1, "retire": 2, "scale": 4,
+                    "activate": 2, "replace": 5},
+        )  # fmt: skip
+    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "reconciler", "--state-dir", str(tmp_path / "state"), "status"],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    lines = done.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    # Every phrase stays whole on one line: the wrap falls between them.
+    for phrase in ("commit 0123456789", "12 create", "3 destroy", "5 replace", "1 adopt"):
+        assert any(phrase in line for line in lines), (phrase, lines)
