@@ -42,7 +42,12 @@ class ConfigurationError(ReconcilerError):
 
 
 class TransientError(ReconcilerError):
-    """Try again later: throttling, timeouts, a 5xx from the cloud."""
+    """Try again later: throttling, timeouts, a 5xx from the cloud. `retry_after` is the
+    least wait in seconds the cloud asked for (Retry-After), when it said."""
+
+    def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ProviderError(ReconcilerError):

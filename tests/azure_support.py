@@ -141,7 +141,7 @@ class AzureCloud(FakeCloud):
             body = self.fixture(
                 "error.json", code="TooManyRequests", message="The request is being throttled."
             )
-            return Response.of_json(body, status=429, **{"Retry-After": "0"})
+            return Response.of_json(body, status=429, **{"Retry-After": self.retry_after})
         for kind, pattern in _ROUTES:
             match = pattern.match(request.path)
             if match:

@@ -14,8 +14,10 @@ path) so a test can count mutating calls.
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -72,12 +74,20 @@ class FakeCloud:
         self.bugs: list[str] = []
         self.partial_listing = False
         self._throttle = 0
+        self.retry_after = "0"  # the Retry-After a throttling answer carries
+        self.request_times: list[float] = []  # time.monotonic() of each request, in order
         self.base_url = ""  # set once the server listens: http://127.0.0.1:<port>
 
     # -- what tests use ------------------------------------------------------
     def throttle(self, count: int = 1) -> None:
         with self.lock:
             self._throttle = count
+
+    def gaps(self, method: str, path_end: str) -> list[float]:
+        """Seconds between consecutive requests of `method` to a path ending so."""
+        times = [t for (m, p), t in zip(self.requests, self.request_times, strict=True)
+                 if m == method and p.endswith(path_end)]  # fmt: skip
+        return [later - earlier for earlier, later in itertools.pairwise(times)]
 
     def mutating_requests(self) -> list[tuple[str, str]]:
         return [
@@ -115,6 +125,7 @@ class FakeCloud:
         with self.lock:
             self.requests.append((request.method, request.path))
             self.queries.append(request.query)
+            self.request_times.append(time.monotonic())
         return self.handle(request)
 
 

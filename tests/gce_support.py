@@ -154,7 +154,9 @@ class FakeGce(FakeCloud):
                 401, "Request had invalid authentication credentials.", reason="authError"
             )
         if self.throttled():
-            return self._error(429, "Rate Limit Exceeded", reason="rateLimitExceeded")
+            answer = self._error(429, "Rate Limit Exceeded", reason="rateLimitExceeded")
+            answer.headers["Retry-After"] = self.retry_after
+            return answer
         with self.lock:
             for canned in self._canned:
                 if canned[0] == request.method and request.path.endswith(canned[1]):

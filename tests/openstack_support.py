@@ -340,7 +340,9 @@ class FakeOpenStack(FakeCloud):
             body = self.fixture(
                 "fault.json", kind="computeFault", code=429, message="Too Many Requests"
             )
-        return Response.of_json(body, status=self.throttle_status, **{"Retry-After": "0"})
+        return Response.of_json(
+            body, status=self.throttle_status, **{"Retry-After": self.retry_after}
+        )
 
     # -- Glance and Neutron --------------------------------------------------------
     def _images(self, request: Request) -> Response:

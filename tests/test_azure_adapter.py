@@ -416,3 +416,14 @@ def test_an_authorization_failure_is_reported_without_the_client_id(fake: AzureC
         p.list_owned("acme")
 
     assert CLIENT_ID not in str(caught.value) and "[redacted]" in str(caught.value)
+
+
+def test_a_throttled_put_is_resent_no_sooner_than_retry_after(fake: AzureCloud) -> None:
+    p = provider(fake)
+    fake.retry_after = "1"
+    fake.throttle(1)
+
+    p.create_instance(request(op="e" * 32))
+
+    (gap,) = fake.gaps("PUT", "")  # refused, then resent once
+    assert gap >= 1.0

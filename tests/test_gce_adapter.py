@@ -534,3 +534,14 @@ def test_the_registry_builds_it_from_a_profile_with_credential_references(
 
 def _instances_path() -> str:
     return f"/compute/v1/projects/{PROJECT}/zones/{ZONE}/instances"
+
+
+def test_a_throttled_insert_is_resent_no_sooner_than_retry_after(cloud: FakeGce) -> None:
+    p = provider(cloud)
+    cloud.retry_after = "1"
+    cloud.throttle(1)
+
+    launch(p, slot=1, op="ra1")
+
+    (gap,) = cloud.gaps("POST", "/instances")  # refused, then resent once
+    assert gap >= 1.0

@@ -418,3 +418,15 @@ def test_keystone_is_asked_for_a_project_scoped_token_in_the_given_domains(
     assert identity["methods"] == ["password"]
     assert identity["password"]["user"]["domain"] == {"name": "corp"}
     assert body["auth"]["scope"]["project"] == {"domain": {"id": "4f1e2d3c"}, "name": PROJECT}
+
+
+def test_a_throttled_listing_is_resent_no_sooner_than_retry_after(cloud: FakeOpenStack) -> None:
+    p = provider(cloud)
+    launch(p, slot=1, op="a")
+    cloud.retry_after = "1"
+    cloud.throttle(1)
+
+    p.list_owned("acme")
+
+    (gap,) = cloud.gaps("GET", "/servers/detail")  # refused, then resent once
+    assert gap >= 1.0

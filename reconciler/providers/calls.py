@@ -11,7 +11,10 @@ own library's exceptions into ours (`translate`) before anything here looks at t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 import structlog
@@ -20,9 +23,9 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    stop_after_delay,
     wait_random_exponential,
 )
+from tenacity.stop import stop_base
 
 from reconciler.errors import ObservationIncomplete, TransientError
 
@@ -32,12 +35,45 @@ T = TypeVar("T")
 
 # (exception, action) -> our error. The adapter's own mapping: only it knows its cloud.
 Translate = Callable[[Exception, str], Exception]
-# The least wait (seconds) the cloud asked for before the next attempt, or None.
-LeastWait = Callable[[BaseException], float | None]
+# A Retry-After beyond this is not believed: no cloud documents waits of hours.
+RETRY_AFTER_MAX = 300.0
 
 
 class OutcomeUnknown(TransientError):
     """The request may or may not have taken effect (lost response, 5xx, timeout)."""
+
+
+def retry_after_seconds(
+    headers: Mapping[str, str] | None, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)
+) -> float | None:
+    """The wait a response's Retry-After header asks for, in seconds (RFC 9110: a number
+    of seconds or an HTTP date), at most RETRY_AFTER_MAX; None when absent or unreadable.
+    Header names are matched without regard to case."""
+    value = next(
+        (v for k, v in (headers or {}).items() if str(k).lower() == "retry-after"), None
+    )
+    if value is None:
+        return None
+    text = str(value).strip()
+    try:
+        seconds = float(text) if text.replace(".", "", 1).isdigit() else None
+        if seconds is None:
+            seconds = (parsedate_to_datetime(text) - now()).total_seconds()
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX)
+
+
+class _PastBudget(stop_base):
+    """Stop when the time spent (the waits included: `idle_for` sums them) plus the
+    wait ahead reaches the budget: a retry that could only start after it is not made."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self, state: RetryCallState) -> bool:
+        spent = max(state.seconds_since_start or 0.0, state.idle_for)
+        return spent + state.upcoming_sleep >= self.seconds
 
 
 def retrying(
@@ -46,30 +82,34 @@ def retrying(
     *,
     attempts: int,
     seconds: float,
-    least_wait: LeastWait | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Retrying:
     """The retry policy for one action: only TransientError is retried, within both
     `attempts` and `seconds` (so a slow cloud cannot stretch a pass without bound),
     with jittered exponential waits (so adapters in many threads do not retry in step),
-    each retry logged. `least_wait` lets a cloud's Retry-After lengthen a wait: sooner
-    would only be refused again."""
+    each retry logged. A wait the cloud asked for (`TransientError.retry_after`, from
+    Retry-After) is honoured in full, since sooner would only be refused again, and it
+    counts against `seconds`: a wait that would end past the budget ends the retries
+    now instead of sleeping into a certain failure."""
     backoff = wait_random_exponential(multiplier=0.5, max=10)
 
     def wait(state: RetryCallState) -> float:
         seconds = float(backoff(state))
         error = state.outcome.exception() if state.outcome else None
-        hint = least_wait(error) if least_wait is not None and error is not None else None
+        hint = error.retry_after if isinstance(error, TransientError) else None
         return max(seconds, hint) if hint is not None else seconds
 
     return Retrying(
         retry=retry_if_exception_type(TransientError),
-        stop=stop_after_attempt(attempts) | stop_after_delay(seconds),
-        wait=backoff if least_wait is None else wait,
+        stop=stop_after_attempt(attempts) | _PastBudget(seconds),
+        wait=wait,
+        sleep=sleep,
         before_sleep=lambda state: log.warning(
             "provider_call_retry",
             provider=provider,
             action=action,
             attempt=state.attempt_number,
+            wait_seconds=round(state.upcoming_sleep, 3),
             error=str(state.outcome.exception()) if state.outcome else None,
         ),
         reraise=True,
@@ -89,14 +129,14 @@ class ProviderCalls:
         attempts: int,
         seconds: float,
         on_call: Callable[[str, str], None] | None = None,
-        least_wait: LeastWait | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.provider = provider
         self._translate = translate
         self._attempts = attempts
         self._seconds = seconds
         self._on_call = on_call  # (provider, action) per request sent: metrics
-        self._least_wait = least_wait
+        self._sleep = sleep  # tests record the waits instead of sleeping them
 
     def count(self, action: str) -> None:
         """Report one request sent (also for requests made outside `attempt`)."""
@@ -109,7 +149,7 @@ class ProviderCalls:
             action,
             attempts=self._attempts,
             seconds=self._seconds,
-            least_wait=self._least_wait,
+            sleep=self._sleep,
         )
 
     def attempt(self, action: str, fn: Callable[[], T]) -> T:

@@ -45,7 +45,12 @@ from reconciler.providers.base import (
     instance_from_tags,
     launched_instance,
 )
-from reconciler.providers.calls import OutcomeUnknown, ProviderCalls, launch_once
+from reconciler.providers.calls import (
+    OutcomeUnknown,
+    ProviderCalls,
+    launch_once,
+    retry_after_seconds,
+)
 from reconciler.providers.endpoints import parse_endpoint
 
 log = structlog.get_logger(__name__)
@@ -102,10 +107,11 @@ def _translate(exc: Exception, action: str) -> Exception:
         return OutcomeUnknown(f"{action}: connection failed ({type(exc).__name__})")
     if isinstance(exc, BaseHTTPError):
         message = str(exc.message)[:300]
+        wait = retry_after_seconds(exc.headers)  # a 429's or 503's Retry-After
         if exc.code == 429 or any(code in message for code in _THROTTLE_CODES):
-            return TransientError(f"{action}: {message}")
+            return TransientError(f"{action}: {message}", retry_after=wait)
         if exc.code >= 500 or any(code in message for code in _TRANSIENT_CODES):
-            return OutcomeUnknown(f"{action}: {message}")
+            return OutcomeUnknown(f"{action}: {message}", retry_after=wait)
         return ProviderError(f"{action}: {message}")
     if isinstance(exc, (LibcloudError, MalformedResponseError)):
         # Not echoed: libcloud puts the whole response body in the message.

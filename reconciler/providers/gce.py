@@ -138,12 +138,13 @@ def _translate(exc: Exception, action: str) -> Exception:
     if isinstance(exc, GoogleBaseError):
         message = _message(exc)
         status = exc.http_code if isinstance(exc.http_code, int) else 0
+        wait = getattr(exc, "retry_after", None)  # set by gce_connection._Response
         if status == 429 or exc.code in _RATE_REASONS:
-            return TransientError(f"{action}: {message}")
+            return TransientError(f"{action}: {message}", retry_after=wait)
         if status == 401:
             return TokenRefused(f"{action}: the access token was refused")
         if status >= 500:
-            return OutcomeUnknown(f"{action}: {message}")
+            return OutcomeUnknown(f"{action}: {message}", retry_after=wait)
         # 200 with an error is a finished operation that failed: resending the same
         # requestId would only return it again.
         return ProviderError(f"{action}: {message}")

@@ -17,10 +17,10 @@ from urllib.parse import urlparse
 from libcloud.common.base import Connection, ConnectionUserAndKey
 from libcloud.common.google import GoogleBaseError, GoogleServiceAcctAuthConnection
 from libcloud.common.types import LibcloudError, MalformedResponseError
-from libcloud.compute.drivers.gce import GCEConnection, GCENodeDriver
+from libcloud.compute.drivers.gce import GCEConnection, GCENodeDriver, GCEResponse
 
 from reconciler.errors import ProviderError, TransientError
-from reconciler.providers.calls import OutcomeUnknown
+from reconciler.providers.calls import OutcomeUnknown, retry_after_seconds
 from reconciler.providers.endpoints import parse_endpoint
 
 _SCOPES: Final = ["https://www.googleapis.com/auth/compute"]
@@ -99,11 +99,25 @@ class _AuthConnection(GoogleServiceAcctAuthConnection):
         return super().request(*args, **kwargs)
 
 
+class _Response(GCEResponse):
+    """GCEResponse whose errors keep the wait the API asked for: libcloud raises them
+    from `parse_body` without the response headers, where Retry-After is."""
+
+    def parse_body(self) -> Any:
+        try:
+            return super().parse_body()
+        except GoogleBaseError as exc:
+            exc.retry_after = retry_after_seconds(self.headers)  # type: ignore[attr-defined]
+            raise
+
+
 class _Connection(GCEConnection):
     """GCEConnection with the token object above and a configurable API root.
 
     GoogleBaseConnection.__init__ is skipped on purpose: it builds libcloud's
     file-caching credential and fetches a token at construction."""
+
+    responseCls = _Response
 
     def __init__(
         self,

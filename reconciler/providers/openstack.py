@@ -54,7 +54,12 @@ from reconciler.providers.base import (
     instance_from_tags,
     launched_instance,
 )
-from reconciler.providers.calls import OutcomeUnknown, ProviderCalls, launch_once
+from reconciler.providers.calls import (
+    OutcomeUnknown,
+    ProviderCalls,
+    launch_once,
+    retry_after_seconds,
+)
 from reconciler.providers.credentials import resolve_secret
 from reconciler.providers.openstack_connection import make_driver
 from reconciler.providers.openstack_nova import (
@@ -65,7 +70,6 @@ from reconciler.providers.openstack_nova import (
     next_page,
     normalized_auth_url,
     nova_state,
-    retry_after_hint,
 )
 
 log = structlog.get_logger(__name__)
@@ -88,9 +92,9 @@ def translate(exc: Exception, action: str, *, region: str) -> Exception:
         return OutcomeUnknown(f"{action}: connection failed ({type(exc).__name__})")
     if isinstance(exc, BaseHTTPError):
         message = str(exc.message)[:300]
-        retry_after = retry_after_hint(exc.headers)
+        retry_after = retry_after_seconds(exc.headers)
         if exc.code == 429 or (exc.code == 413 and retry_after is not None):
-            return Throttled(f"{action}: {message}", retry_after)
+            return Throttled(f"{action}: {message}", retry_after=retry_after)
         if exc.code == 401:
             # libcloud dropped the token; the next attempt authenticates again.
             return TransientError(f"{action}: the token was refused")
@@ -116,11 +120,6 @@ def _unreadable(what: str, exc: Exception) -> str:
 
 
 # ---------------------------------------------------------------- the adapter
-
-
-def _retry_after(error: BaseException) -> float | None:
-    """The wait Nova asked for (Retry-After): retrying sooner would be refused again."""
-    return error.retry_after if isinstance(error, Throttled) else None
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -217,7 +216,6 @@ class OpenStackProvider:
             translate=lambda exc, action: translate(exc, action, region=region),
             attempts=retry_attempts,
             seconds=retry_seconds,
-            least_wait=_retry_after,
         )
         self._page_size = page_size
         self._lock = threading.Lock()

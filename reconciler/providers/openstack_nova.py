@@ -51,7 +51,6 @@ _METADATA_KEY = re.compile(r"^[a-zA-Z0-9-_:. ]{1,255}$")
 METADATA_VALUE_MAX = 255
 USER_DATA_MAX = 65535  # Nova's limit, in bytes of base64
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_RETRY_AFTER_MAX = 30.0  # a longer hint is a pause for the next pass, not for this call
 
 Listener = Callable[[str], None]  # hears the name of every request sent
 
@@ -106,18 +105,6 @@ def next_page(links: Any) -> dict[str, str] | None:
 
 class Throttled(TransientError):
     """Rejected before execution (429, or Nova's 413 overLimit with Retry-After)."""
-
-    def __init__(self, message: str, retry_after: float | None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-def retry_after_hint(headers: Mapping[str, str] | None) -> float | None:
-    value = (headers or {}).get("retry-after")
-    try:
-        return min(max(float(value), 0.0), _RETRY_AFTER_MAX) if value is not None else None
-    except ValueError:
-        return None
 
 
 def request_name(method: str, action: str) -> str:
