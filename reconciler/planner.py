@@ -310,7 +310,9 @@ def _is_tampered(instance: ObservedInstance, gen: GenerationRecord, spec: Servic
     if instance.fingerprint and instance.fingerprint != spec.fingerprint:
         return True  # tagged into the generation, but not launched from its spec
     expected_image = gen.image_id or (spec.image if spec.image.startswith("ami-") else None)
-    if expected_image and instance.image and instance.image != expected_image:
+    # An image the cloud does not report ("") is drift only where one is expected: an
+    # instance running something other than its generation's image is not serving it.
+    if expected_image and instance.image != expected_image:
         return True
     return bool(instance.size) and instance.size != spec.size
 

@@ -291,7 +291,7 @@ class AzureCloud(FakeCloud):
             image["exactVersion"] = "22.04.202405010"
         os_disk = properties["storageProfile"].get("osDisk", {})
         os_profile = properties["osProfile"]
-        return self.fixture(
+        document = self.fixture(
             "virtual_machine.json",
             vm_name=name,
             id=self._vm_id(name, group),
@@ -312,6 +312,11 @@ class AzureCloud(FakeCloud):
             provisioning_state=state or vm["provisioning"],
             time_created=vm["created"],
         )
+        if vm.get("from_disk"):  # made from (or swapped to) a disk: ARM names no image
+            storage = document["properties"]["storageProfile"]
+            del storage["imageReference"]
+            storage["osDisk"]["createOption"] = "Attach"
+        return document
 
     def _statuses(self, request: Request, _name: None) -> Response:
         """Virtual Machines - List All: with statusOnly=true, each VM's instance view."""

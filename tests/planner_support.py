@@ -371,6 +371,10 @@ def _create_batch(state: _Mutable, batch: list[Action], *, fail: bool) -> None:
             )
         )
     launched = []
+    # As the applier does: a generation that recorded the image it resolved to keeps
+    # launching that image (a name re-pointed later never mixes images in it).
+    recorded = state.generations.get((spec.env, spec.name, number))
+    image = (recorded.image_id if recorded else None) or spec.image
     for action in batch:
         slot = action.slot or 1
         instance_id = f"i-{state.next_id:05d}"
@@ -379,7 +383,7 @@ def _create_batch(state: _Mutable, batch: list[Action], *, fail: bool) -> None:
             id=instance_id,
             provider=spec.provider,
             state=InstanceState.RUNNING,
-            image=spec.image,
+            image=image,
             size=spec.size,
             env=spec.env,
             service=spec.name,

@@ -427,3 +427,14 @@ def test_a_throttled_put_is_resent_no_sooner_than_retry_after(fake: AzureCloud) 
 
     (gap,) = fake.gaps("PUT", "")  # refused, then resent once
     assert gap >= 1.0
+
+
+def test_a_vm_without_an_image_reference_reads_as_image_unknown(fake: AzureCloud) -> None:
+    p = provider(fake)
+    created = p.create_instance(request(op="d" * 32))
+    (vm,) = fake.vms.values()
+    vm["from_disk"] = True
+
+    (seen,) = p.list_owned("acme")
+
+    assert seen.id == created.id and seen.image == ""

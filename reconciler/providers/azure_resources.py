@@ -54,10 +54,13 @@ def image_reference(image: str) -> dict[str, str]:
 
 
 def image_of(reference: Mapping[str, Any]) -> str:
-    """The inverse of `image_reference`: how an observed VM's image is reported."""
+    """The inverse of `image_reference`: how an observed VM's image is reported; "" (not
+    known) for a VM with no image reference, e.g. one created from a disk or whose OS
+    disk was swapped."""
     if reference.get("id"):
         return str(reference["id"])
-    return ":".join(str(reference.get(k, "")) for k in ("publisher", "offer", "sku", "version"))
+    parts = [str(reference.get(k) or "") for k in ("publisher", "offer", "sku", "version")]
+    return ":".join(parts) if all(parts) else ""
 
 
 def encoded(text: str) -> str:
