@@ -67,7 +67,9 @@ def pem_canaries() -> list[str]:
 
 class FakeGce(FakeCloud):
     """The fake. Fault switches beyond the base class's `throttle` and `partial_listing`:
-    `repeat_page_token` (page two names page one's token again), `lose_insert_responses`
+    `repeat_page_token` (page two names page one's token again), `exists_in_operation` (an
+    insert of an existing name is accepted; its operation ends RESOURCE_ALREADY_EXISTS),
+    `lose_insert_responses`
     (an insert takes effect, but its answer is a 503), `pending_operations` (inserts
     answer RUNNING; reading the operation says DONE), `fail_operations` (an insert's
     operation ends with QUOTA_EXCEEDED), `echo_metadata` (an insert is refused with a
@@ -100,6 +102,8 @@ class FakeGce(FakeCloud):
         self.lose_insert_responses = 0
         self.pending_operations = False
         self.fail_operations = False
+        self.exists_in_operation = False
+        self.errors_when_done: dict[str, dict[str, Any]] = {}  # operation name -> error
         self._ids = itertools.count(4_100_000_000_000_000_001)
 
     # -- what tests use --------------------------------------------------------
@@ -188,6 +192,8 @@ class FakeGce(FakeCloud):
             if kind == "operations" and name in self.operations and request.method == "GET":
                 operation = self.operations[name]
                 operation.update(status="DONE", progress=100)
+                if name in self.errors_when_done:
+                    operation["error"] = self.errors_when_done.pop(name)
                 return Response.of_json(operation)
         return self._error(404, f"The resource '{rest}' was not found", reason="notFound")
 
@@ -287,6 +293,20 @@ class FakeGce(FakeCloud):
                 return self._error(
                     400, f"Invalid value for field 'resource.labels': '{key}'.", reason="invalid"
                 )
+        if name in self.instances and self.exists_in_operation:
+            # What GCE does with a second insert of a name: the request is accepted, and
+            # its operation ends DONE with RESOURCE_ALREADY_EXISTS.
+            operation = self._operation("insert", name, zone, request_id=request_id)
+            error = {"errors": [{
+                "code": "RESOURCE_ALREADY_EXISTS",
+                "message": f"The resource 'projects/{PROJECT}/zones/{zone}/instances/{name}' "
+                "already exists",
+            }]}  # fmt: skip
+            if operation["status"] == "DONE":
+                operation["error"] = error
+            else:  # the error shows once the operation is read DONE
+                self.errors_when_done[operation["name"]] = error
+            return Response.of_json(operation)
         if name in self.instances:
             return self._error(409, f"The resource '{name}' already exists", reason="alreadyExists")
         if self.echo_metadata:

@@ -365,6 +365,20 @@ def test_an_insert_whose_name_exists_returns_the_earlier_launch(cloud: FakeGce) 
     assert list(cloud.instances) == [first]
 
 
+@pytest.mark.parametrize("pending", [False, True], ids=["done-at-once", "done-when-read"])
+def test_an_insert_whose_operation_ends_already_exists_adopts_the_earlier_launch(
+    cloud: FakeGce, pending: bool
+) -> None:
+    p = provider(cloud)
+    first = launch(p)
+    cloud.request_ids.clear()  # the requestId was forgotten: the name still guards
+    cloud.exists_in_operation = True
+    cloud.pending_operations = pending
+
+    assert launch(p) == first
+    assert list(cloud.instances) == [first]
+
+
 def test_a_failed_operation_is_a_provider_error(cloud: FakeGce) -> None:
     p = provider(cloud)
     cloud.fail_operations = True

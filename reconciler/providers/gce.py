@@ -156,6 +156,9 @@ def _translate(exc: Exception, action: str) -> Exception:
     return ProviderError(f"{action}: unexpected {type(exc).__name__} in the GCE client")
 
 
+_EXISTS: Final = object()  # an operation that ended in RESOURCE_ALREADY_EXISTS
+
+
 class GceProvider:
     """One GCE project and zone as a `ComputeProvider`."""
 
@@ -375,14 +378,15 @@ class GceProvider:
             return _operation(answer, "instances.insert")
 
         operation = self._calls.call("instances.insert", insert)
-        if operation is None:
+        # "Already exists", at once or when the operation ends (a resent insert with the
+        # same name), means an earlier attempt made it: adopt it if it is ours.
+        if operation is None or self._await(operation, "instances.insert") is _EXISTS:
             existing = self._calls.call("instances.get", partial(self._get_instance, name))
             if existing is None or existing.tags.get(TAG_OP) != request.op:
                 raise ProviderError(f"{self.name}: instance name {name} is taken by another")
             log.info("provider_launch_found_by_op", provider=self.name, op=request.op,
                      instance=name)  # fmt: skip
             return existing
-        self._await(operation, "instances.insert")
         return launched_instance(
             request, provider=self.name, id=name, image=image, size=request.size
         )
@@ -441,23 +445,29 @@ class GceProvider:
             "networkInterfaces": [interface],
         }
 
-    def _await(self, operation: Mapping[str, Any], action: str) -> None:
+    def _await(self, operation: Mapping[str, Any] | None, action: str) -> object:
         """Wait (bounded) for a zonal operation; a failed one raises ProviderError
-        (libcloud raises it on reading an operation that holds an `error`)."""
+        (libcloud raises it on reading an operation that holds an `error`), one that
+        failed because its resource already exists returns `_EXISTS`."""
         deadline = time.monotonic() + self._operation_wait
         delay = 1.0
-        while operation.get("status") != "DONE":
+        while operation is not None and operation.get("status") != "DONE":
             name = operation.get("name")
             if not name or time.monotonic() + delay > deadline:
                 log.info("provider_operation_pending", provider=self.name, action=action)
-                return  # the listing shows the instance; the waiter watches it boot
+                return None  # the listing shows the instance; the waiter watches it boot
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
             read = partial(self._read_operation, f"/zones/{self.zone}/operations/{name}")
             operation = self._calls.call("zoneOperations.get", read)
+        return _EXISTS if operation is None else None
 
-    def _read_operation(self, path: str) -> Mapping[str, Any]:
-        return _operation(self._request(path), "zoneOperations.get")
+    def _read_operation(self, path: str) -> Mapping[str, Any] | None:
+        """The operation, or None when it ended with RESOURCE_ALREADY_EXISTS."""
+        try:
+            return _operation(self._request(path), "zoneOperations.get")
+        except ResourceExistsError:
+            return None
 
     def _get_instance(self, name: str) -> ObservedInstance | None:
         try:
