@@ -8,7 +8,7 @@ together for `plan` and `apply`. Must not: parse command lines or pick exit code
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -104,16 +104,56 @@ def check_capabilities(desired: DesiredState, providers: Mapping[str, ComputePro
         raise InvalidDesiredState(problems)
 
 
+# How long after we destroyed an instance the cloud may still list it as running (GCE
+# shows RUNNING for a moment, then STOPPING). Within it, a listing that says alive is
+# read as "going away"; past it, a survivor is real and the planner deals with it.
+DELETION_GRACE = timedelta(minutes=15)
+
+
 def observe(
-    desired: DesiredState, providers: Mapping[str, ComputeProvider]
+    desired: DesiredState,
+    providers: Mapping[str, ComputeProvider],
+    *,
+    ledger: Ledger | None = None,
+    now: datetime | None = None,
 ) -> list[ObservedInstance]:
-    """Every owned instance of every provider; any failure aborts before planning."""
+    """Every owned instance of every provider; any failure aborts before planning.
+
+    With the ledger: an instance it records as destroyed within DELETION_GRACE counts
+    as gone however the cloud still lists it, so a deletion made by an earlier pass's
+    adapter (which remembered it) does not read as a live instance in this one."""
     observed: list[ObservedInstance] = []
     for name in sorted(providers):
         found = providers[name].list_owned(desired.owner)
         log.info("provider_observed", provider=name, instances=len(found))
         observed.extend(found)
-    return observed
+    for instance in observed:
+        if instance.unrecognized_state is not None:
+            log.warning("instance_state_unknown", provider=instance.provider,
+                        instance=instance.id, state=instance.unrecognized_state)  # fmt: skip
+    if ledger is None:
+        return observed
+    destroyed = ledger.destroyed_instance_ids(since=(now or datetime.now(UTC)) - DELETION_GRACE)
+    return [
+        replace(i, state=InstanceState.GONE) if i.alive and i.id in destroyed else i
+        for i in observed
+    ]
+
+
+def report_unknown_states(
+    ledger: Ledger, observed: Sequence[ObservedInstance], *, run: int, at: datetime
+) -> None:
+    """One event per instance in a state its adapter does not know (counted as not
+    serving): an operator should look at it."""
+    for instance in observed:
+        if instance.unrecognized_state is not None:
+            ledger.record_event(
+                kind="instance_state_unknown", at=at, run=run, env=instance.env,
+                service=instance.service, generation=instance.generation,
+                instance=instance.id,
+                detail={"provider": instance.provider, "state": instance.unrecognized_state,
+                        "counted_as": instance.state.value},
+            )  # fmt: skip
 
 
 def check_guards(
@@ -152,12 +192,13 @@ def plan_pass(desired_dir: str | Path, ledger: Ledger) -> PassOutcome:
     desired = read_desired(desired_dir)
     providers = build_providers(desired)
     check_capabilities(desired, providers)
-    observed = observe(desired, providers)
+    now = datetime.now(UTC)
+    observed = observe(desired, providers, ledger=ledger, now=now)
     plan = compute_plan(
         desired=desired,
         observed=observed,
         ledger=ledger.view(),
-        now=datetime.now(UTC),
+        now=now,
         pins=current_pins(ledger, desired),
         frozen=current_freezes(ledger, desired),
     )
@@ -229,7 +270,8 @@ def _apply_run(
         frozen = current_freezes(ledger, desired)
         # What an interrupted pass left open is closed first, so the plan sees it settled.
         resolve_open_operations(ledger, providers, desired, now=started, run=run_id, frozen=frozen)
-        observed = observe(desired, providers)
+        observed = observe(desired, providers, ledger=ledger, now=started)
+        report_unknown_states(ledger, observed, run=run_id, at=started)
         # One ledger row per provider: what `ledger orphans` judges between passes.
         accounting.record_observation(
             ledger, desired=desired, providers=providers, observed=observed, run=run_id, at=started

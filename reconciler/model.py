@@ -175,6 +175,9 @@ class ObservedInstance:
     public_ip: str | None = None
     launched_at: datetime | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    # The cloud's own word for a state its adapter does not know (then `state` is
+    # STOPPED: not counted as serving); reported as an event by the engine.
+    unrecognized_state: str | None = None
 
     @property
     def alive(self) -> bool:

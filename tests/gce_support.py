@@ -103,6 +103,7 @@ class FakeGce(FakeCloud):
         self.pending_operations = False
         self.fail_operations = False
         self.exists_in_operation = False
+        self.deleted_listed_running = 0  # listings that still show a deleted one RUNNING
         self.errors_when_done: dict[str, dict[str, Any]] = {}  # operation name -> error
         self._ids = itertools.count(4_100_000_000_000_000_001)
 
@@ -186,8 +187,11 @@ class FakeGce(FakeCloud):
                 if request.method == "GET":
                     return Response.of_json(self.instances[name])
                 if request.method == "DELETE":
-                    self.instances[name]["status"] = "STOPPING"
-                    self.stopping.setdefault(name, 1)
+                    # GCE lists a deleted instance RUNNING for a moment, then STOPPING.
+                    self.instances[name]["status"] = (
+                        "RUNNING" if self.deleted_listed_running else "STOPPING"
+                    )
+                    self.stopping.setdefault(name, 1 + self.deleted_listed_running)
                     return Response.of_json(self._operation("delete", name, zone))
             if kind == "operations" and name in self.operations and request.method == "GET":
                 operation = self.operations[name]

@@ -559,3 +559,34 @@ def test_a_throttled_insert_is_resent_no_sooner_than_retry_after(cloud: FakeGce)
 
     (gap,) = cloud.gaps("POST", "/instances")  # refused, then resent once
     assert gap >= 1.0
+
+
+@pytest.mark.parametrize(
+    ("status", "state"),
+    [
+        ("PENDING", InstanceState.PENDING),
+        ("PROVISIONING", InstanceState.PENDING),
+        ("STAGING", InstanceState.PENDING),
+        ("RUNNING", InstanceState.RUNNING),
+        ("REPAIRING", InstanceState.PENDING),
+        ("PENDING_STOP", InstanceState.STOPPED),
+        ("STOPPING", InstanceState.GONE),
+        ("DEPROVISIONING", InstanceState.GONE),
+        ("SUSPENDING", InstanceState.STOPPED),
+        ("SUSPENDED", InstanceState.STOPPED),
+        ("STOPPED", InstanceState.STOPPED),
+        ("TERMINATED", InstanceState.STOPPED),
+        ("FROM_THE_FUTURE", InstanceState.STOPPED),
+    ],
+)
+def test_every_documented_status_is_mapped_and_an_unknown_one_is_not_serving(
+    cloud: FakeGce, status: str, state: InstanceState
+) -> None:
+    p = provider(cloud)
+    name = launch(p)
+    cloud.instances[name]["status"] = status
+
+    (seen,) = p.list_owned("acme")
+
+    assert seen.state is state
+    assert seen.unrecognized_state == (None if status != "FROM_THE_FUTURE" else status)

@@ -238,3 +238,42 @@ def test_a_deleted_instance_still_listed_stopping_is_neither_destroyed_again_nor
     assert cloud.listed_stopping[shown:] == [stopping]  # this pass saw it, STOPPING
     assert json.loads(again.stdout)["actions"] == []  # no destroy, and no create either:
     assert len(cloud.mutating_requests()) == before  # two serve, as desired
+
+
+def test_an_instance_deleted_by_the_last_pass_does_not_read_as_alive_again(
+    cli: Cli, desired: Path, cloud: FakeGce
+) -> None:
+    assert cli("apply", "--desired", str(desired)).code == 0
+    services = {**SERVICES, "production": {**SERVICES["production"],
+                                           "api": {"image": IMAGE_V1, "count": 1}}}  # fmt: skip
+    write_gce_desired(desired, endpoint=cloud.base_url, environments=services)
+    git_commit(desired, "api: one instance")
+    cloud.deleted_listed_running = 2  # the next two listings still say RUNNING
+    scaled = cli("apply", "--desired", str(desired))
+    assert scaled.code == 0, scaled.stderr
+    before = len(cloud.mutating_requests())
+
+    # A new process: the adapter that deleted it is gone, the ledger remembers.
+    again = cli("apply", "--desired", str(desired))
+
+    assert again.code == 0, again.stderr
+    assert len(cloud.mutating_requests()) == before
+
+
+@pytest.mark.parametrize("status", ["HIBERNATING", "SOMETHING_NEW"])
+def test_a_status_nobody_knows_is_not_serving_and_is_reported(
+    cli: Cli, desired: Path, cloud: FakeGce, status: str
+) -> None:
+    assert cli("apply", "--desired", str(desired)).code == 0
+    odd = next(n for n, t in owned(cloud).items() if t["reconciler:service"] == "api")
+    cloud.instances[odd]["status"] = status
+
+    result = cli("apply", "--desired", str(desired))
+
+    assert result.code == 0, result.stderr
+    events = json.loads(cli("ledger", "events", "--json").stdout)
+    (event,) = [e for e in events if e["kind"] == "instance_state_unknown"]
+    assert event["instance"] == odd and status in json.dumps(event["detail"])
+    # Not counted as serving: its slot got a new instance.
+    api = [n for n, t in owned(cloud).items() if t["reconciler:service"] == "api"]
+    assert len(api) == 3

@@ -416,6 +416,14 @@ class Ledger:
                 for name in ("journal_mode", "synchronous", "busy_timeout")
             }
 
+    def destroyed_instance_ids(self, *, since: datetime) -> frozenset[str]:
+        """Instances recorded as destroyed (by us, or found gone) at or after `since`."""
+        with self._transaction("destroyed_instance_ids", write=False) as db:
+            rows = db.query(
+                "SELECT id FROM instances WHERE ended_s >= ?", [since.timestamp()]
+            )
+            return frozenset(row["id"] for row in rows)
+
     def view(self) -> LedgerView:
         with self._transaction("view", write=False) as db:
             return queries.view(db)

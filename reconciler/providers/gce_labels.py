@@ -23,6 +23,7 @@ import hashlib
 import re
 import uuid
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Final
 
@@ -71,20 +72,29 @@ _IMAGE_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 _NAMED = re.compile(r"\b(field|Quota) '([A-Za-z0-9_.\[\]/-]{1,100})'")
 _KEPT_NAME = re.compile(r"\x00(\d+)\x00")
 
-# https://cloud.google.com/compute/docs/instances/instance-life-cycle
+# https://cloud.google.com/compute/docs/instances/instance-life-cycle and the
+# `status` enum of the instances resource (compute v1 reference).
 _STATES: Final = {
+    "PENDING": InstanceState.PENDING,  # resources being allocated, before PROVISIONING
     "PROVISIONING": InstanceState.PENDING,
     "STAGING": InstanceState.PENDING,
     "RUNNING": InstanceState.RUNNING,
     "REPAIRING": InstanceState.PENDING,
-    # A deleted instance shows STOPPING until it disappears; a stopped one goes on to
-    # TERMINATED. Either way it will not serve again without someone acting.
+    # Going down: a graceful shutdown under way (PENDING_STOP) serves no new work.
+    "PENDING_STOP": InstanceState.STOPPED,
+    # A deleted instance shows STOPPING (then DEPROVISIONING, as its resources are
+    # released) until it disappears; a stopped one goes on to TERMINATED. Either way
+    # it will not serve again without someone acting.
     "STOPPING": InstanceState.GONE,
+    "DEPROVISIONING": InstanceState.GONE,
     "SUSPENDING": InstanceState.STOPPED,
     "SUSPENDED": InstanceState.STOPPED,
     "STOPPED": InstanceState.STOPPED,
     "TERMINATED": InstanceState.STOPPED,  # GCE's word for "stopped", not "deleted"
 }
+# A status this table does not know (a future one): not counted as serving, and
+# reported, rather than guessed to be alive.
+_UNKNOWN_STATE: Final = InstanceState.STOPPED
 
 
 class GceValueError(ValueError):
@@ -297,14 +307,18 @@ def observed_from(resource: Mapping[str, Any], *, provider: str) -> ObservedInst
     first = interfaces[0] if interfaces else {}
     access = (first.get("accessConfigs") or [{}])[0]
     created = resource.get("creationTimestamp")
-    return instance_from_tags(
+    status = str(resource.get("status"))
+    observed = instance_from_tags(
         tags,
         id=name,
         provider=provider,
-        state=_STATES.get(str(resource.get("status")), InstanceState.PENDING),
+        state=_STATES.get(status, _UNKNOWN_STATE),
         image=metadata_value(resource, IMAGE_KEY) or "",
         size=last_segment(resource.get("machineType")),
         private_ip=first.get("networkIP"),
         public_ip=access.get("natIP"),
         launched_at=datetime.fromisoformat(created) if created else None,
     )
+    if status in _STATES:
+        return observed
+    return replace(observed, unrecognized_state=status[:40])
