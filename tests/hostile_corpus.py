@@ -11,6 +11,7 @@ Used by tests/test_hostile_input.py and benchmarks/hostile_input.py.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,23 @@ def _run_step(step: dict[str, Any], root: Path) -> None:
         link = root / step["symlink"]
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(outside)
+    elif "fifo" in step:
+        target = root / step["fifo"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+        os.mkfifo(target)
+    elif "mkdir" in step:
+        target = root / step["mkdir"]
+        if target.is_file():
+            target.unlink()
+        target.mkdir(parents=True, exist_ok=True)
+    elif "link" in step:  # a symlink to a given target: itself (a loop), /dev/zero, ...
+        target = root / step["link"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+        target.symlink_to(target if step["to"] == "itself" else Path(step["to"]))
+    elif "rename" in step:
+        (root / step["rename"]).rename(root / step["to"])
     elif "write" in step:
         target = root / step["write"]
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -282,15 +283,84 @@ def test_missing_environments_directory_gives_no_environments(tmp_path: Path) ->
     assert load_desired_state(root).environments == ()
 
 
-def test_yml_is_read_and_other_files_ignored(tmp_path: Path) -> None:
+def test_yml_is_read_and_gitkeep_is_ignored(tmp_path: Path) -> None:
     files: Files = {
         "environments/staging.yml": "provider: local\nservices:\n  api: {image: ami-12c6146b}\n",
-        "environments/README.md": "not yaml: [",
-        "environments/.#production.yaml": "broken: [",
-        "environments/notes.txt": "ignored",
+        "environments/.gitkeep": "",
     }
     state = load_desired_state(write_tree(tmp_path, files))
     assert [e.name for e in state.environments] == ["production", "staging"]
+
+
+@pytest.mark.parametrize(
+    "name", ["README.md", ".#production.yaml", "notes.txt", "staging.yaml.bak", "prod.YAML",
+             "staging.json", ".staging.yaml", "staging"],
+)  # fmt: skip
+def test_anything_else_in_environments_is_an_error(tmp_path: Path, name: str) -> None:
+    # Skipped in silence, a renamed environment file would decommission its instances.
+    root = write_tree(tmp_path, {f"environments/{name}": "provider: local\nservices: {}\n"})
+    with pytest.raises(InvalidDesiredState) as caught:
+        load_desired_state(root)
+    (problem,) = caught.value.problems
+    assert problem.file == f"{root}/environments/{name}"
+    assert "not an environment file" in problem.message
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "socket", "loop", "outside", "dangling"])
+def test_an_environment_entry_that_is_no_regular_file_is_an_error(
+    tmp_path: Path, kind: str
+) -> None:
+    root = write_tree(tmp_path / "state", {})
+    entry = root / "environments" / "staging.yaml"
+    if kind == "directory":
+        entry.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(entry)
+    elif kind == "socket":
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(entry))
+    elif kind == "loop":
+        entry.symlink_to(entry)
+    elif kind == "outside":
+        (tmp_path / "elsewhere.yaml").write_text("provider: local\nservices: {}\n")
+        entry.symlink_to(tmp_path / "elsewhere.yaml")
+    else:
+        entry.symlink_to(root / "environments" / "missing.yaml")
+    with pytest.raises(InvalidDesiredState) as caught:
+        load_desired_state(root)  # a FIFO must not block this
+    (problem,) = caught.value.problems
+    assert problem.file == f"{root}/environments/staging.yaml"
+    expected = {"directory": "is a directory", "fifo": "is a FIFO", "socket": "is a socket",
+                "loop": "symlink loop", "outside": "outside the desired-state directory",
+                "dangling": "does not exist"}  # fmt: skip
+    assert expected[kind] in problem.message
+
+
+@pytest.mark.parametrize("kind", ["fifo", "loop", "device", "directory"])
+@pytest.mark.parametrize(
+    ("name", "file", "key"),
+    [("reconciler.yaml", "reconciler.yaml", ""),
+     ("userdata/web.sh", "environments/production.yaml", "services.web.user_data")],
+)  # fmt: skip
+def test_a_config_or_user_data_that_is_no_regular_file_is_an_error(
+    tmp_path: Path, kind: str, name: str, file: str, key: str
+) -> None:
+    root = write_tree(tmp_path / "state", {name: None})
+    target = root / name
+    target.parent.mkdir(exist_ok=True)
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "loop":
+        target.symlink_to(target)
+    elif kind == "device":
+        target.symlink_to("/dev/zero")  # outside, and endless if it were read
+    else:
+        target.mkdir()
+    with pytest.raises(InvalidDesiredState) as caught:
+        load_desired_state(root)  # a FIFO must not block this
+    (problem,) = caught.value.problems
+    assert (problem.file, problem.key) == (f"{root}/{file}", key)
+    assert problem.line == (None if not key else 6)
 
 
 def test_root_may_be_given_as_str_or_path(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ contact any provider.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from reconciler.desired.schema import (
     join,
     require,
 )
-from reconciler.desired.userdata import display_path, is_inside
+from reconciler.desired.userdata import display_path
 from reconciler.desired.yamlsource import YMap, YNode, YScalar, read_yaml_file
 from reconciler.errors import Problem
 from reconciler.model import NotifierSpec, Policy, ProviderProfile, SecretRef
@@ -95,7 +96,7 @@ def parse_settings(
     display = display_path(display_root, CONFIG_FILE)
     reporter = Reporter(display, problems)
     path = root / CONFIG_FILE
-    if not path.is_file() and not path.is_symlink():
+    if not os.path.lexists(path):
         reporter.add(
             None,
             "",
@@ -103,10 +104,7 @@ def parse_settings(
             "owner and the providers",
         )
         return Settings()
-    if not is_inside(root, path):
-        reporter.add(None, "", "resolves (through a symlink) outside the desired-state directory")
-        return Settings()
-    doc = read_yaml_file(path, display=display, problems=problems)
+    doc = read_yaml_file(path, root=root, display=display, problems=problems)
     if doc is None:
         return Settings()
     if doc.root is None:

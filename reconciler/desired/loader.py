@@ -13,16 +13,19 @@ import os
 from pathlib import Path
 from typing import Final
 
-from reconciler.desired.config import parse_settings
+from reconciler.desired.config import Settings, parse_settings
 from reconciler.desired.environment import parse_environment
+from reconciler.desired.files import Refused, directory_inside
 from reconciler.desired.schema import Reporter
-from reconciler.desired.userdata import display_path, is_inside
+from reconciler.desired.userdata import display_path
 from reconciler.desired.yamlsource import read_yaml_file
 from reconciler.errors import InvalidDesiredState, Problem
 from reconciler.model import DesiredState, Environment
 
 ENVIRONMENTS_DIR: Final = "environments"
 ENV_SUFFIXES: Final = (".yaml", ".yml")
+# What git users keep in an otherwise empty directory: not an environment, not a mistake.
+IGNORED_ENTRIES: Final = frozenset({".gitkeep", ".keep", ".gitignore"})
 
 
 def load_desired_state(root: str | os.PathLike[str], *, commit: str | None = None) -> DesiredState:
@@ -46,47 +49,16 @@ def load_desired_state(root: str | os.PathLike[str], *, commit: str | None = Non
     env_display = display_path(root_text, ENVIRONMENTS_DIR)
     # No environments/ directory means zero environments: the empty-desired-state
     # guard refuses that with its own exit code, so it is not a validation error.
-    if env_dir.exists() and not env_dir.is_dir():
-        problems.append(Problem(env_display, None, "", "must be a directory"))
-    elif env_dir.is_dir() and not is_inside(root_path, env_dir):
-        problems.append(
-            Problem(env_display, None, "", "resolves outside the desired-state directory")
-        )
-    elif env_dir.is_dir():
-        seen: dict[str, str] = {}
-        for entry in sorted(env_dir.iterdir()):
-            # Dotfiles are editor and tool droppings (.#prod.yaml), never environments.
-            if entry.name.startswith(".") or entry.suffix not in ENV_SUFFIXES:
-                continue
-            display = display_path(root_text, ENVIRONMENTS_DIR, entry.name)
-            reporter = Reporter(display, problems)
-            if not is_inside(root_path, entry):
-                reporter.add(
-                    None, "", "resolves (through a symlink) outside the desired-state directory"
-                )
-                continue
-            if not entry.is_file():
-                continue
-            name = entry.stem
-            if name in seen:
-                reporter.add(
-                    None, "", f"environment {name!r} is also defined by {seen[name]}; keep one"
-                )
-                continue
-            seen[name] = display
-            doc = read_yaml_file(entry, display=display, problems=problems)
-            if doc is None:
-                continue
-            env = parse_environment(
-                reporter,
-                doc,
-                name=name,
-                settings=settings,
-                root=root_path,
+    if os.path.lexists(env_dir):
+        try:
+            directory_inside(root_path, env_dir)
+        except Refused as exc:
+            problems.append(Problem(env_display, None, "", f"{exc}; it must be a directory"))
+        else:
+            environments = _read_environments(
+                root_path, root_text, settings=settings, problems=problems,
                 user_data_cache=user_data_cache,
-            )
-            if env is not None:
-                environments.append(env)
+            )  # fmt: skip
 
     if problems:
         raise InvalidDesiredState(_ordered(problems))
@@ -100,6 +72,49 @@ def load_desired_state(root: str | os.PathLike[str], *, commit: str | None = Non
         commit=commit,
         notifiers=settings.notifiers,
     )
+
+
+def _read_environments(
+    root: Path,
+    root_text: str,
+    *,
+    settings: Settings,
+    problems: list[Problem],
+    user_data_cache: dict[str, str],
+) -> list[Environment]:
+    """Every entry of environments/ is an environment file, or a problem: a file that
+    is skipped in silence would decommission its environment's instances."""
+    environments: list[Environment] = []
+    seen: dict[str, str] = {}
+    for name in sorted(os.listdir(root / ENVIRONMENTS_DIR)):
+        entry = root / ENVIRONMENTS_DIR / name
+        display = display_path(root_text, ENVIRONMENTS_DIR, name)
+        reporter = Reporter(display, problems)
+        if name in IGNORED_ENTRIES:
+            continue
+        stem, suffix = os.path.splitext(name)
+        if suffix not in ENV_SUFFIXES or name.startswith("."):
+            reporter.add(
+                None, "",
+                "not an environment file: environments/ holds only <env>.yaml files (an "
+                "environment whose file is renamed or moved would be decommissioned); "
+                "move this elsewhere",
+            )  # fmt: skip
+            continue
+        if stem in seen:
+            reporter.add(None, "", f"environment {stem!r} is also defined by {seen[stem]}; "
+                         "keep one")  # fmt: skip
+            continue
+        seen[stem] = display
+        doc = read_yaml_file(entry, root=root, display=display, problems=problems)
+        if doc is None:
+            continue
+        env = parse_environment(
+            reporter, doc, name=stem, settings=settings, root=root, user_data_cache=user_data_cache
+        )
+        if env is not None:
+            environments.append(env)
+    return environments
 
 
 def _ordered(problems: list[Problem]) -> list[Problem]:

@@ -13,15 +13,11 @@ import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Final
 
+from reconciler.desired.files import Refused, read_regular_file
 from reconciler.desired.schema import Reporter, get_str
 from reconciler.desired.yamlsource import YNode
 
 MAX_USER_DATA_BYTES: Final = 16 * 1024
-
-
-def is_inside(root: Path, candidate: Path) -> bool:
-    """True if `candidate`, with every symlink resolved, is within `root` (resolved)."""
-    return candidate.resolve().is_relative_to(root.resolve())
 
 
 def read_user_data(
@@ -56,28 +52,18 @@ def read_user_data(
     if ".." in PureWindowsPath(relative).parts:
         refuse(f"user data path {relative!r} contains '..'; paths must stay inside the root")
         return None
-    target = root / relative
-    if not is_inside(root, target):
-        refuse(
-            f"user data path {relative!r} resolves (through a symlink) to a location "
-            "outside the desired-state directory"
-        )
-        return None
-    if not target.is_file():
-        what = "is not a regular file" if target.exists() else "does not exist"
-        refuse(f"user data file {relative!r} {what} (paths are relative to the root)")
-        return None
     try:
-        size = target.stat().st_size
-        if size > MAX_USER_DATA_BYTES:
-            refuse(
-                f"user data file {relative!r} is {size} bytes; the limit is "
-                f"{MAX_USER_DATA_BYTES} bytes (16 KiB)"
-            )
-            return None
-        raw = target.read_bytes()
-    except OSError as exc:
-        refuse(f"user data file {relative!r} cannot be read: {exc.strerror or type(exc).__name__}")
+        raw = read_regular_file(
+            root, root / relative, limit=MAX_USER_DATA_BYTES,
+            limit_text=f"the limit is {MAX_USER_DATA_BYTES} bytes (16 KiB)",
+        )  # fmt: skip
+    except Refused as exc:
+        message = str(exc)
+        if message.startswith("resolves"):
+            refuse(f"user data path {relative!r} {message}")
+        else:
+            refuse(f"user data file {relative!r} {message} (paths are relative to the root)"
+                   if message == "does not exist" else f"user data file {relative!r} {message}")
         return None
     try:
         contents = raw.decode("utf-8")

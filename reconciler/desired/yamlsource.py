@@ -20,6 +20,7 @@ from yaml.constructor import SafeConstructor
 from yaml.error import Mark
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from reconciler.desired.files import Refused, read_regular_file
 from reconciler.errors import Problem
 
 MAX_YAML_BYTES: Final = 1024 * 1024
@@ -88,20 +89,23 @@ class YamlDocument:
     root: YNode | None  # None: the document is empty (or only comments)
 
 
-def read_yaml_file(path: Path, *, display: str, problems: list[Problem]) -> YamlDocument | None:
-    """Read and compose one YAML file; record problems, return None if unusable."""
+def read_yaml_file(
+    path: Path, *, root: Path, display: str, problems: list[Problem]
+) -> YamlDocument | None:
+    """Read and compose one YAML file (a regular file inside `root`); record problems,
+    return None if unusable."""
 
     def refuse(line: int | None, message: str) -> None:
         problems.append(Problem(display, line, "", message))
 
     try:
-        size = path.stat().st_size
-        if size > MAX_YAML_BYTES:
-            refuse(None, f"file is {size} bytes; desired-state YAML files are limited to 1 MiB")
-            return None
-        raw = path.read_bytes()
-    except OSError as exc:
-        refuse(None, f"cannot read file: {exc.strerror or exc}")
+        raw = read_regular_file(
+            root, path, limit=MAX_YAML_BYTES,
+            limit_text="desired-state YAML files are limited to 1 MiB",
+        )  # fmt: skip
+    except Refused as exc:
+        message = str(exc)
+        refuse(None, f"file {message}" if message.startswith("is ") else message)
         return None
     try:
         text = raw.decode("utf-8")
