@@ -120,6 +120,8 @@ class Policy:
     # within `thrash_window` seconds freezes it until a new commit or `unfreeze`.
     thrash_limit: int = 5
     thrash_window: float = 3600.0
+    # All services' counts together: a typo in one count cannot launch a fleet.
+    max_total_instances: int = 1000
 
 
 @dataclass(frozen=True)

@@ -516,7 +516,7 @@ BAD_CASES = [
         PROD,
         5,
         "services.web.count",
-        "must be a non-negative integer, got -1",
+        "must be an integer between 0 and 10000, got -1",
     ),
     Bad(
         "count-above-max-count",
@@ -879,7 +879,7 @@ BAD_CASES = [
         PROD,
         5,
         "services.web.health.healthy_after",
-        "must be an integer >= 1, got 0",
+        "must be an integer between 1 and 1000, got 0",
     ),
     Bad(
         "strategy-typo",
@@ -978,7 +978,7 @@ BAD_CASES = [
         PROD,
         5,
         "services.web.price_per_hour",
-        "must be a non-negative number, got -0.5",
+        "must be a number between 0 and 10000, got -0.5",
     ),
     Bad(
         "empty-providers",
@@ -1175,7 +1175,7 @@ def test_problem_renders_file_line_key(tmp_path: Path) -> None:
         load_desired_state(root)
     expected = (
         f"{os.path.join(str(root), PROD)}:5: services.web.count: "
-        "must be a non-negative integer, got -1"
+        "must be an integer between 0 and 10000, got -1"
     )
     assert str(caught.value) == expected
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+from reconciler.desired import limits
 from reconciler.desired.fields import SHARED_KEYS, ServiceFields, parse_service_fields
 from reconciler.desired.notifiers import parse_notifiers
 from reconciler.desired.schema import (
@@ -58,6 +59,7 @@ POLICY_KEYS: Final = (
     "max_count",
     "thrash_limit",
     "thrash_window",
+    "max_total_instances",
 )
 CREDENTIAL_NAMES: Final = ("key", "secret", "token")
 SECRET_SOURCES: Final = ("env", "file")
@@ -178,8 +180,9 @@ def _parse_policy(reporter: Reporter, node: YNode | None) -> tuple[Policy | None
     max_count: int | None = DEFAULT_MAX_COUNT
     if "max_parallel" in entries:
         max_parallel = get_int(
-            reporter, entries["max_parallel"], path="policy.max_parallel", minimum=1, maximum=256
-        )
+            reporter, entries["max_parallel"], path="policy.max_parallel", minimum=1,
+            maximum=limits.MAX_PARALLEL,
+        )  # fmt: skip
     if "max_destroy_fraction" in entries:
         fraction = get_number(
             reporter,
@@ -190,26 +193,39 @@ def _parse_policy(reporter: Reporter, node: YNode | None) -> tuple[Policy | None
         )
     if "boot_timeout" in entries:
         boot_timeout = get_duration(
-            reporter, entries["boot_timeout"], path="policy.boot_timeout", positive=True
-        )
+            reporter, entries["boot_timeout"], path="policy.boot_timeout", positive=True,
+            maximum=limits.MAX_BOOT_TIMEOUT,
+        )  # fmt: skip
     if "max_count" in entries:
-        max_count = get_int(reporter, entries["max_count"], path="policy.max_count", minimum=1)
+        max_count = get_int(
+            reporter, entries["max_count"], path="policy.max_count", minimum=1,
+            maximum=limits.MAX_COUNT_POLICY,
+        )  # fmt: skip
     thrash_limit: int | None = built.thrash_limit
     thrash_window: float | None = built.thrash_window
     if "thrash_limit" in entries:
         thrash_limit = get_int(
-            reporter, entries["thrash_limit"], path="policy.thrash_limit", minimum=1
-        )
+            reporter, entries["thrash_limit"], path="policy.thrash_limit", minimum=1,
+            maximum=limits.MAX_THRASH_LIMIT,
+        )  # fmt: skip
     if "thrash_window" in entries:
         thrash_window = get_duration(
-            reporter, entries["thrash_window"], path="policy.thrash_window", positive=True
-        )
+            reporter, entries["thrash_window"], path="policy.thrash_window", positive=True,
+            maximum=limits.MAX_THRASH_WINDOW,
+        )  # fmt: skip
+    max_total: int | None = built.max_total_instances
+    if "max_total_instances" in entries:
+        max_total = get_int(
+            reporter, entries["max_total_instances"], path="policy.max_total_instances",
+            minimum=1, maximum=limits.MAX_TOTAL_INSTANCES,
+        )  # fmt: skip
     if (
         max_parallel is None
         or fraction is None
         or boot_timeout is None
         or thrash_limit is None
         or thrash_window is None
+        or max_total is None
     ):
         return None, max_count
     policy_value = Policy(
@@ -218,6 +234,7 @@ def _parse_policy(reporter: Reporter, node: YNode | None) -> tuple[Policy | None
         boot_timeout=boot_timeout,
         thrash_limit=thrash_limit,
         thrash_window=thrash_window,
+        max_total_instances=max_total,
     )
     return policy_value, max_count
 
@@ -325,8 +342,9 @@ def _parse_profile(
     timeout = ProviderProfile.timeout
     if "timeout" in entries:
         parsed_timeout = get_duration(
-            reporter, entries["timeout"], path=join(path, "timeout"), positive=True
-        )
+            reporter, entries["timeout"], path=join(path, "timeout"), positive=True,
+            maximum=limits.MAX_PROVIDER_TIMEOUT,
+        )  # fmt: skip
         ok = ok and parsed_timeout is not None
         timeout = parsed_timeout or timeout
     if driver is None or not ok or not billing_ok:
@@ -405,8 +423,9 @@ def _parse_billing(
         billing = text or billing
     if "billing_minimum" in entries:
         seconds = get_duration(
-            reporter, entries["billing_minimum"], path=join(path, "billing_minimum")
-        )
+            reporter, entries["billing_minimum"], path=join(path, "billing_minimum"),
+            maximum=limits.MAX_BILLING_MINIMUM,
+        )  # fmt: skip
         ok = ok and seconds is not None
         minimum = seconds if seconds is not None else minimum
     return billing, minimum, ok

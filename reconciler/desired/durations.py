@@ -12,7 +12,9 @@ from typing import Final
 _UNIT_SECONDS: Final = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 # Units in descending order, each at most once: "1h30m" reads unambiguously,
 # "30m1h" or "1m1m" is more likely a typo than an intent.
-_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+# At most 9 digits a unit: longer is a typo, and a 400-digit amount would not even fit
+# a float. Each field's own range is checked where the field is read.
+_DURATION = re.compile(r"(?:(\d{1,9})d)?(?:(\d{1,9})h)?(?:(\d{1,9})m)?(?:(\d{1,9})s)?")
 
 DURATION_HINT: Final = "a duration is a number with a unit s, m, h or d, e.g. 90s, 30m, 2h, 1h30m"
 
@@ -31,3 +33,13 @@ def parse_duration(text: str) -> float:
             if amount is not None
         )
     )
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling of whole seconds in the units above: 2592000 -> 30d."""
+    remaining, parts = int(seconds), []
+    for unit, size in _UNIT_SECONDS.items():
+        amount, remaining = divmod(remaining, size)
+        if amount:
+            parts.append(f"{amount}{unit}")
+    return "".join(parts) or "0s"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from reconciler.desired import limits
 from reconciler.desired.schema import (
     Reporter,
     check_keys,
@@ -81,7 +82,10 @@ def parse_service_fields(
         found.size = get_str(reporter, entries["size"], path=join(path, "size"))
         note("size", found.size)
     if "count" in entries:
-        found.count = get_int(reporter, entries["count"], path=join(path, "count"), minimum=0)
+        found.count = get_int(
+            reporter, entries["count"], path=join(path, "count"), minimum=0,
+            maximum=limits.MAX_COUNT_HARD,
+        )  # fmt: skip
         if found.count is not None and max_count is not None and found.count > max_count:
             reporter.add(
                 entries["count"].line,
@@ -102,8 +106,9 @@ def parse_service_fields(
         note("strategy", found.strategy)
     if "keep_previous" in entries:
         found.keep_previous = get_duration(
-            reporter, entries["keep_previous"], path=join(path, "keep_previous")
-        )
+            reporter, entries["keep_previous"], path=join(path, "keep_previous"),
+            maximum=limits.MAX_KEEP_PREVIOUS,
+        )  # fmt: skip
         note("keep_previous", found.keep_previous)
     if "user_data" in entries:
         found.user_data = read_user_data(
@@ -119,14 +124,18 @@ def parse_service_fields(
         note("health", found.health)
     if "price_per_hour" in entries:
         found.price_per_hour = get_number(
-            reporter, entries["price_per_hour"], path=join(path, "price_per_hour"), minimum=0
-        )
+            reporter, entries["price_per_hour"], path=join(path, "price_per_hour"), minimum=0,
+            maximum=limits.MAX_PRICE_PER_HOUR,
+        )  # fmt: skip
         note("price_per_hour", found.price_per_hour)
     if "traffic" in entries:
         found.traffic = parse_traffic(reporter, entries["traffic"], path=join(path, "traffic"))
         note("traffic", found.traffic)
     if "batch" in entries:
-        found.batch = get_int(reporter, entries["batch"], path=join(path, "batch"), minimum=1)
+        found.batch = get_int(
+            reporter, entries["batch"], path=join(path, "batch"), minimum=1,
+            maximum=limits.MAX_BATCH,
+        )  # fmt: skip
         note("batch", found.batch)
     return found
 
@@ -171,11 +180,16 @@ def parse_health(reporter: Reporter, node: YNode, *, path: str) -> HealthSpec | 
         ok = False
     spec = HealthSpec(kind=kind, target=target or "")
     timings: dict[str, float] = {}
-    for key, positive in (("timeout", True), ("interval", True), ("warmup", False)):
+    for key, positive, maximum in (
+        ("timeout", True, limits.MAX_HEALTH_TIMEOUT),
+        ("interval", True, limits.MAX_HEALTH_INTERVAL),
+        ("warmup", False, limits.MAX_HEALTH_WARMUP),
+    ):
         if key in health.entries:
             seconds = get_duration(
-                reporter, health.entries[key], path=join(path, key), positive=positive
-            )
+                reporter, health.entries[key], path=join(path, key), positive=positive,
+                maximum=maximum,
+            )  # fmt: skip
             if seconds is None:
                 ok = False
             else:
@@ -183,8 +197,9 @@ def parse_health(reporter: Reporter, node: YNode, *, path: str) -> HealthSpec | 
     healthy_after = spec.healthy_after
     if "healthy_after" in health.entries:
         parsed = get_int(
-            reporter, health.entries["healthy_after"], path=join(path, "healthy_after"), minimum=1
-        )
+            reporter, health.entries["healthy_after"], path=join(path, "healthy_after"), minimum=1,
+            maximum=limits.MAX_HEALTHY_AFTER,
+        )  # fmt: skip
         ok = ok and parsed is not None
         healthy_after = parsed or healthy_after
     if not ok:

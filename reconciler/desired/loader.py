@@ -60,6 +60,14 @@ def load_desired_state(root: str | os.PathLike[str], *, commit: str | None = Non
                 user_data_cache=user_data_cache,
             )  # fmt: skip
 
+    total = sum(service.count for env in environments for service in env.services)
+    if total > settings.policy.max_total_instances:
+        problems.append(Problem(
+            display_path(root_text, "reconciler.yaml"), None, "policy.max_total_instances",
+            f"the services ask for {total} instances in all, above "
+            f"policy.max_total_instances ({settings.policy.max_total_instances}); raise it "
+            "if this is intended",
+        ))  # fmt: skip
     if problems:
         raise InvalidDesiredState(_ordered(problems))
     assert settings.owner is not None  # no problems means reconciler.yaml was complete

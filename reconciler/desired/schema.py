@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
 
-from reconciler.desired.durations import DURATION_HINT, parse_duration
+from reconciler.desired.durations import DURATION_HINT, format_duration, parse_duration
 from reconciler.desired.yamlsource import REJECTED, YMap, YNode, YScalar, YSeq
 from reconciler.errors import Problem
 
@@ -158,7 +158,7 @@ def _number_shape(*, integer: bool, minimum: float, maximum: float | None) -> st
 
 
 def get_int(
-    reporter: Reporter, node: YNode, *, path: str, minimum: int, maximum: int | None = None
+    reporter: Reporter, node: YNode, *, path: str, minimum: int, maximum: int
 ) -> int | None:
     """Return `node` as an int within bounds; booleans and quoted digits are errors."""
     if is_rejected(node):
@@ -175,7 +175,7 @@ def get_int(
 
 
 def get_number(
-    reporter: Reporter, node: YNode, *, path: str, minimum: float, maximum: float | None = None
+    reporter: Reporter, node: YNode, *, path: str, minimum: float, maximum: float
 ) -> float | None:
     """Return `node` as a finite float within bounds; booleans and strings are errors."""
     if is_rejected(node):
@@ -197,9 +197,11 @@ def get_number(
 
 
 def get_duration(
-    reporter: Reporter, node: YNode, *, path: str, positive: bool = False
+    reporter: Reporter, node: YNode, *, path: str, maximum: float, positive: bool = False
 ) -> float | None:
-    """Return a duration string's seconds; a bare number is an error (which unit?)."""
+    """Return a duration string's seconds, at most `maximum` (every duration has a range
+    the runtime can hold: a `3000000d` would overflow the clock arithmetic of every
+    plan); a bare number is an error (which unit?)."""
     if is_rejected(node):
         return None
     if not isinstance(node, YScalar) or not isinstance(node.value, str):
@@ -215,6 +217,11 @@ def get_duration(
         return None
     if positive and seconds <= 0:
         reporter.add(node.line, path, f"must be longer than zero, got {node.value!r}")
+        return None
+    if seconds > maximum:
+        reporter.add(
+            node.line, path, f"must be at most {format_duration(maximum)}, got {node.value!r}"
+        )
         return None
     return seconds
 
