@@ -167,6 +167,39 @@ def compose_yaml(text: str, *, display: str, problems: list[Problem]) -> YamlDoc
     return YamlDocument(display, root)
 
 
+# YAML 1.1 reads `010` as 8, `1:30` as 90, `0x1F`, `0b11`, `1_000` as numbers too: an
+# operator who wrote them meant something else, so only plain decimal is a number.
+_DECIMAL_INT = re.compile(r"[-+]?(0|[1-9][0-9]*)")
+_DECIMAL_FLOAT = re.compile(r"[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?")
+# Decoded text may hold what the reader's check of the raw file cannot see: escapes
+# like "\e[2J" or "\0". C0/C1 controls and DEL, and the bidirectional overrides that
+# make text display other than it reads; a tab and a newline are ordinary text.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def first_control_character(text: str) -> str | None:
+    """`U+001B` for the first control character in `text`, or None."""
+    found = _CONTROL.search(text)
+    return f"U+{ord(found.group()):04X}" if found else None
+
+
+def _odd_number(node: ScalarNode) -> str | None:
+    """Why a number-tagged scalar is refused, or None for a plain decimal one."""
+    text = str(node.value).strip()
+    if node.tag == _CORE + "int" and _DECIMAL_INT.fullmatch(text):
+        return None
+    if node.tag == _CORE + "float":
+        if text.lower().lstrip("+-") in (".inf", ".nan"):
+            return "infinite and not-a-number values are not numbers the reconciler can use"
+        if _DECIMAL_FLOAT.fullmatch(text) and not re.match(r"[-+]?0[0-9]", text):
+            return None
+    return (
+        "this number is not written in plain decimal (YAML 1.1 reads a leading 0 as octal, "
+        "1:30 as 90, 0x.. as hex and ignores '_'); write it in decimal, or quote it if it "
+        "is text"
+    )
+
+
 def _line(mark: Mark | None) -> int:
     return mark.line + 1 if mark is not None else 1
 
@@ -295,6 +328,17 @@ class _Walker:
                 message = f"value does not fit its explicit tag {_short_tag(node.tag)!r}"
             self.fail(line, path, message)
             return YScalar(REJECTED, node.value, line)
+        odd = _odd_number(node) if node.tag in (_CORE + "int", _CORE + "float") else None
+        if odd is not None:
+            # Not echoed: the walker cannot tell whether this sits under credentials.
+            self.fail(line, path, odd)
+            return YScalar(REJECTED, node.value, line)
+        if isinstance(value, str):
+            hidden = first_control_character(value)
+            if hidden is not None:
+                self.fail(line, path, f"contains the control character {hidden} (written as an "
+                          "escape); remove it")  # fmt: skip
+                return YScalar(REJECTED, "", line)
         return YScalar(value, node.value, line)
 
     def convert_mapping(self, node: MappingNode, *, line: int, depth: int, path: str) -> YMap:
@@ -311,6 +355,10 @@ class _Walker:
             # Keys keep the text as written: `on:` or `123:` name things, they are
             # not booleans or numbers.
             key = str(key_node.value)
+            hidden = first_control_character(key)
+            if hidden is not None:
+                self.fail(key_line, path, f"a key contains the control character {hidden}")
+                continue
             key_path = f"{path}.{key}" if path else key
             if key in entries:
                 self.fail(
