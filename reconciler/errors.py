@@ -68,3 +68,8 @@ class GuardRefused(ReconcilerError):
 
 class LedgerError(ReconcilerError):
     """The ledger cannot be opened or written."""
+
+
+class InternalError(ReconcilerError):
+    """An exception of a type the code does not expect (a bug here or in a library):
+    the operation it hit failed; report it, clean up what it left, go on."""

@@ -96,6 +96,15 @@ class Launcher:
                 launched, provider, spec, generation, new_generation, str(exc)
             )
             raise
+        # Last resort: an exception nobody expected (a bug, here or in a library) after
+        # instances were launched must not leave them running in a generation stuck in
+        # `creating`; they are compensated like any failed rollout, and the pass goes on.
+        except Exception as exc:
+            log.exception("rollout_crashed", env=spec.env, service=spec.name,
+                          generation=generation, error_type=type(exc).__name__)  # fmt: skip
+            why = f"unexpected {type(exc).__name__} during the rollout"
+            self.activation.compensate(launched, provider, spec, generation, new_generation, why)
+            raise RolloutFailed(why) from exc
         key = (spec.env, spec.name, generation)
         run.launched.setdefault(key, []).extend(running)
         if key not in run.activating or spec.strategy is Strategy.ROLLING:

@@ -75,6 +75,7 @@ class NotifierSpec:
     target: str  # URL or command line
     secret: SecretRef | None = None  # webhook HMAC key
     events: tuple[str, ...] = ()  # empty: every event
+    timeout: float = 10.0  # seconds one delivery may take, all attempts included
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ Must not: decide when an event happens (apply, engine and daemon do).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import structlog
@@ -31,20 +33,50 @@ class Notifications:
         for index, spec in enumerate(self.specs):
             if spec.events and kind not in spec.events:
                 continue
-            try:
-                plugins = self._plugins or load_plugins()
-                secret = resolve_secret(spec.secret) if spec.secret else None
-                plugins.notifier(spec.kind)(spec.target, secret=secret).notify(notification)
-            except ReconcilerError as exc:
-                log.warning(
-                    "notify_failed",
-                    notifier=index,
-                    kind=spec.kind,
-                    notification=kind,
-                    error=str(exc),
-                )
-            else:
+            error = deliver_within(
+                spec.timeout, partial(self._deliver, spec, notification)
+            )
+            if error is None:
                 log.info("notified", notifier=index, kind=spec.kind, notification=kind)
+            else:
+                log.warning(
+                    "notify_failed", notifier=index, kind=spec.kind, notification=kind,
+                    error=error,
+                )  # fmt: skip
+
+    def _deliver(self, spec: NotifierSpec, notification: Notification) -> None:
+        plugins = self._plugins or load_plugins()
+        secret = resolve_secret(spec.secret) if spec.secret else None
+        plugins.notifier(spec.kind)(spec.target, secret=secret).notify(notification)
+
+
+def deliver_within(seconds: float, deliver: Callable[[], None]) -> str | None:
+    """Run one delivery for at most `seconds`; None when it succeeded, else why not.
+
+    A notifier may fail, never block or crash a pass: the delivery runs in its own
+    thread, abandoned (it is a daemon thread; the built-in notifiers end themselves
+    by the same deadline) when it takes longer, and whatever it raises is contained.
+    """
+    outcome: list[str | None] = []
+
+    def run() -> None:
+        try:
+            deliver()
+        except ReconcilerError as exc:
+            outcome.append(str(exc) or type(exc).__name__)
+        # The boundary with plugin code: anything it raises is the plugin's failure,
+        # named by type only (a message could quote a URL that holds a token).
+        except Exception as exc:
+            outcome.append(f"{type(exc).__name__} raised by the notifier")
+        else:
+            outcome.append(None)
+
+    worker = threading.Thread(target=run, name="notify", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        return f"no delivery within {seconds:g}s; abandoned"
+    return outcome[0] if outcome else "the notifier thread ended without an outcome"
 
 
 class Silent(Notifications):

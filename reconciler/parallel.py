@@ -16,7 +16,11 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from threading import BoundedSemaphore, Lock
 from typing import TypeVar
 
-from reconciler.errors import ReconcilerError
+import structlog
+
+from reconciler.errors import InternalError, ReconcilerError
+
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -60,6 +64,8 @@ class LaunchSlots:
                 return [self._bounded(calls[0])]
             except ReconcilerError as exc:
                 return [exc]
+            except Exception as exc:  # see _unexpected
+                return [_unexpected(exc)]
         pool = self._pool(provider)
         # Each call runs in a copy of the caller's context, so log lines keep the run id.
         futures: list[Future[T]] = [
@@ -73,6 +79,8 @@ class LaunchSlots:
                 outcomes.append(future.result())
             elif isinstance(error, ReconcilerError):
                 outcomes.append(error)
+            elif isinstance(error, Exception):
+                outcomes.append(_unexpected(error))
             else:
                 raise error
         return outcomes
@@ -82,3 +90,12 @@ class LaunchSlots:
             pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             pool.shutdown(wait=True)
+
+
+def _unexpected(error: Exception) -> InternalError:
+    """A call's unexpected exception as its outcome: raised instead, it would hide the
+    calls that did succeed (launched instances the caller must record or clean up)."""
+    log.error("call_crashed", error_type=type(error).__name__, exc_info=error)
+    wrapped = InternalError(f"unexpected {type(error).__name__}")
+    wrapped.__cause__ = error
+    return wrapped

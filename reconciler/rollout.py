@@ -11,12 +11,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
 
 import structlog
 
 from reconciler.extensions import (
     InstanceRef,
     LoadBalancerPort,
+    PluginError,
     PluginSet,
     TrafficContext,
     load_plugins,
@@ -24,6 +27,8 @@ from reconciler.extensions import (
 from reconciler.model import DesiredState, ObservedInstance, ServiceSpec
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 
 def instance_ref(instance: ObservedInstance) -> InstanceRef:
@@ -37,6 +42,20 @@ def instance_ref(instance: ObservedInstance) -> InstanceRef:
         private_ip=instance.private_ip,
         public_ip=instance.public_ip,
     )
+
+
+def call_plugin(what: str, call: Callable[[], T]) -> T:
+    """Run plugin code: whatever it raises becomes a PluginError naming the plugin, so a
+    crashing probe or switch fails its rollout (compensated), never the pass."""
+    try:
+        return call()
+    except PluginError:
+        raise
+    # The boundary with plugin code (third-party or built-in): the exception's type is
+    # kept, its text is not (it could quote a URL or a command line with a secret).
+    except Exception as exc:
+        log.error("plugin_crashed", plugin=what, error_type=type(exc).__name__)
+        raise PluginError(f"{what} crashed with {type(exc).__name__}") from exc
 
 
 class TrafficPort:
@@ -68,7 +87,11 @@ class Rollout(TrafficPort):
         health = spec.health
         if health is None or not instances:
             return None
-        check = self.plugins.health_check(health.kind)(health.target, timeout=health.timeout)
+        factory = self.plugins.health_check(health.kind)
+        check = call_plugin(
+            f"health check {health.kind}",
+            lambda: factory(health.target, timeout=health.timeout),
+        )
         refs = [instance_ref(i) for i in instances]
         streak = {ref.id: 0 for ref in refs}
         last: dict[str, str] = {}
@@ -79,7 +102,7 @@ class Rollout(TrafficPort):
                 if streak[ref.id] >= health.healthy_after:
                     continue
                 self.heartbeat()
-                result = check.probe(ref)
+                result = call_plugin(f"health check {health.kind}", partial(check.probe, ref))
                 streak[ref.id] = streak[ref.id] + 1 if result.ok else 0
                 last[ref.id] = result.detail
             if all(n >= health.healthy_after for n in streak.values()):
@@ -118,8 +141,15 @@ class Rollout(TrafficPort):
             load_balancers=self.load_balancers.get(spec.provider),
             heartbeat=self.heartbeat,
         )
-        switch = self.plugins.traffic_switch(spec.traffic.kind)(context)
-        switch.switch(old=[instance_ref(i) for i in old], new=[instance_ref(i) for i in new])
+        factory = self.plugins.traffic_switch(spec.traffic.kind)
+        what = f"traffic switch {spec.traffic.kind}"
+        switch = call_plugin(what, lambda: factory(context))
+        call_plugin(
+            what,
+            lambda: switch.switch(
+                old=[instance_ref(i) for i in old], new=[instance_ref(i) for i in new]
+            ),
+        )
         log.info(
             "traffic_switched", env=spec.env, service=spec.name,
             old=[i.id for i in old], new=[i.id for i in new],

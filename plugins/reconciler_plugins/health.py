@@ -15,10 +15,11 @@ import urllib.error
 import urllib.request
 
 from reconciler.extensions import InstanceRef, ProbeResult
+from reconciler.templates import fill_template
 
 
 def _fill(template: str, instance: InstanceRef) -> str:
-    return template.format_map(instance.template_fields())
+    return fill_template(template, instance.template_fields())
 
 
 class HttpCheck:

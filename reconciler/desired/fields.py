@@ -28,6 +28,7 @@ from reconciler.desired.schema import (
 from reconciler.desired.userdata import read_user_data
 from reconciler.desired.yamlsource import YMap, YNode
 from reconciler.model import HealthSpec, Strategy, TrafficSpec
+from reconciler.templates import command_problem, template_problem
 
 SHARED_KEYS: Final = (
     "size",
@@ -157,7 +158,29 @@ def parse_traffic(reporter: Reporter, node: YNode, *, path: str) -> TrafficSpec 
     if not target.strip():
         reporter.add(traffic.entries[kinds[0]].line, join(path, kinds[0]), "must not be empty")
         return None
+    problem = command_problem(target) if kinds[0] == "command" else None
+    if problem is not None:
+        reporter.add(traffic.entries[kinds[0]].line, join(path, kinds[0]), problem)
+        return None
     return TrafficSpec(kind=kinds[0], target=target)
+
+
+def _health_target_problem(kind: str, target: str) -> str | None:
+    """Why a health target cannot be probed, checked here so that no rollout launches
+    instances only to fail on it: a template, and what its kind needs."""
+    problem = template_problem(target)
+    if problem is not None:
+        return problem
+    if kind == "http" and not target.startswith(("http://", "https://")):
+        return "must be an http:// or https:// URL"
+    if kind == "tcp":
+        host, colon, port = target.rpartition(":")
+        port_ok = port.isdigit() and 1 <= int(port) <= 65535
+        if not colon or not host or not port_ok:
+            return "must be HOST:PORT with a port from 1 to 65535, e.g. {private_ip}:5432"
+    if kind == "command":
+        return command_problem(target)
+    return None
 
 
 def parse_health(reporter: Reporter, node: YNode, *, path: str) -> HealthSpec | None:
@@ -175,8 +198,9 @@ def parse_health(reporter: Reporter, node: YNode, *, path: str) -> HealthSpec | 
     kind_path = join(path, kind)
     target = get_str(reporter, health.entries[kind], path=kind_path)
     ok = target is not None
-    if target is not None and kind == "http" and not target.startswith(("http://", "https://")):
-        reporter.add(health.entries[kind].line, kind_path, "must be an http:// or https:// URL")
+    problem = _health_target_problem(kind, target) if target is not None else None
+    if problem is not None:
+        reporter.add(health.entries[kind].line, kind_path, problem)
         ok = False
     spec = HealthSpec(kind=kind, target=target or "")
     timings: dict[str, float] = {}

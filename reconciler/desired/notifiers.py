@@ -9,13 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Final
+from urllib.parse import urlsplit
 
-from reconciler.desired.schema import Reporter, check_keys, get_choice, get_map, get_str, join
+from reconciler.desired.schema import (
+    Reporter,
+    check_keys,
+    get_choice,
+    get_duration,
+    get_map,
+    get_str,
+    join,
+)
 from reconciler.desired.yamlsource import YNode, YSeq
 from reconciler.model import NotifierSpec, SecretRef
+from reconciler.templates import command_problem
 
 NOTIFIER_KINDS: Final = ("webhook", "command")
-NOTIFIER_KEYS: Final = (*NOTIFIER_KINDS, "secret", "events")
+NOTIFIER_KEYS: Final = (*NOTIFIER_KINDS, "secret", "events", "timeout")
+MAX_NOTIFY_TIMEOUT: Final = 120.0  # a delivery never holds a pass longer than this
 EVENT_KINDS: Final = (
     "generation-activated",
     "generation-failed",
@@ -59,9 +70,21 @@ def _parse_one(
     target = get_str(reporter, entry.entries[kind], path=join(path, kind), echo=False)
     if target is None:
         return None
-    if kind == "webhook" and not target.startswith(("http://", "https://")):
-        reporter.add(entry.entries[kind].line, join(path, kind), "must be an http(s) URL")
+    problem = webhook_problem(target) if kind == "webhook" else None
+    if kind == "command":
+        problem = command_problem(target)
+    if problem is not None:
+        reporter.add(entry.entries[kind].line, join(path, kind), problem)
         return None
+    timeout = NotifierSpec.timeout
+    if "timeout" in entry.entries:
+        seconds = get_duration(
+            reporter, entry.entries["timeout"], path=join(path, "timeout"), positive=True,
+            maximum=MAX_NOTIFY_TIMEOUT,
+        )  # fmt: skip
+        if seconds is None:
+            return None
+        timeout = seconds
     secret = None
     if "secret" in entry.entries:
         secret = parse_secret(reporter, entry.entries["secret"], path=join(path, "secret"))
@@ -78,4 +101,25 @@ def _parse_one(
             if choice is None:
                 return None
             events.append(choice)
-    return NotifierSpec(kind=kind, target=target, secret=secret, events=tuple(events))
+    return NotifierSpec(
+        kind=kind, target=target, secret=secret, events=tuple(events), timeout=timeout
+    )
+
+
+def webhook_problem(url: str) -> str | None:
+    """Why `url` cannot be POSTed to, or None. Never quotes the URL: webhook URLs often
+    carry their token in the path."""
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+        return "must be an http(s) URL without spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError when out of range or not a number
+    except ValueError:
+        return "must be an http(s) URL with a valid host and port"
+    if parts.scheme not in ("http", "https"):
+        return "must be an http(s) URL"
+    if not parts.hostname:
+        return "must be an http(s) URL with a host"
+    if port == 0:
+        return "must be an http(s) URL with a port from 1 to 65535"
+    return None
