@@ -143,8 +143,20 @@ def observe(
 def report_unknown_states(
     ledger: Ledger, observed: Sequence[ObservedInstance], *, run: int, at: datetime
 ) -> None:
-    """One event per instance in a state its adapter does not know (counted as not
-    serving): an operator should look at it."""
+    """Events for what an operator should look at: an instance in a state its adapter
+    does not know (counted as not serving, every pass), and an owned instance whose
+    identity tags cannot be read (left alone; reported once, `plan` and `ledger orphans`
+    show it every time)."""
+    for instance in observed:
+        if instance.unreadable is not None and not ledger.has_event(
+            kind="instance_tags_unreadable", instance=instance.id
+        ):
+            log.warning("instance_tags_unreadable", provider=instance.provider,
+                        instance=instance.id, why=instance.unreadable)  # fmt: skip
+            ledger.record_event(
+                kind="instance_tags_unreadable", at=at, run=run, instance=instance.id,
+                detail={"provider": instance.provider, "why": instance.unreadable},
+            )  # fmt: skip
     for instance in observed:
         if instance.unrecognized_state is not None:
             ledger.record_event(

@@ -6,6 +6,7 @@ any adapter, the ledger, or a third-party library; every other module may import
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -150,6 +151,13 @@ class DesiredState:
 # ---------------------------------------------------------------- observation
 
 
+# Environment and service names: in the desired state, and in identity tags read back.
+IDENTITY_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
+# Generation numbers as tags hold them: plain positive decimal, never more than 9 digits
+# (a 20-digit tag would overflow SQLite's integers; `-1` or `03` is no generation of ours).
+GENERATION_TAG = re.compile(r"[1-9][0-9]{0,8}")
+
+
 class InstanceState(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
@@ -181,6 +189,9 @@ class ObservedInstance:
     # The cloud's own word for a state its adapter does not know (then `state` is
     # STOPPED: not counted as serving); reported as an event by the engine.
     unrecognized_state: str | None = None
+    # Why its identity tags (env, service, generation) cannot be read, when they
+    # cannot: such an instance is reported and left alone, never adopted or destroyed.
+    unreadable: str | None = None
 
     @property
     def alive(self) -> bool:

@@ -29,9 +29,11 @@ SURVIVED_TERMINATION = "survived-termination"
 FAILED_LIVE = "failed-live"
 STALE_OPERATION = "stale-operation"
 UNOWNED = "unowned"
+UNREADABLE = "unreadable-tags"
 
 # Most alarming first: one instance is reported once, under the first kind it fits.
-KINDS = (SURVIVED_TERMINATION, FAILED_LIVE, STANDBY_EXPIRED, UNDECLARED, STALE_OPERATION, UNOWNED)
+KINDS = (SURVIVED_TERMINATION, UNREADABLE, FAILED_LIVE, STANDBY_EXPIRED, UNDECLARED,
+         STALE_OPERATION, UNOWNED)  # fmt: skip
 
 ADVICE = {
     UNDECLARED: "owned but no longer desired: `reconciler apply` prunes it (add "
@@ -45,6 +47,8 @@ ADVICE = {
     STALE_OPERATION: "an operation whose outcome was never recorded: check its instance; "
     "`reconciler ledger rebuild` reconciles the ledger with the cloud",
     UNOWNED: "not ours (no owner tag): reported only, never touched",
+    UNREADABLE: "carries our owner tag but identity tags no pass could have written: left "
+    "alone; fix its tags or terminate it with the cloud's own tools",
 }
 
 
@@ -167,6 +171,8 @@ def _kind_of(
 ) -> str | None:
     if row is not None and row.get("state") in ("destroyed", "gone"):
         return SURVIVED_TERMINATION
+    if instance.unreadable is not None:
+        return UNREADABLE
     key = (instance.env or "", instance.service or "")
     gen = gens.get((*key, instance.generation or 0))
     if gen is not None and (
@@ -219,7 +225,7 @@ def _orphan(
         age_seconds=(now - since).total_seconds() if since is not None else None,
         price_per_hour=price,
         cost=cost,
-        action=ADVICE[kind],
+        action=f"{instance.unreadable}; {ADVICE[kind]}" if instance.unreadable else ADVICE[kind],
     )
 
 
@@ -273,6 +279,7 @@ def observation_document(
                 "slot": i.slot,
                 "name": i.name,
                 "launched_at": i.launched_at.isoformat() if i.launched_at else None,
+                **({"unreadable": i.unreadable} if i.unreadable else {}),
             }
             for i in instances
         ],
@@ -307,6 +314,7 @@ def observation_from_document(
             launched_at=(
                 datetime.fromisoformat(item["launched_at"]) if item.get("launched_at") else None
             ),
+            unreadable=item.get("unreadable"),
         )
         for item in document.get("instances", [])
     )

@@ -96,6 +96,7 @@ def compute_plan(
         actions.extend(service_actions)
         notes.extend(service_notes)
     actions.extend(_prune_unidentified(observed))
+    notes.extend(_unreadable_notes(observed))
     return Plan(actions=tuple(actions), notes=tuple(notes))
 
 
@@ -139,13 +140,25 @@ def _gather(
 
 
 def _prune_unidentified(observed: Iterable[ObservedInstance]) -> list[Action]:
-    """Owned instances missing env/service/generation tags: ours, but of nothing desired."""
+    """Owned instances without env/service/generation tags: ours, but of nothing desired.
+    One whose tags are there but unreadable is not among them: it is left alone."""
     return [
         _destroy(i, Reason.UNOWNED_GENERATION, detail="identity tags incomplete")
         for i in observed
         if i.state is not InstanceState.GONE
+        and i.unreadable is None
         and (i.env is None or i.service is None or i.generation is None)
     ]
+
+
+def _unreadable_notes(observed: Iterable[ObservedInstance]) -> list[Note]:
+    """Owned instances whose identity tags cannot be read: what the operator must see."""
+    return [
+        Note("", "", f"instance {i.id} ({i.provider}) has unreadable identity tags "
+             f"({i.unreadable}): left alone; fix its tags or terminate it by hand")
+        for i in observed
+        if i.unreadable is not None and i.state is not InstanceState.GONE
+    ]  # fmt: skip
 
 
 def _plan_service(facts: _ServiceFacts, *, now: datetime) -> tuple[list[Action], list[Note]]:

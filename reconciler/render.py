@@ -102,7 +102,8 @@ def print_plan(
             price = _action_cost(costs, plan.actions.index(action))
             console.print(escape(f"    {_SYMBOL[action.kind]} {action.describe()}{detail}{price}"))
     for note in plan.notes:
-        console.print(escape(f"  ! {note.env}/{note.service}: {note.message}"))
+        where = f"{note.env}/{note.service}: " if note.env else ""
+        console.print(escape(f"  ! {where}{note.message}"))
     summary = ", ".join(f"{n} {k}" for k, n in plan_summary(plan).items() if n)
     if summary:
         console.print(f"Summary: {summary}")

@@ -31,6 +31,7 @@ from reconciler.model import (
     ServiceSpec,
     Strategy,
 )
+from reconciler.providers.base import instance_from_tags
 
 OWNER = "acme"
 PROVIDER = "cloud"
@@ -131,7 +132,15 @@ def make_observed(
     entry: Mapping[str, Any], *, generations: Mapping[tuple[str, str, int], GenerationRecord]
 ) -> ObservedInstance:
     """Compact instance: id, state?, and either identity tags (env, service, generation,
-    slot; image/size default to the generation's) or bare image/size (untagged)."""
+    slot; image/size default to the generation's), bare image/size (untagged), or `tags`
+    as the cloud holds them, read by the adapters' own `instance_from_tags`."""
+    if "tags" in entry:
+        return instance_from_tags(
+            {str(k): str(v) for k, v in entry["tags"].items()},
+            id=entry["id"], provider=PROVIDER,
+            state=InstanceState(entry.get("state", "running")),
+            image=entry.get("image", "ami-unknown"), size=entry.get("size", DEFAULT_SIZE),
+        )  # fmt: skip
     env, service, number = entry.get("env"), entry.get("service"), entry.get("generation")
     gen = generations.get((env, service, number))
     image = entry.get("image", gen.image if gen else "ami-unknown")

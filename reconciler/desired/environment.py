@@ -9,7 +9,6 @@ a guard's decision, with its own exit code), or read anything but user data.
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Final, TypeVar
@@ -27,12 +26,19 @@ from reconciler.desired.schema import (
 )
 from reconciler.desired.yamlsource import YamlDocument, YMap
 from reconciler.fingerprint import compute_fingerprint
-from reconciler.model import Environment, ProviderProfile, ServiceSpec, Strategy, TrafficSpec
+from reconciler.model import (
+    IDENTITY_NAME,
+    Environment,
+    ProviderProfile,
+    ServiceSpec,
+    Strategy,
+    TrafficSpec,
+)
 from reconciler.providers.drivers import DRIVER_SPECS
 
 ENV_KEYS: Final = ("provider", "services", "frozen")
 SERVICE_KEYS: Final = ("image", "frozen", *SHARED_KEYS)
-NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
+NAME = IDENTITY_NAME
 NAME_HINT: Final = "use 1 to 31 lowercase letters, digits or '-', starting with a letter or digit"
 
 BUILTIN_COUNT: Final = 1

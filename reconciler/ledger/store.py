@@ -416,6 +416,14 @@ class Ledger:
                 for name in ("journal_mode", "synchronous", "busy_timeout")
             }
 
+    def has_event(self, *, kind: str, instance: str) -> bool:
+        """Whether an event of `kind` about `instance` was ever recorded."""
+        with self._transaction("has_event", write=False) as db:
+            rows = db.query(
+                "SELECT 1 FROM events WHERE kind = ? AND instance = ? LIMIT 1", [kind, instance]
+            )
+            return any(True for _ in rows)
+
     def destroyed_instance_ids(self, *, since: datetime) -> frozenset[str]:
         """Instances recorded as destroyed (by us, or found gone) at or after `since`."""
         with self._transaction("destroyed_instance_ids", write=False) as db:

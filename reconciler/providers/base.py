@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from reconciler.model import InstanceState, ObservedInstance
+from reconciler.model import GENERATION_TAG, IDENTITY_NAME, InstanceState, ObservedInstance
 
 TAG_OWNER = "reconciler:owner"
 TAG_ENV = "reconciler:env"
@@ -22,7 +22,7 @@ TAG_SPEC = "reconciler:spec"
 TAG_OP = "reconciler:op"
 TAG_NAME = "Name"
 
-_SLOT_IN_NAME = re.compile(r"-g(\d+)-(\d+)$")
+_SLOT_IN_NAME = re.compile(r"-g([1-9][0-9]{0,8})-([1-9][0-9]{0,5})$")
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,29 @@ def slot_from_name(name: str | None) -> int | None:
 
 
 def generation_from_tags(tags: Mapping[str, str]) -> int | None:
-    try:
-        return int(tags.get(TAG_GENERATION, ""))
-    except ValueError:
+    """The generation tag as a number, if it is one we could have written."""
+    text = tags.get(TAG_GENERATION, "")
+    return int(text) if GENERATION_TAG.fullmatch(text) else None
+
+
+def identity_problem(tags: Mapping[str, str]) -> str | None:
+    """Why an owned instance's identity tags cannot be read, or None when they can (all
+    three well formed) or are all absent (an owned instance of nothing: pruned).
+
+    Only what we could have written is read: a `-1`, `03`, `٣` or 20-digit generation,
+    or an env or service no desired state can name, is not adopted as anything."""
+    present = [t for t in (TAG_ENV, TAG_SERVICE, TAG_GENERATION) if t in tags]
+    if not present:
         return None
+    missing = [t for t in (TAG_ENV, TAG_SERVICE, TAG_GENERATION) if t not in tags]
+    if missing:
+        return f"{', '.join(missing)} missing beside {', '.join(present)}"
+    for tag in (TAG_ENV, TAG_SERVICE):
+        if not IDENTITY_NAME.fullmatch(tags[tag]):
+            return f"{tag} is not a name the desired state can hold"
+    if generation_from_tags(tags) is None:
+        return f"{TAG_GENERATION} is not a generation number (1 to 999999999)"
+    return None
 
 
 def instance_from_tags(
@@ -79,7 +98,15 @@ def instance_from_tags(
 ) -> ObservedInstance:
     """An observed instance whose identity (env, service, generation, slot, spec, op,
     name) is read from our tags, already in their DESIGN §3 names (adapters reverse any
-    mapping first): every adapter reads them the same way."""
+    mapping first): every adapter reads them the same way. Tags that cannot be read
+    leave the identity empty and say why in `unreadable`."""
+    problem = identity_problem(tags)
+    if problem is not None:
+        return ObservedInstance(
+            id=id, provider=provider, state=state, image=image, size=size,
+            op=tags.get(TAG_OP), name=tags.get(TAG_NAME), private_ip=private_ip,
+            public_ip=public_ip, launched_at=launched_at, tags=dict(tags), unreadable=problem,
+        )  # fmt: skip
     return ObservedInstance(
         id=id,
         provider=provider,
