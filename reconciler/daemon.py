@@ -23,7 +23,8 @@ import structlog
 
 from reconciler import engine
 from reconciler.desired import load_desired_state
-from reconciler.errors import GuardRefused, InvalidDesiredState, ReconcilerError
+from reconciler.desired.files import Refused, directory_inside
+from reconciler.errors import GuardRefused, InvalidDesiredState, Problem, ReconcilerError
 from reconciler.gitsource import FetchFailed, GitSource
 from reconciler.ledger import Ledger
 from reconciler.model import DesiredState
@@ -160,7 +161,7 @@ class Daemon:
             if not self.source.has_commit(sha):
                 return
             path = self.source.checkout(sha, subdir=self.settings.path)
-            desired = load_desired_state(path, commit=sha)
+            desired = self._load(path, sha)
         except (FetchFailed, InvalidDesiredState) as exc:
             log.warning("last_good_unavailable", commit=sha, error=str(exc))
             return
@@ -207,11 +208,18 @@ class Daemon:
             self._event("history_rewritten", {"head": head, "last_applied": last})
             self.notifier.status(f"refusing {head[:12]}: it does not descend from {last[:12]}")
             return
-        path = self.source.checkout(head, subdir=self.settings.path)
-        info = self.source.info(head)
+        try:
+            path = self.source.checkout(head, subdir=self.settings.path)
+            info = self.source.info(head)
+        except FetchFailed as exc:
+            # Local git trouble, not the commit's fault: tried again next pass.
+            self.seen = None
+            log.error("checkout_failed", commit=head, error=str(exc))
+            self.notifier.status(f"cannot check out {head[:12]}: {exc}")
+            return
         now = datetime.now(UTC)
         try:
-            desired = load_desired_state(path, commit=head)
+            desired = self._load(path, head)
         except InvalidDesiredState as exc:
             problems = [str(p) for p in exc.problems]
             self.ledger.record_commit(
@@ -235,6 +243,34 @@ class Daemon:
         self.good = GoodState(head, desired)
         log.info("desired_state_loaded", commit=head, subject=info.subject)
 
+    def _load(self, path: Path, sha: str) -> DesiredState:
+        """The commit's desired state at `path`, or InvalidDesiredState saying why not.
+
+        `--path` must be a directory of the commit itself: a commit that turns it into a
+        symlink out of the checkout, a loop or a file is invalid, never followed. And
+        whatever else reading it raises is that commit's problem too, recorded and
+        notified: one commit must never stop the daemon healing everything else."""
+        try:
+            directory_inside(self.source.workdir, path)
+        except Refused as exc:
+            where = self.settings.path or "the repository root"
+            why = str(exc).replace("the desired-state directory", "the repository")
+            problem = Problem(str(path), None, "", f"--path {where} {why}")
+            raise InvalidDesiredState([problem]) from None
+        try:
+            return load_desired_state(path, commit=sha)
+        except InvalidDesiredState:
+            raise
+        # The boundary of the loader: a bug in it (or a library under it) is reported as
+        # this commit's problem, with the traceback in the log, instead of ending the loop.
+        except Exception as exc:
+            log.exception("desired_state_unreadable", commit=sha, error_type=type(exc).__name__)
+            raise InvalidDesiredState([Problem(
+                str(path), None, "",
+                f"the desired state could not be read: unexpected {type(exc).__name__} "
+                "(a bug in reconciler: the log has the details)",
+            )]) from exc  # fmt: skip
+
     def _apply(self, started: float) -> int:
         assert self.good is not None
         outcome: engine.PassOutcome | None = None
@@ -255,6 +291,13 @@ class Daemon:
         except ReconcilerError as exc:
             log.error("pass_failed", error=str(exc))
             self.notifier.status(f"pass failed: {exc}")
+            self._finished("failed", started, None)
+            return EXIT_ERROR
+        # The loop's last line of defence: a bug in one pass is logged with its traceback
+        # and shown, and the next pass runs; only a stop signal ends the daemon.
+        except Exception as exc:
+            log.exception("pass_crashed", error_type=type(exc).__name__)
+            self.notifier.status(f"pass crashed: unexpected {type(exc).__name__} (see the log)")
             self._finished("failed", started, None)
             return EXIT_ERROR
         result = outcome.result
