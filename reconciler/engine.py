@@ -111,17 +111,9 @@ DELETION_GRACE = timedelta(minutes=15)
 
 
 def observe(
-    desired: DesiredState,
-    providers: Mapping[str, ComputeProvider],
-    *,
-    ledger: Ledger | None = None,
-    now: datetime | None = None,
+    desired: DesiredState, providers: Mapping[str, ComputeProvider]
 ) -> list[ObservedInstance]:
-    """Every owned instance of every provider; any failure aborts before planning.
-
-    With the ledger: an instance it records as destroyed within DELETION_GRACE counts
-    as gone however the cloud still lists it, so a deletion made by an earlier pass's
-    adapter (which remembered it) does not read as a live instance in this one."""
+    """Every owned instance of every provider; any failure aborts before planning."""
     observed: list[ObservedInstance] = []
     for name in sorted(providers):
         found = providers[name].list_owned(desired.owner)
@@ -131,9 +123,17 @@ def observe(
         if instance.unrecognized_state is not None:
             log.warning("instance_state_unknown", provider=instance.provider,
                         instance=instance.id, state=instance.unrecognized_state)  # fmt: skip
-    if ledger is None:
-        return observed
-    destroyed = ledger.destroyed_instance_ids(since=(now or datetime.now(UTC)) - DELETION_GRACE)
+    return observed
+
+
+def settle_deletions(
+    observed: Sequence[ObservedInstance], ledger: Ledger, *, now: datetime
+) -> list[ObservedInstance]:
+    """What planning sees: an instance the ledger records as destroyed within
+    DELETION_GRACE counts as gone however the cloud still lists it, so a deletion made
+    by an earlier pass's adapter (which remembered it) does not read as a live
+    instance in this one. Reports (orphans) keep the listing as the cloud gave it."""
+    destroyed = ledger.destroyed_instance_ids(since=now - DELETION_GRACE)
     return [
         replace(i, state=InstanceState.GONE) if i.alive and i.id in destroyed else i
         for i in observed
@@ -205,10 +205,10 @@ def plan_pass(desired_dir: str | Path, ledger: Ledger) -> PassOutcome:
     providers = build_providers(desired)
     check_capabilities(desired, providers)
     now = datetime.now(UTC)
-    observed = observe(desired, providers, ledger=ledger, now=now)
+    observed = observe(desired, providers)
     plan = compute_plan(
         desired=desired,
-        observed=observed,
+        observed=settle_deletions(observed, ledger, now=now),
         ledger=ledger.view(),
         now=now,
         pins=current_pins(ledger, desired),
@@ -282,12 +282,15 @@ def _apply_run(
         frozen = current_freezes(ledger, desired)
         # What an interrupted pass left open is closed first, so the plan sees it settled.
         resolve_open_operations(ledger, providers, desired, now=started, run=run_id, frozen=frozen)
-        observed = observe(desired, providers, ledger=ledger, now=started)
+        observed = observe(desired, providers)
         report_unknown_states(ledger, observed, run=run_id, at=started)
         # One ledger row per provider: what `ledger orphans` judges between passes.
         accounting.record_observation(
             ledger, desired=desired, providers=providers, observed=observed, run=run_id, at=started
         )
+        # From here on, what planning and applying see (the record above keeps the
+        # listing as the cloud gave it).
+        observed = settle_deletions(observed, ledger, now=started)
         heartbeat()
         pins = current_pins(ledger, desired, release_stale=True)
         view = ledger.view()

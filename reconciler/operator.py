@@ -34,7 +34,9 @@ def rollback(desired_dir: str | Path, ledger: Ledger, env: str, service: str) ->
     if spec is None:
         raise NothingToDo(f"{env}/{service} is not in the desired state")
     providers = engine.build_providers(desired)
-    observed = engine.observe(desired, providers, ledger=ledger)
+    observed = engine.settle_deletions(
+        engine.observe(desired, providers), ledger, now=datetime.now(UTC)
+    )
     rows = ledger.generation_rows(env=env, service=service)
     active = next((r["number"] for r in rows if r["state"] == "active"), None)
 

@@ -12,11 +12,11 @@ from typing import Any
 
 from rich import box
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from reconciler.costs import HOURS_PER_MONTH, PlanCosts
 from reconciler.model import Action, ActionKind, Plan
+from reconciler.terminal import shown
 
 _SYMBOL = {
     ActionKind.CREATE: "+",
@@ -92,18 +92,18 @@ def print_plan(
     console: Console, plan: Plan, *, commit: str | None, costs: PlanCosts | None = None
 ) -> None:
     header = f"desired state at {commit[:12]}" if commit else "desired state (not a git checkout)"
-    console.print(f"[bold]Plan[/bold] for {header}")
+    console.print(f"[bold]Plan[/bold] for {shown(header)}")
     if plan.empty:
         console.print("No changes: the cloud matches the desired state.")
     for (env, service), actions in plan.by_service().items():
-        console.print(f"  [bold]{env}/{service}[/bold]")
+        console.print(f"  [bold]{shown(env)}/{shown(service)}[/bold]")
         for action in actions:
             detail = f" - {action.detail}" if action.detail else ""
             price = _action_cost(costs, plan.actions.index(action))
-            console.print(escape(f"    {_SYMBOL[action.kind]} {action.describe()}{detail}{price}"))
+            console.print(shown(f"    {_SYMBOL[action.kind]} {action.describe()}{detail}{price}"))
     for note in plan.notes:
         where = f"{note.env}/{note.service}: " if note.env else ""
-        console.print(escape(f"  ! {where}{note.message}"))
+        console.print(shown(f"  ! {where}{note.message}"))
     summary = ", ".join(f"{n} {k}" for k, n in plan_summary(plan).items() if n)
     if summary:
         console.print(f"Summary: {summary}")
@@ -114,7 +114,7 @@ def print_plan(
         )
         if costs.unpriced:
             line += f"; no price known for {', '.join(costs.unpriced)}"
-        console.print(escape(line))
+        console.print(shown(line))
 
 
 def print_json(document: Any) -> None:
@@ -138,7 +138,7 @@ def print_rows(
             min_width=10 if wrap else None,
         )
     for row in rows:
-        table.add_row(*[_cell(row.get(column)) for column in columns])
+        table.add_row(*[shown(_cell(row.get(column))) for column in columns])
     console.print(table)
     if not rows:
         console.print("(nothing recorded yet)")
@@ -181,12 +181,12 @@ def print_phrases(console: Console, phrases: Sequence[str], *, indent: str = "  
     line = ""
     for phrase in phrases:
         if line and len(line) + 1 + len(phrase) > console.width:
-            console.print(escape(line), overflow="fold")
+            console.print(shown(line), overflow="fold")
             line = indent + phrase
         else:
             line = f"{line} {phrase}" if line else phrase
     if line:
-        console.print(escape(line), overflow="fold")
+        console.print(shown(line), overflow="fold")
 
 
 def print_status(console: Console, document: Mapping[str, Any]) -> None:
@@ -206,22 +206,22 @@ def print_status(console: Console, document: Mapping[str, Any]) -> None:
             ],
         )
         if last.get("error"):
-            console.print(escape(f"  error: {last['error']}"))
+            console.print(shown(f"  error: {last['error']}"))
     else:
         console.print("No run recorded yet.")
     for service in document.get("services", []):
         standby = ", ".join(f"g{n}" for n in service["standby"]) or "none"
         active = f"g{service['active']}" if service["active"] is not None else "none"
         console.print(
-            escape(f"  {service['env']}/{service['service']}: active {active}, standby {standby}")
+            shown(f"  {service['env']}/{service['service']}: active {active}, standby {standby}")
         )
     drift = document.get("pending_drift") or {}
     if drift:
-        console.print(escape("Pending drift: " + ", ".join(f"{n} {k}" for k, n in drift.items())))
+        console.print(shown("Pending drift: " + ", ".join(f"{n} {k}" for k, n in drift.items())))
     invalid = document.get("invalid_commit")
     if invalid:
         console.print(
-            escape(f"Invalid commit {invalid['sha'][:12]} ({invalid['subject']}) not applied:")
+            shown(f"Invalid commit {invalid['sha'][:12]} ({invalid['subject']}) not applied:")
         )
         for problem in invalid.get("errors") or []:
-            console.print(escape(f"  {problem}"))
+            console.print(shown(f"  {problem}"))

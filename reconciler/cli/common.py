@@ -19,6 +19,7 @@ from rich.console import Console
 from reconciler.desired import parse_duration
 from reconciler.errors import GuardRefused, InvalidDesiredState, ReconcilerError
 from reconciler.ledger import Ledger
+from reconciler.terminal import shown
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_REFUSED = 0, 1, 2, 3
 
@@ -28,7 +29,7 @@ err_console = Console(stderr=True)
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[red]error:[/red] {shown(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
@@ -40,12 +41,12 @@ def domain_errors() -> Iterator[None]:
     except InvalidDesiredState as exc:
         err_console.print("[red]invalid desired state:[/red]", highlight=False)
         for problem in exc.problems:
-            err_console.print(f"  {problem}", highlight=False, soft_wrap=True)
+            err_console.print(f"  {shown(problem)}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_ERROR)
     except GuardRefused as exc:
         err_console.print("[red]refused by a guard; nothing was changed:[/red]")
         for reason in exc.reasons:
-            err_console.print(f"  {reason}", highlight=False, soft_wrap=True)
+            err_console.print(f"  {shown(reason)}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_REFUSED)
     except ReconcilerError as exc:
         fail(str(exc))

@@ -14,10 +14,10 @@ from typing import Any
 
 from rich import box
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from reconciler.orphans import ADVICE
+from reconciler.terminal import shown
 
 COST_KEYS: dict[str, tuple[str, ...]] = {
     "env": ("env",),
@@ -82,7 +82,7 @@ def print_history(console: Console, rows: Sequence[Mapping[str, Any]]) -> None:
     for row in rows:
         groups.setdefault((row["env"], row["service"]), []).append(row)
     for (env, service), members in groups.items():
-        table = _table(f"[bold]{escape(env)}/{escape(service)}[/bold]")
+        table = _table(f"[bold]{shown(env)}/{shown(service)}[/bold]")
         table.add_column("g", justify="right", no_wrap=True)
         table.add_column("state", no_wrap=True)
         table.add_column("image", no_wrap=True, overflow="ellipsis", max_width=14)
@@ -106,10 +106,10 @@ def print_history(console: Console, rows: Sequence[Mapping[str, Any]]) -> None:
             table.add_row(
                 str(row["number"]),
                 row["state"],
-                escape(row.get("image") or "-"),
-                escape(f"{commit} {subject}".strip() or "-"),
+                shown(row.get("image") or "-"),
+                shown(f"{commit} {subject}".strip() or "-"),
                 "\n".join(f"{mark} {short_time(value)}" for mark, value in stamps),
-                escape(row.get("reason") or "-"),
+                shown(row.get("reason") or "-"),
                 money(row.get("cost")),
             )
         console.print(table)
@@ -134,9 +134,9 @@ def print_events(console: Console, rows: Sequence[Mapping[str, Any]]) -> None:
         detail = compact_json(row.get("detail"))
         table.add_row(
             short_time(row["at"]),
-            escape(row["kind"]),
-            escape(target.strip() or "-"),
-            escape(detail[:200] or "-"),
+            shown(row["kind"]),
+            shown(target.strip() or "-"),
+            shown(detail[:200] or "-"),
         )
     console.print(table)
     if not rows:
@@ -182,7 +182,7 @@ def print_cost(console: Console, document: Mapping[str, Any]) -> None:
     table.add_column("hours", justify="right", no_wrap=True)
     table.add_column("cost", justify="right", no_wrap=True)
     for row in document["rows"]:
-        cells = ["-" if row.get(k) is None else escape(str(row[k])) for k in keys]
+        cells = ["-" if row.get(k) is None else shown(str(row[k])) for k in keys]
         table.add_row(*cells, str(row["instances"]), f"{row['billed_hours']:,.1f}",
                       money(row["cost"]))  # fmt: skip
     table.add_section()
@@ -234,8 +234,8 @@ def print_orphans(
             where = row.get("state") or "-"
         table.add_row(
             row["kind"],
-            escape(row.get("instance") or "-"),
-            escape(where),
+            shown(row.get("instance") or "-"),
+            shown(where),
             age(row.get("age_seconds")),
             money(row.get("cost")),
         )
@@ -244,4 +244,4 @@ def print_orphans(
     console.print(f"Cost so far: {money(total)}")
     console.print("What to do:")
     for kind in dict.fromkeys(row["kind"] for row in rows):
-        console.print(escape(f"  {kind}: {ADVICE[kind]}"), soft_wrap=False)
+        console.print(shown(f"  {kind}: {ADVICE[kind]}"), soft_wrap=False)
