@@ -7,6 +7,7 @@ Must not: compute anything the planner or ledger already knows.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -118,7 +119,20 @@ def print_plan(
 
 
 def print_json(document: Any) -> None:
-    print(json.dumps(document, indent=2, sort_keys=True, default=str))
+    # Valid JSON only: a float that is not finite (an unbounded ratio, an absurd price
+    # from a provider) is written as null, never as the `Infinity` JSON does not have.
+    print(json.dumps(finite(document), indent=2, sort_keys=True, default=str, allow_nan=False))
+
+
+def finite(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None, through dicts and lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 def print_rows(

@@ -17,6 +17,7 @@ import click
 from rich.console import Console
 
 from reconciler.desired import parse_duration
+from reconciler.desired.durations import format_duration
 from reconciler.errors import GuardRefused, InvalidDesiredState, ReconcilerError
 from reconciler.ledger import Ledger
 from reconciler.terminal import shown
@@ -73,11 +74,22 @@ def refuse_libcloud_debug() -> None:
         fail("LIBCLOUD_DEBUG is set; it makes libcloud log credentials. Unset it and retry.")
 
 
-def duration(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+def duration_between(minimum: float, maximum: float) -> Callable[..., float]:
+    """A click callback: a duration string of `minimum` to `maximum` seconds."""
+
+    def parse(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+        if not minimum <= seconds <= maximum:
+            raise click.BadParameter(
+                f"{value!r} is out of range: from {format_duration(minimum)} "
+                f"to {format_duration(maximum)}"
+            )
+        return seconds
+
+    return parse
 
 
 @contextmanager

@@ -54,7 +54,7 @@ def _when(_ctx: click.Context, _param: click.Parameter, value: str | None) -> da
         return None
     try:
         return datetime.now(UTC) - timedelta(seconds=parse_duration(value))
-    except ValueError:
+    except (ValueError, OverflowError):
         pass
     try:
         moment = datetime.fromisoformat(value)
@@ -91,6 +91,10 @@ def _reading(ctx: click.Context) -> Iterator[Ledger]:
 # ---------------------------------------------------------------- history and generations
 
 HUMAN_SERVICES = 20  # services per human-readable history page
+# Bounds of the paging options: past these SQLite's 64-bit OFFSET arithmetic overflows,
+# and no ledger holds more.
+MAX_LIMIT = 1_000_000
+MAX_PAGE = 1_000_000
 
 HISTORY_CSV = (
     "env", "service", "number", "state", "image", "size", "count", "commit",
@@ -102,8 +106,10 @@ HISTORY_CSV = (
 @ledger.command()
 @_filters
 @_since
-@click.option("--limit", type=click.IntRange(min=0), help="At most this many per service.")
-@click.option("--page", type=click.IntRange(min=1), default=1, help="Page (with --limit).")
+@click.option("--limit", type=click.IntRange(min=0, max=MAX_LIMIT),
+              help="At most this many per service.")
+@click.option("--page", type=click.IntRange(min=1, max=MAX_PAGE), default=1,
+              help="Page (with --limit).")
 @json_option
 @_csv_option
 @click.pass_context
@@ -187,7 +193,8 @@ EVENT_COLUMNS = ("at", "run", "kind", "env", "service", "generation", "instance"
 @_filters
 @_since
 @click.option("--kind", help="Only events of this kind.")
-@click.option("--limit", type=click.IntRange(min=0), default=200, show_default=True,
+@click.option("--limit", type=click.IntRange(min=0, max=MAX_LIMIT), default=200,
+              show_default=True,
               help="The newest N events (0: all).")  # fmt: skip
 @json_option
 @_csv_option
