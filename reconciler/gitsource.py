@@ -16,8 +16,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from reconciler.errors import TransientError
+from reconciler.redact import redact_urls
 
 # Environment for every git call: fail instead of asking anybody anything.
 _NO_PROMPT = {
@@ -30,6 +32,16 @@ _NO_PROMPT = {
 }
 _NO_HELPERS = ["-c", "credential.helper=", "-c", "core.askPass=/bin/false"]
 _POLL = 0.25
+_ERROR_CHARS = 2000
+
+
+def _local_path(remote: str) -> str | None:
+    """The absolute path of a local repository (a path or a file:// URL), else None."""
+    if remote.startswith("file://"):
+        return os.path.abspath(unquote(urlsplit(remote).path))
+    if "://" in remote or (":" in remote.split("/", 1)[0] and not remote.startswith("/")):
+        return None  # a URL, or scp-like user@host:path
+    return os.path.abspath(remote)
 
 
 class FetchFailed(TransientError):
@@ -62,6 +74,12 @@ class GitSource:
         self.timeout = timeout
         self.heartbeat = heartbeat
         self._ref = f"refs/reconciler/{branch}"
+        # A local repository (a path or file://) may belong to another user than the
+        # daemon (DynamicUser=): git refuses it as "dubious ownership" unless told that
+        # exactly this path is safe. Only this path, never `*`; and through a global
+        # config file of our own, since git reads safe.directory from no other scope
+        # we can set (`-c` is ignored for it, and the system file is off).
+        self._safe_directory = _local_path(remote)
 
     # ------------------------------------------------------------ plumbing
 
@@ -69,6 +87,8 @@ class GitSource:
         """Run git; poll so the watchdog keeps being fed, kill the group at the timeout."""
         home = tempfile.gettempdir()  # no user config: HOME points at nothing of ours
         env = {**os.environ, **_NO_PROMPT, "HOME": home, "XDG_CONFIG_HOME": home}
+        if self._safe_directory is not None:
+            env["GIT_CONFIG_GLOBAL"] = str(self._write_safe_directory(self._safe_directory))
         command = ["git", *_NO_HELPERS, "-C", str(self.workdir), *args]
         deadline = time.monotonic() + (timeout or self.timeout)
         with subprocess.Popen(
@@ -90,9 +110,26 @@ class GitSource:
                 time.sleep(_POLL)
             stdout, stderr = process.communicate()
         if process.returncode != 0:
-            message = stderr.decode(errors="replace").strip().splitlines()
-            raise FetchFailed(f"git {args[0]} failed: {message[-1] if message else 'no output'}")
+            # All of it: git's cause is often on an earlier line than its last ("detected
+            # dubious ownership ... and the repository exists."). Bounded, credentials out.
+            lines = redact_urls(stderr.decode(errors="replace")).strip().splitlines()
+            message = " | ".join(line.strip() for line in lines if line.strip())
+            if len(message) > _ERROR_CHARS:
+                message = message[: _ERROR_CHARS - 3] + "..."
+            raise FetchFailed(f"git {args[0]} failed: {message or 'no output'}")
         return stdout.decode(errors="replace").strip()
+
+    def _write_safe_directory(self, local: str) -> Path:
+        path = self.workdir.parent / "reconciler.gitconfig"
+        quoted = [
+            '"' + p.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            for p in (local, f"{local}/.git")
+        ]
+        text = "[safe]\n" + "".join(f"\tdirectory = {q}\n" for q in quoted)
+        if not path.exists() or path.read_text() != text:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.write_text(text)
+        return path
 
     def _ensure_repository(self) -> None:
         if (self.workdir / ".git").is_dir():

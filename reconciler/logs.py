@@ -13,6 +13,8 @@ from typing import Any
 
 import structlog
 
+from reconciler.redact import redact_urls
+
 _SECRET_WORDS = ("secret", "password", "token", "credential", "user_data", "authorization")
 
 
@@ -20,7 +22,21 @@ def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutabl
     for key in list(event):
         if any(word in key.lower() for word in _SECRET_WORDS):
             event[key] = "[redacted]"
+        else:
+            event[key] = _scrub(event[key])
     return event
+
+
+def _scrub(value: Any) -> Any:
+    """URL credentials out of every logged string, however deep (a `--repo` with a
+    token, git's error quoting it, an exception's text)."""
+    if isinstance(value, str):
+        return redact_urls(value)
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    return value
 
 
 def configure_logging(*, fmt: str = "auto", verbose: bool = False, quiet: bool = False) -> None:
@@ -41,6 +57,7 @@ def configure_logging(*, fmt: str = "auto", verbose: bool = False, quiet: bool =
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact,
             structlog.processors.format_exc_info,
+            _redact,  # again: a formatted traceback can quote a URL too
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
