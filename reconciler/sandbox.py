@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Final
 from urllib.parse import parse_qs
 
+from reconciler.errors import ConfigurationError
+
 _MOTO_NAMESPACE = b'xmlns="http://ec2.amazonaws.com/doc/2016-11-15"'
 _AWS_NAMESPACE = b'xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"'
 
@@ -207,8 +209,13 @@ class SandboxApp:
                 DomainDispatcherApplication,
                 create_backend_app,
             )
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise RuntimeError("the sandbox needs moto: pip install 'reconciler[sandbox]'") from exc
+        except ImportError:
+            raise ConfigurationError(
+                "driver: sandbox without an endpoint runs the sandbox in this process, which "
+                "needs the sandbox extra (moto): pip install 'reconciler[sandbox]' (from a "
+                "checkout: .venv/bin/pip install '.[sandbox]'), or give the profile the "
+                "endpoint of a running `reconciler sandbox`"
+            ) from None
         self._moto: WsgiApp = DomainDispatcherApplication(create_backend_app)
         self._lock = threading.Lock()
         self.calls: Counter[str] = Counter()  # served by moto, per action

@@ -101,3 +101,25 @@ def test_demo_runs_start_to_finish(tmp_path: Path) -> None:
     assert "[missing]" in out
     assert re.search(r"production/web g1\s+standby", out)
     assert re.search(r"production/web g2\s+active", out)
+
+
+def test_the_sandbox_without_its_extra_names_the_extra_to_install(tmp_path: Path) -> None:
+    # The README's service install has no sandbox extra: moto cannot be imported.
+    blocker = tmp_path / "site"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['moto'] = None\n"  # `import moto...` raises ImportError
+    )
+    root = write_desired(tmp_path / "d", endpoint="", environments={
+        "prod": {"web": {"image": IMAGE_V1}}})  # fmt: skip
+    config = (root / "reconciler.yaml").read_text().replace("    endpoint: ''\n", "")
+    (root / "reconciler.yaml").write_text(config)
+    env = {**os.environ, "PYTHONPATH": str(blocker)}
+    done = subprocess.run(
+        [sys.executable, "-m", "reconciler", "--state-dir", str(tmp_path / "s"), "plan",
+         "--desired", str(root)],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "pip install 'reconciler[sandbox]'" in done.stderr
