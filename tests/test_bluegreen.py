@@ -87,8 +87,14 @@ class Fleet:
 
 @pytest.fixture
 def fleet(
-    tmp_path: Path, sandbox: SandboxServer, health: HealthServer, webhook: WebhookReceiver
+    tmp_path: Path,
+    sandbox: SandboxServer,
+    health: HealthServer,
+    webhook: WebhookReceiver,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Fleet:
+    # The host allows the webhook's signing secret to be read from there (hostpolicy).
+    monkeypatch.setenv("RECONCILER_CREDENTIAL_DIRS", str(tmp_path))
     return Fleet(tmp_path / "desired", sandbox.endpoint, health, webhook)
 
 

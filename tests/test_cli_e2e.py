@@ -332,7 +332,7 @@ def test_ec2_driver_with_credential_references(tmp_path: Path, sandbox: SandboxS
     import subprocess
     import sys
 
-    env = {**os.environ, "TEST_AWS_KEY": "AKIDCANARY"}
+    env = {**os.environ, "TEST_AWS_KEY": "AKIDCANARY", "RECONCILER_CREDENTIAL_DIRS": str(tmp_path)}
     done = subprocess.run(
         [
             sys.executable,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from reconciler.errors import ConfigurationError
 from reconciler.model import SecretRef
+from reconciler.providers.hostpolicy import check_credential_file
 
 
 def resolve_secret(ref: SecretRef, environ: Mapping[str, str] = os.environ) -> str:
@@ -32,6 +33,7 @@ def resolve_secret(ref: SecretRef, environ: Mapping[str, str] = os.environ) -> s
                     "$CREDENTIALS_DIRECTORY is not set (run under systemd or use an absolute path)"
                 )
             path = Path(directory) / path
+        path = Path(check_credential_file(str(path), environ=environ))
         try:
             value = path.read_text(encoding="utf-8").strip()
         except OSError as exc:

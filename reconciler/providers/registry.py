@@ -14,6 +14,7 @@ from reconciler.errors import ConfigurationError
 from reconciler.model import ProviderProfile
 from reconciler.providers.base import ComputeProvider
 from reconciler.providers.credentials import resolve_secret
+from reconciler.providers.hostpolicy import check_endpoint
 
 if TYPE_CHECKING:
     from reconciler.providers.ec2 import Ec2Provider
@@ -42,6 +43,11 @@ def build_provider(
             secret=SANDBOX_SECRET,
             endpoint=endpoint,
         )
+    # Before any credential is read: where may this profile send it?
+    if profile.endpoint:
+        check_endpoint(profile.endpoint, where=f"providers.{profile.name}.endpoint")
+    if profile.options.get("auth_url"):
+        check_endpoint(str(profile.options["auth_url"]), where=f"providers.{profile.name}.auth_url")
     if profile.driver == "ec2":
         from reconciler.providers.ec2 import Ec2Provider
 
