@@ -754,3 +754,41 @@ def test_a_listing_that_would_migrate_the_file_checks_it_whole_first(state_dir: 
         Ledger.open(state_dir, check="none")
     applied = raw(state_dir).execute("SELECT name FROM _sqlite_migrations").fetchall()
     assert "0004_cost_rollup" not in {row[0] for row in applied}, "nothing was migrated"
+
+
+@pytest.mark.parametrize("command", [("status",), ("ledger", "history"), ("ledger", "cost")])
+def test_a_ledger_written_by_a_newer_version_is_refused_and_left_alone(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    import sqlite3
+    import subprocess
+    import sys
+
+    with Ledger.open(tmp_path / "state"):
+        pass
+    path = tmp_path / "state" / "ledger.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+            "VALUES ('reconciler.ledger', '0099_from_the_future', '2030-01-01')"
+        )
+
+    def schema() -> list[tuple[str, ...]]:
+        with sqlite3.connect(path) as conn:
+            return [
+                *conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name"),
+                *conn.execute("SELECT migration_set, name, applied_at FROM _sqlite_migrations"),
+            ]
+
+    before = schema()
+
+    done = subprocess.run(
+        [sys.executable, "-m", "reconciler", "--state-dir", str(tmp_path / "state"), *command],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "written by a newer reconciler" in done.stderr
+    assert "0099_from_the_future" in done.stderr and "0004_cost_rollup" in done.stderr
+    assert schema() == before

@@ -18,7 +18,12 @@ from sqlite_utils import Database
 
 from reconciler.errors import LedgerError
 from reconciler.ledger.paths import ensure_ledger_file
-from reconciler.ledger.schema import apply_migrations, migrations_pending
+from reconciler.ledger.schema import (
+    apply_migrations,
+    known_migrations,
+    migrations_pending,
+    unknown_migrations,
+)
 
 BUSY_TIMEOUT_MS = 5000
 RECOVERY = (
@@ -95,6 +100,13 @@ def _configure(conn: sqlite3.Connection, path: Path, *, check: str) -> Database:
     (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
     if str(mode).lower() != "wal":
         raise LedgerError(f"cannot open ledger {path}: journal mode stays {mode!r}, not WAL")
+    newer = unknown_migrations(Database(conn, execute_plugins=False))
+    if newer:
+        raise LedgerError(
+            f"ledger {path} was written by a newer reconciler: its schema has "
+            f"{', '.join(newer)}, and this version knows only up to {known_migrations()[-1]}; "
+            "upgrade reconciler to read it (the file was left as it is)"
+        )
     if check == "none" and migrations_pending(Database(conn, execute_plugins=False)):
         check = "full"
     # Writing into a damaged file spreads the damage: refuse it, and say how to recover.

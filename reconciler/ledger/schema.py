@@ -249,3 +249,21 @@ def migrations_pending(db: Database) -> bool:
 def apply_migrations(db: Database) -> None:
     """Bring the schema up to date; the caller owns the surrounding transaction."""
     migrations.apply(db)
+
+
+def known_migrations() -> list[str]:
+    """The migrations this version knows, oldest first."""
+    return [migration.name for migration in migrations._migrations]
+
+
+def unknown_migrations(db: Database) -> list[str]:
+    """Migrations recorded in the file that this version does not know: a newer
+    reconciler wrote it, and this one would misread (or damage) its schema."""
+    table = migrations.migrations_table
+    if not db[table].exists():
+        return []
+    rows = db.execute(
+        f"SELECT name FROM [{table}] WHERE migration_set = ? ORDER BY rowid", [migrations.name]
+    ).fetchall()
+    known = set(known_migrations())
+    return [str(name) for (name,) in rows if name not in known]
