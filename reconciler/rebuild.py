@@ -24,6 +24,7 @@ import structlog
 
 from reconciler.errors import LedgerError, ReconcilerError
 from reconciler.ledger import LEDGER_FILENAME, Ledger
+from reconciler.ledger.swap import build_directory, swap_in
 from reconciler.model import DesiredState, GenerationState, InstanceState, ObservedInstance
 from reconciler.providers import ComputeProvider
 
@@ -74,13 +75,17 @@ def rebuild_ledger(
         )
     # Listed before anything moves: a failed listing leaves the old ledger in place.
     observed = [i for name in sorted(providers) for i in providers[name].list_owned(desired.owner)]
-    backup = _set_aside(path, now=now) if path.exists() and force else None
-    with Ledger.open(state_dir) as ledger:
+    # Built aside and swapped in whole: a rebuild killed half-way leaves the old ledger
+    # as it was, never one with part of the generations (and unrecorded instances).
+    built = build_directory(state_dir)
+    with Ledger.open(built) as ledger:
         report = _write(ledger, desired, providers, observed, now=now)
-        report.backup = backup
         # Counts, not the listing: the event must stay small whatever the fleet's size.
         detail = {**report.to_json(), "generations": len(report.generations)}
         ledger.record_event(kind="ledger_rebuilt", at=now, detail=detail)
+    backup = _backup_name(path, now=now) if path.exists() else None
+    swap_in(state_dir, built, backup=backup)
+    report.backup = backup
     log.warning("ledger_rebuilt", generations=len(report.generations), instances=report.instances)
     return report
 
@@ -93,15 +98,8 @@ def _holds_generations(state_dir: Path) -> bool:
         return True  # unreadable: it may hold anything, so it is set aside, never reused
 
 
-def _set_aside(path: Path, *, now: datetime) -> Path:
-    backup = path.with_name(f"{path.name}.bak-{now.strftime('%Y%m%dT%H%M%SZ')}")
-    # The -wal file may hold committed transactions: it moves with its database.
-    for suffix in ("-wal", "-shm", ""):
-        source = path.with_name(path.name + suffix)
-        if source.exists():
-            source.rename(backup.with_name(backup.name + suffix))
-    log.warning("ledger_set_aside", backup=str(backup))
-    return backup
+def _backup_name(path: Path, *, now: datetime) -> Path:
+    return path.with_name(f"{path.name}.bak-{now.strftime('%Y%m%dT%H%M%SZ')}")
 
 
 def _write(

@@ -123,3 +123,46 @@ def test_an_unreadable_ledger_is_set_aside_with_yes(cli: Cli, converged: Path) -
     assert live_generations(cli) == original
     backups = list(cli.state_dir.glob("ledger.sqlite.bak-*"))
     assert [b.read_bytes()[:16] for b in backups] == [b"not a database, "]
+
+
+def test_a_rebuild_killed_at_any_moment_leaves_a_whole_ledger(
+    cli: Cli, converged: Path
+) -> None:
+    """SIGKILL at several moments of a real `ledger rebuild --yes`: afterwards the
+    ledger is the old one or the new one, each whole, never one with part of the
+    generations (the rest of the instances then unrecorded, costing $0.00)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    original = live_generations(cli)
+    command = [sys.executable, "-m", "reconciler", "--state-dir", str(cli.state_dir),
+               "--log-format", "json", "ledger", "rebuild", "--desired", str(converged),
+               "--yes"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
+
+    def started_writing() -> bool:
+        return any(cli.state_dir.glob(".rebuild-*")) or any(
+            cli.state_dir.glob("ledger.sqlite.bak-*")
+        )
+
+    # First the moment the rebuild starts writing (polled closely), then later moments.
+    for trial in ("writing", "writing", 0.8, 1.6, 3.0):
+        for stale in cli.state_dir.glob("ledger.sqlite.bak-*"):
+            stale.unlink()
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.monotonic() + (30.0 if trial == "writing" else float(trial))
+        while time.monotonic() < deadline and process.poll() is None:
+            if trial == "writing" and started_writing():
+                break
+            time.sleep(0.001)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        assert live_generations(cli) == original, f"killed at {trial}"
+    finished = cli("ledger", "rebuild", "--desired", str(converged), "--yes")
+    assert finished.code == 0, finished.stderr
+    assert live_generations(cli) == original
+    assert list(cli.state_dir.glob(".rebuild-*")) == []
