@@ -19,14 +19,27 @@ class StateLocked(ReconcilerError):
     """Another reconciler process holds the state directory; wait for it or stop it."""
 
 
+class StateUnusable(ReconcilerError):
+    """The state directory cannot hold the lock (read-only, not a directory, ...)."""
+
+
 class StateLock:
     def __init__(self, state_dir: Path) -> None:
         self.path = Path(state_dir) / "lock"
         self._fd: int | None = None
 
     def acquire(self) -> StateLock:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            # A read-only or full file system, a state "directory" that is a file, a
+            # lock that is a directory or a symlink: say which, not a traceback.
+            raise StateUnusable(
+                f"cannot take the lock {self.path}: {exc.strerror or exc}; the state "
+                "directory must be a writable directory, and its `lock` a file this "
+                "process can create"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

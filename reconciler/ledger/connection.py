@@ -17,7 +17,7 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from reconciler.errors import LedgerError
-from reconciler.ledger.paths import ensure_ledger_file
+from reconciler.ledger.paths import LEDGER_FILENAME, ensure_ledger_file
 from reconciler.ledger.schema import (
     apply_migrations,
     known_migrations,
@@ -57,6 +57,27 @@ def transaction(conn: sqlite3.Connection, *, write: bool) -> Iterator[None]:
         raise
 
 
+def advice(error: BaseException, path: Path) -> str:
+    """What to do about a failure of the ledger file: the truth for each kind. Moving
+    the file aside throws history away, so it is advised only for a damaged file."""
+    text = str(error).lower()
+    if "full" in text or "no space" in text:
+        return (
+            f"the disk holding {path.parent} is full: free space there and retry (the "
+            "ledger is intact: SQLite wrote nothing half-way)"
+        )
+    if "readonly" in text or "read-only" in text or "permission" in text or "access" in text:
+        return (
+            f"the ledger and its directory {path.parent} must be writable by this user "
+            "(check the mount, the owner and the mode)"
+        )
+    if "locked" in text or "busy" in text:
+        return "another process holds the ledger's write lock; retry when it is done"
+    if "malformed" in text or "not a database" in text or "corrupt" in text:
+        return RECOVERY
+    return "check the file and its directory; if it is damaged: " + RECOVERY
+
+
 def open_database(state_dir: Path, *, check: str = "full") -> tuple[Path, Database]:
     """Create or open `state_dir/ledger.sqlite`, checked, configured and migrated.
 
@@ -72,7 +93,10 @@ def open_database(state_dir: Path, *, check: str = "full") -> tuple[Path, Databa
     try:
         path = ensure_ledger_file(state_dir)
     except OSError as exc:
-        raise LedgerError(f"cannot create the ledger in {state_dir}: {exc}") from exc
+        raise LedgerError(
+            f"cannot create the ledger in {state_dir}: {exc.strerror or exc}; "
+            f"{advice(exc, state_dir / LEDGER_FILENAME)}"
+        ) from exc
     # isolation_level=None: the driver opens no transactions of its own, so the
     # explicit ones in `transaction` are the only ones there are.
     # check_same_thread=False: the apply step's workers share this connection; the
@@ -87,7 +111,7 @@ def open_database(state_dir: Path, *, check: str = "full") -> tuple[Path, Databa
         db = _configure(conn, path, check=check)
     except sqlite3.Error as exc:
         conn.close()
-        raise LedgerError(f"cannot open ledger {path}: {exc}; {RECOVERY}") from exc
+        raise LedgerError(f"cannot open ledger {path}: {exc}; {advice(exc, path)}") from exc
     except BaseException:
         conn.close()
         raise

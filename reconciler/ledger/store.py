@@ -22,7 +22,7 @@ from sqlite_utils import Database
 
 from reconciler.errors import LedgerError
 from reconciler.ledger import codec, costsql, queries
-from reconciler.ledger.connection import RECOVERY, open_database, transaction
+from reconciler.ledger.connection import advice, open_database, transaction
 from reconciler.model import GenerationRecord, GenerationState, LedgerView
 
 RUN_RESULTS = frozenset({"ok", "changes", "failed", "refused", "no-op", "interrupted", "skipped"})
@@ -108,9 +108,10 @@ class Ledger:
                 with transaction(db.conn, write=write):
                     yield db
             except sqlite3.Error as exc:
-                # A damaged page met while reading (listings open without a full check).
-                hint = f"; {RECOVERY}" if "malformed" in str(exc) else ""
-                raise LedgerError(f"ledger {self.path}: {what} failed: {exc}{hint}") from exc
+                # A damaged page met while reading (listings open without a full check),
+                # a full disk, a read-only file: each with what to do about it.
+                hint = advice(exc, self.path)
+                raise LedgerError(f"ledger {self.path}: {what} failed: {exc}; {hint}") from exc
 
     # ------------------------------------------------------------ runs
 
