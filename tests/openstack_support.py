@@ -101,6 +101,8 @@ class FakeOpenStack(FakeCloud):
         self.servers: dict[str, FakeServer] = {}  # insertion order = creation order
         self.tokens: set[str] = set()
         self.throttle_status = 429
+        self.catalog_without_names = False
+        self.second_compute_named: str | None = None
         self.repeat_next_link = False
         self.fail_later_pages = False
         self.boots = True  # a BUILD server is ACTIVE by the time a listing shows it
@@ -212,6 +214,14 @@ class FakeOpenStack(FakeCloud):
             issued_at=now.strftime("%Y-%m-%dT%H:%M:%S.000000Z"),
             expires_at=(now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.000000Z"),
         )
+        if self.catalog_without_names:  # Keystone allows it; libcloud's recorded v3 token
+            for entry in payload["token"]["catalog"]:
+                entry.pop("name", None)
+        if self.second_compute_named:  # another compute service beside Nova
+            extra = dict(payload["token"]["catalog"][0], name=self.second_compute_named)
+            extra["endpoints"] = [dict(e, url=e["url"].replace("/compute/", "/other/"))
+                                  for e in extra["endpoints"]]  # fmt: skip
+            payload["token"]["catalog"].append(extra)
         return Response.of_json(payload, status=201, **{"X-Subject-Token": token})
 
     # -- Nova ----------------------------------------------------------------------

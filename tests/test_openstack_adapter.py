@@ -430,3 +430,20 @@ def test_a_throttled_listing_is_resent_no_sooner_than_retry_after(cloud: FakeOpe
 
     (gap,) = cloud.gaps("GET", "/servers/detail")  # refused, then resent once
     assert gap >= 1.0
+
+
+def test_a_catalog_without_service_names_is_followed_by_service_type(
+    cloud: FakeOpenStack,
+) -> None:
+    cloud.catalog_without_names = True  # as in libcloud's own recorded v3 token
+    p = provider(cloud)
+    launch(p, slot=1, op="nameless")
+    assert len(p.list_owned("acme")) == 1
+
+
+def test_two_compute_services_are_told_apart_by_name(cloud: FakeOpenStack) -> None:
+    cloud.second_compute_named = "other-compute"
+    p = provider(cloud)
+    launch(p, slot=1, op="two")
+    assert len(p.list_owned("acme")) == 1
+    assert not any("/other/" in path for _, path in cloud.requests)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from libcloud.common.openstack_identity import OpenStackIdentityEndpointType
+from libcloud.common.types import LibcloudError
 from libcloud.compute.drivers.openstack import (
     OpenStack_2_Connection,
     OpenStack_2_ImageConnection,
@@ -43,6 +45,34 @@ class _Reporting:
             method = kwargs.get("method") or (args[3] if len(args) > 3 else "GET")
             self.listener(request_name(str(method), action))
         return super().request(action, *args, **kwargs)  # type: ignore[misc]
+
+    def get_endpoint(self) -> str:
+        """The catalog's public endpoint for this connection's service *type* in the
+        region. libcloud also demands its own service *name* (`nova`), but Keystone's
+        catalog need not name services at all; the name only breaks a tie between two
+        services of one type."""
+        catalog = self.service_catalog  # type: ignore[attr-defined]
+        service_type = self._ex_force_service_type or self.service_type  # type: ignore[attr-defined]
+        region = self._ex_force_service_region or self.service_region  # type: ignore[attr-defined]
+        name = self._ex_force_service_name or self.service_name  # type: ignore[attr-defined]
+
+        def public(found: list[Any]) -> list[Any]:
+            return [
+                e for e in found
+                if e.endpoint_type == OpenStackIdentityEndpointType.EXTERNAL
+                and (not region or e.region == region) and e.url
+            ]  # fmt: skip
+
+        candidates = public(catalog.get_endpoints(service_type=service_type))
+        if len(candidates) > 1:
+            candidates = public(catalog.get_endpoints(service_type=service_type, name=name))
+        if len(candidates) != 1:
+            found = "none" if not candidates else f"{len(candidates)}"
+            raise LibcloudError(
+                f"the catalog's public {service_type} endpoints in region {region!r}: "
+                f"{found} (one is needed)"
+            )
+        return str(candidates[0].url)
 
     def _populate_hosts_and_request_paths(self) -> None:
         if self.listener is not None and not self.get_auth_class().is_token_valid():  # type: ignore[attr-defined]
