@@ -102,6 +102,8 @@ class FakeOpenStack(FakeCloud):
         self.tokens: set[str] = set()
         self.throttle_status = 429
         self.catalog_without_names = False
+        self.max_microversion = (2, 96)  # what this Nova offers
+        self.down_cell_servers: list[str] = []  # ids in a cell the API cannot reach
         self.second_compute_named: str | None = None
         self.repeat_next_link = False
         self.fail_later_pages = False
@@ -226,6 +228,12 @@ class FakeOpenStack(FakeCloud):
 
     # -- Nova ----------------------------------------------------------------------
     def _list_servers(self, request: Request) -> Response:
+        asked = _microversion(request)
+        if asked > self.max_microversion:
+            return self._fault(
+                "notAcceptable", 406,
+                message=f"Version {asked[0]}.{asked[1]} is not supported by the API.",
+            )  # fmt: skip
         query = {k: v[0] for k, v in request.query.items()}
         if not query.get("limit", "1000").isdigit():
             return self._fault(
@@ -252,6 +260,12 @@ class FakeOpenStack(FakeCloud):
                 if server.status == "BUILD" and self.boots and not server.deleting:
                     server.status, server.task_state = "ACTIVE", None
             rendered = [self._render(s, request) for s in page]
+        if self.down_cell_servers and marker is None and asked >= (2, 69):
+            # From 2.69 Nova lists a server of an unreachable cell with what the API
+            # database knows; before, it leaves the server out without a word.
+            rendered += [{"id": server_id, "status": "UNKNOWN", "tenant_id": PROJECT_ID,
+                          "created": "2024-05-01T10:00:00Z", "links": []}
+                         for server_id in self.down_cell_servers]  # fmt: skip
         links = []
         if len(page) == limit and page:
             query["marker"] = marker if (self.repeat_next_link and marker) else page[-1].id
@@ -374,6 +388,17 @@ class FakeOpenStack(FakeCloud):
         return Response.of_json(
             self.fixture("fault.json", kind=kind, code=code, message=message), status=code
         )
+
+
+def _microversion(request: Request) -> tuple[int, int]:
+    """The compute microversion a request asks for (2.1 when it names none)."""
+    header = request.headers.get("openstack-api-version", "")
+    if header.startswith("compute "):
+        major, _, minor = header.split(" ", 1)[1].partition(".")
+        return int(major), int(minor)
+    legacy = request.headers.get("x-openstack-nova-api-version", "2.1")
+    major, _, minor = legacy.partition(".")
+    return int(major), int(minor)
 
 
 @contextmanager

@@ -293,7 +293,6 @@ def test_later_pages_follow_the_next_links_query_not_its_host(cloud: FakeOpenSta
         ("SOFT_DELETED", None, InstanceState.GONE),
         ("DELETED", None, InstanceState.GONE),
         ("ACTIVE", "deleting", InstanceState.GONE),
-        ("UNKNOWN", None, InstanceState.PENDING),
     ],
 )
 def test_nova_statuses_map_to_what_planning_needs(
@@ -447,3 +446,23 @@ def test_two_compute_services_are_told_apart_by_name(cloud: FakeOpenStack) -> No
     launch(p, slot=1, op="two")
     assert len(p.list_owned("acme")) == 1
     assert not any("/other/" in path for _, path in cloud.requests)
+
+
+def test_a_server_in_an_unreachable_cell_makes_the_listing_incomplete(
+    cloud: FakeOpenStack,
+) -> None:
+    p = provider(cloud)
+    launch(p, slot=1, op="cells")
+    cloud.down_cell_servers = ["0f0e0d0c-0000-4000-8000-00000000cell"]
+    with pytest.raises(ObservationIncomplete, match="cells Nova cannot reach"):
+        p.list_owned("acme")
+
+
+def test_a_nova_older_than_2_69_is_refused_not_trusted(cloud: FakeOpenStack) -> None:
+    # Below 2.69 the server of an unreachable cell would simply be missing from the
+    # listing, and read as gone.
+    cloud.max_microversion = (2, 60)
+    cloud.down_cell_servers = ["0f0e0d0c-0000-4000-8000-00000000cell"]
+    p = provider(cloud)
+    with pytest.raises(ObservationIncomplete, match=r"microversion 2\.69"):
+        p.list_owned("acme")

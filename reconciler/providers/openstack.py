@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -95,6 +95,13 @@ def translate(exc: Exception, action: str, *, region: str) -> Exception:
         retry_after = retry_after_seconds(exc.headers)
         if exc.code == 429 or (exc.code == 413 and retry_after is not None):
             return Throttled(f"{action}: {message}", retry_after=retry_after)
+        if exc.code == 406 and "ListServers" in action:
+            return ProviderError(
+                f"{action}: this Nova does not offer compute microversion "
+                f"{LISTING_MICROVERSION['OpenStack-API-Version'].split()[1]}, from which a "
+                "listing reports servers of unreachable cells instead of leaving them out "
+                "without a word; reconciler needs it to trust a listing"
+            )
         if exc.code == 401:
             # libcloud dropped the token; the next attempt authenticates again.
             return TransientError(f"{action}: the token was refused")
@@ -111,6 +118,14 @@ def translate(exc: Exception, action: str, *, region: str) -> Exception:
     # code hits: KeyError, StopIteration, ...) or from somewhere we do not know: the
     # request may have been executed. Not echoed: libcloud puts whole bodies in messages.
     return OutcomeUnknown(f"{action}: unreadable response from the cloud ({type(exc).__name__})")
+
+
+# From 2.69 a listing shows a server of an unreachable cell (status UNKNOWN) instead
+# of leaving it out in silence, which would read as "gone" and get it replaced.
+LISTING_MICROVERSION: Mapping[str, str] = {
+    "OpenStack-API-Version": "compute 2.69",
+    "X-OpenStack-Nova-API-Version": "2.69",
+}
 
 
 def _unreadable(what: str, exc: Exception) -> str:
@@ -232,19 +247,35 @@ class OpenStackProvider:
 
     # ------------------------------------------------------------ requests
 
-    def _get(self, path: str, params: dict[str, str], *, key: str, service: str = "compute") -> Any:
+    def _get(
+        self,
+        path: str,
+        params: dict[str, str],
+        *,
+        key: str,
+        service: str = "compute",
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
         connection = {
             "compute": self._driver.connection,
             "image": self._driver.image_connection,
             "network": self._driver.network_connection,
         }[service]
-        body = connection.request(path, params=params).object
+        body = connection.request(path, params=params, headers=dict(headers or {})).object
         if not isinstance(body, dict) or not isinstance(body.get(key), list):
             # A 200 that is not the listing (a proxy's page, say) would read as "none".
             raise OutcomeUnknown(f"GET {path}: the response is not an OpenStack listing")
         return body
 
-    def _paginate(self, action: str, path: str, *, key: str, retry: bool = True) -> list[Any]:
+    def _paginate(
+        self,
+        action: str,
+        path: str,
+        *,
+        key: str,
+        retry: bool = True,
+        headers: Mapping[str, str] | None = None,
+    ) -> list[Any]:
         """Every item of a Nova collection, following `<key>_links` rel=next to the end.
 
         libcloud's own paging (list_nodes) follows next links too, but a link that
@@ -256,7 +287,7 @@ class OpenStackProvider:
         params = {"limit": str(self._page_size)}
         seen: set[str] = set()
         for _page in range(_MAX_PAGES):
-            get = partial(self._get, path, params, key=key)
+            get = partial(self._get, path, params, key=key, headers=headers)
             body = self._calls.call(action, get, retry=retry)
             try:
                 for item in body[key]:
@@ -362,9 +393,18 @@ class OpenStackProvider:
         try:
             # Without flavor names every size would read as changed: no partial facts.
             flavors = self._flavor_table()
-            servers = self._paginate("ListServers", "/servers/detail", key="servers", retry=retry)
+            servers = self._paginate(
+                "ListServers", "/servers/detail", key="servers", retry=retry,
+                headers=LISTING_MICROVERSION,
+            )  # fmt: skip
         except (TransientError, ProviderError) as exc:
             raise ObservationIncomplete(f"{self.name}: listing failed: {exc}") from None
+        unreachable = [s for s in servers if isinstance(s, dict) and s.get("status") == "UNKNOWN"]
+        if unreachable:
+            raise ObservationIncomplete(
+                f"{self.name}: {len(unreachable)} server(s) are in cells Nova cannot reach "
+                "(status UNKNOWN): the listing is incomplete"
+            )
         try:
             return [self._to_observed(server, flavors) for server in servers]
         except Exception as exc:

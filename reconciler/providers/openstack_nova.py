@@ -20,8 +20,9 @@ from reconciler.model import InstanceState
 # Nova's own statuses (server "status"), mapped to what planning cares about.
 # ERROR is a server that failed to build or to change: it holds quota and serves
 # nothing, so it reads as stopped (the planner replaces it; a boot wait fails fast).
-# UNKNOWN (its compute host does not answer) and statuses this table does not know
-# read as pending: alive, never destroyed on a guess.
+# Statuses this table does not know read as pending: alive, never destroyed on a
+# guess. UNKNOWN (a server of a cell the API cannot reach) never gets here: the
+# adapter treats a listing holding one as incomplete.
 _STATES = {
     "BUILD": InstanceState.PENDING,
     "REBUILD": InstanceState.PENDING,
