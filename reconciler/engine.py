@@ -78,6 +78,10 @@ def check_capabilities(desired: DesiredState, providers: Mapping[str, ComputePro
         if not services:
             continue
         offered = provider.known_sizes()
+        for size in sorted({spec.size for spec in services}):
+            warning = provider.size_warning(size) if offered is None or size in offered else None
+            if warning is not None:
+                log.warning("size_deprecated", provider=name, size=size, why=warning)
         for spec in services:
             if offered is not None and spec.size not in offered:
                 problems.append(

@@ -103,6 +103,7 @@ class FakeGce(FakeCloud):
         self.pending_operations = False
         self.fail_operations = False
         self.exists_in_operation = False
+        self.deprecated_types: dict[str, tuple[str, str | None]] = {}  # name -> (state, repl)
         self.deleted_listed_running = 0  # listings that still show a deleted one RUNNING
         self.errors_when_done: dict[str, dict[str, Any]] = {}  # operation name -> error
         self._ids = itertools.count(4_100_000_000_000_000_001)
@@ -181,6 +182,13 @@ class FakeGce(FakeCloud):
                 return self._insert(request, zone)
             if rest == "machineTypes" and request.method == "GET":
                 items = self.fixture("machine_type_list.json", project=PROJECT, zone=zone)["items"]
+                for item in items:  # as GCE marks a machine type on its way out
+                    if item["name"] in self.deprecated_types:
+                        state, replacement = self.deprecated_types[item["name"]]
+                        item["deprecated"] = {"state": state, **(
+                            {"replacement": f"https://www.googleapis.com/compute/v1/projects/"
+                                            f"{PROJECT}/zones/{zone}/machineTypes/{replacement}"}
+                            if replacement else {})}  # fmt: skip
                 return self._page(request, "machine_type_list.json", items, zone, faults=False)
             kind, _, name = rest.partition("/")
             if kind == "instances" and name in self.instances:

@@ -590,3 +590,17 @@ def test_every_documented_status_is_mapped_and_an_unknown_one_is_not_serving(
 
     assert seen.state is state
     assert seen.unrecognized_state == (None if status != "FROM_THE_FUTURE" else status)
+
+
+def test_machine_types_on_their_way_out(cloud: FakeGce) -> None:
+    cloud.deprecated_types = {"e2-small": ("DEPRECATED", "e2-medium"),
+                              "e2-micro": ("OBSOLETE", None)}  # fmt: skip
+    p = provider(cloud)
+
+    offered = p.known_sizes()
+
+    assert offered is not None and "e2-small" in offered and "e2-micro" not in offered
+    assert p.size_warning("e2-small") == (
+        "machine type e2-small is DEPRECATED in us-central1-a; GCE suggests e2-medium"
+    )
+    assert p.size_warning("e2-medium") is None

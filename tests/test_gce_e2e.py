@@ -277,3 +277,20 @@ def test_a_status_nobody_knows_is_not_serving_and_is_reported(
     # Not counted as serving: its slot got a new instance.
     api = [n for n, t in owned(cloud).items() if t["reconciler:service"] == "api"]
     assert len(api) == 3
+
+
+@pytest.mark.parametrize(("state", "exit_code", "said"), [
+    ("DEPRECATED", 0, "machine type e2-small is DEPRECATED"),
+    ("OBSOLETE", 1, "does not offer size 'e2-small'"),
+    ("DELETED", 1, "does not offer size 'e2-small'"),
+])  # fmt: skip
+def test_plan_warns_of_a_deprecated_machine_type_and_refuses_an_obsolete_one(
+    cli: Cli, desired: Path, cloud: FakeGce, state: str, exit_code: int, said: str
+) -> None:
+    cloud.deprecated_types = {"e2-small": (state, "e2-medium")}
+
+    result = cli("plan", "--desired", str(desired))
+
+    assert result.code == exit_code, result.stderr
+    assert said in result.stderr
+    assert cloud.mutating_requests() == []

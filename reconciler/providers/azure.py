@@ -502,6 +502,9 @@ class AzureProvider:
 
     # ------------------------------------------------------------ sizes and prices
 
+    def size_warning(self, size: str) -> str | None:
+        return None  # this cloud's size listing says nothing of deprecation
+
     def known_sizes(self) -> frozenset[str] | None:
         """The location's VM sizes: one request per adapter."""
         if self._sizes is None:

@@ -182,6 +182,10 @@ class ComputeProvider(Protocol):
         """The on-demand price for `size` in this provider's region, if known."""
         ...
 
+    def size_warning(self, size: str) -> str | None:
+        """Why `size`, though still offered, should be moved off (deprecated), if so."""
+        ...
+
     def user_data_of(self, instance_id: str) -> str | None:
         """The user data an instance was launched with (rolling rollbacks relaunch it)."""
         ...

@@ -380,6 +380,9 @@ class Ec2Provider:
     def load_balancers(self) -> LoadBalancerPort | None:
         return self.lb_factory() if self.lb_factory is not None else None
 
+    def size_warning(self, size: str) -> str | None:
+        return None  # this cloud's size listing says nothing of deprecation
+
     def known_sizes(self) -> frozenset[str] | None:
         # libcloud's EC2 size table is bundled data: no request is made.
         if self._sizes is None:

@@ -507,8 +507,20 @@ class GceProvider:
     # ------------------------------------------------------------ sizes and prices
 
     def known_sizes(self) -> frozenset[str] | None:
-        """The zone's machine types (one paginated list per adapter)."""
-        return frozenset(self._zone_machine_types())
+        """The zone's machine types that can still be launched (one paginated list per
+        adapter): an OBSOLETE or DELETED one is refused by GCE, so it is not offered."""
+        return frozenset(
+            name for name, item in self._zone_machine_types().items()
+            if _deprecation(item)[0] not in ("OBSOLETE", "DELETED")
+        )  # fmt: skip
+
+    def size_warning(self, size: str) -> str | None:
+        item = self._zone_machine_types().get(size)
+        state, replacement = _deprecation(item or {})
+        if state != "DEPRECATED":
+            return None
+        instead = f"; GCE suggests {replacement}" if replacement else ""
+        return f"machine type {size} is DEPRECATED in {self.zone}{instead}"
 
     def _zone_machine_types(self) -> Mapping[str, Mapping[str, Any]]:
         if self._machine_types is None:
@@ -556,6 +568,17 @@ def _operation(answer: Any, action: str) -> Mapping[str, Any]:
     if not isinstance(answer, dict) or answer.get("kind") != "compute#operation":
         raise OutcomeUnknown(f"{action}: the answer is not a compute#operation")
     return answer
+
+
+def _deprecation(machine_type: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(state, the replacement's name) of a machine type's `deprecated` status."""
+    deprecated = machine_type.get("deprecated")
+    if not isinstance(deprecated, Mapping):
+        return None, None
+    replacement = deprecated.get("replacement")
+    name = str(replacement).rsplit("/", 1)[-1] if replacement else None
+    state = deprecated.get("state")
+    return (str(state) if state else None), name
 
 
 def _resource(value: str, collection: str) -> str:

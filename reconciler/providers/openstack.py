@@ -324,6 +324,9 @@ class OpenStackProvider:
                     ) from None
             return self._flavors
 
+    def size_warning(self, size: str) -> str | None:
+        return None  # this cloud's size listing says nothing of deprecation
+
     def known_sizes(self) -> frozenset[str] | None:
         """The flavor names this project may launch (disabled flavors are not offered)."""
         return frozenset(name for name, enabled in self._flavor_table().values() if enabled)
