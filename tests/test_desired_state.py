@@ -1253,3 +1253,17 @@ def test_provider_request_timeout(tmp_path: Path) -> None:
     config = BASE_CONFIG.replace(_LOCAL, _LOCAL + "    timeout: 30\n")
     (problem,) = problems_of(write_tree(tmp_path / "bad", {CONF: config}))
     assert (problem.line, problem.key) == (11, "providers.local.timeout")
+
+
+@pytest.mark.parametrize(("value", "ok"), [("user-data", True), ("startup-script", True),
+                                            ("cloud-init", False)])  # fmt: skip
+def test_the_gce_user_data_key_is_one_of_two(tmp_path: Path, value: str, ok: bool) -> None:
+    profile = GCE_PROFILE + f"    user_data_key: {value}\n"
+    root = write_tree(tmp_path, {"reconciler.yaml": BASE_CONFIG.replace(
+        "defaults:", profile + "defaults:")})  # fmt: skip
+    if ok:
+        load_desired_state(root)
+        return
+    (problem,) = problems_of(root)
+    assert problem.key == "providers.gcp.user_data_key"
+    assert "must be one of startup-script, user-data, got 'cloud-init'" in problem.message

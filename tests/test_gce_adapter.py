@@ -604,3 +604,12 @@ def test_machine_types_on_their_way_out(cloud: FakeGce) -> None:
         "machine type e2-small is DEPRECATED in us-central1-a; GCE suggests e2-medium"
     )
     assert p.size_warning("e2-medium") is None
+
+
+def test_user_data_can_go_where_cloud_init_reads_it(cloud: FakeGce) -> None:
+    p = provider(cloud, user_data_key="user-data")
+    name = launch(p, user_data="#cloud-config\npackages: [nginx]\n")
+
+    assert cloud.metadata(name).get("user-data") == "#cloud-config\npackages: [nginx]\n"
+    assert "startup-script" not in cloud.metadata(name)
+    assert p.user_data_of(name) == "#cloud-config\npackages: [nginx]\n"

@@ -398,6 +398,11 @@ def _parse_driver_settings(
             elif not text:
                 reporter.add(profile.entries[key].line, join(path, key), "must not be empty")
                 ok = False
+            elif key in spec.setting_choices and text not in spec.setting_choices[key]:
+                choices = ", ".join(spec.setting_choices[key])
+                reporter.add(profile.entries[key].line, join(path, key),
+                             f"must be one of {choices}, got {text!r}")  # fmt: skip
+                ok = False
             else:
                 options[key] = text
     for key in spec.flags:

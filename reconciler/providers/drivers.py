@@ -38,6 +38,8 @@ class DriverSpec:
     # for every driver, below each cloud's own limit.)
     owner_problem: Callable[[str], str | None] | None = None
     setting_hints: dict[str, str] = field(default_factory=dict)
+    # Settings that take one of a few words (validation names them when another is given).
+    setting_choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def all_settings(self) -> tuple[str, ...]:
@@ -68,7 +70,7 @@ DRIVER_SPECS: Final[dict[str, DriverSpec]] = {
             # whole JSON key file, from which libcloud takes `private_key`).
             credentials=("key", "secret"),
             settings=("project",),
-            optional_settings=("network", "subnetwork"),
+            optional_settings=("network", "subnetwork", "user_data_key"),
             flags=("external_ip",),  # default true: an ephemeral public address
             region_meaning="zone",
             # libcloud prices predefined types of the c2/e2/f1/g1/m1/n1/n2/n2d families;
@@ -78,7 +80,10 @@ DRIVER_SPECS: Final[dict[str, DriverSpec]] = {
                 "project": "the Google Cloud project id",
                 "network": "the VPC network of new instances (default: default)",
                 "subnetwork": "the subnetwork in the zone's region (custom-mode networks)",
+                "user_data_key": "the metadata key of the user data: startup-script (run by "
+                "GCE's guest agent, the default) or user-data (read by cloud-init)",
             },
+            setting_choices={"user_data_key": gce_labels.USER_DATA_KEYS},
         ),
         DriverSpec(
             name="azure",

@@ -174,6 +174,7 @@ class GceProvider:
         network: str = "default",
         subnetwork: str | None = None,
         external_ip: bool = True,
+        user_data_key: str = USER_DATA_KEY,
         timeout: float = 30.0,
         retry_attempts: int = 5,
         retry_seconds: float = 60.0,
@@ -188,6 +189,7 @@ class GceProvider:
         self._network = network
         self._subnetwork = subnetwork
         self._external_ip = external_ip
+        self._user_data_key = user_data_key
         self._calls = ProviderCalls(
             name,
             translate=self._translated,
@@ -359,7 +361,7 @@ class GceProvider:
             raise ProviderError(f"{self.name}: {exc}") from None
         metadata = {IMAGE_KEY: image}
         if request.user_data is not None:
-            metadata[USER_DATA_KEY] = request.user_data
+            metadata[self._user_data_key] = request.user_data
         if is_family(image):
             image = metadata[IMAGE_KEY] = self._family_image(image)
         problem = metadata_problem(metadata)  # GCE's refusal would quote the script
@@ -500,7 +502,7 @@ class GceProvider:
                 resource = self._request(path)
             except ResourceNotFoundError:
                 return None
-            return metadata_value(resource, USER_DATA_KEY)
+            return metadata_value(resource, self._user_data_key)
 
         return self._calls.call("instances.get", read)
 
@@ -634,6 +636,7 @@ def build(
         network=profile.options.get("network", "default"),
         subnetwork=profile.options.get("subnetwork"),
         external_ip=profile.options.get("external_ip", "true") == "true",
+        user_data_key=profile.options.get("user_data_key", USER_DATA_KEY),
         timeout=profile.timeout,
         on_call=on_call,
     )

@@ -61,7 +61,10 @@ _VALID_VALUE = re.compile(r"[a-z0-9_-]*")
 # image on the instance resource (only on its boot disk), so the adapter records the
 # image it launched from here and reads it back.
 IMAGE_KEY: Final = "reconciler-image"
-USER_DATA_KEY: Final = "startup-script"
+USER_DATA_KEY: Final = "startup-script"  # the default: GCE's guest agent runs it
+# The metadata keys user data may go under: `user-data` is what cloud-init reads on GCE
+# (a #cloud-config there would be run as a shell script under startup-script).
+USER_DATA_KEYS: Final = (USER_DATA_KEY, "user-data")
 # https://cloud.google.com/compute/docs/metadata/setting-custom-metadata#limitations
 METADATA_VALUE_LIMIT: Final = 256 * 1024
 METADATA_TOTAL_LIMIT: Final = 512 * 1024
