@@ -792,3 +792,37 @@ def test_a_ledger_written_by_a_newer_version_is_refused_and_left_alone(
     assert "written by a newer reconciler" in done.stderr
     assert "0099_from_the_future" in done.stderr and "0004_cost_rollup" in done.stderr
     assert schema() == before
+
+
+def test_a_generations_page_that_reads_as_empty_fails_the_listings(state_dir: Path) -> None:
+    """A damaged root page whose cell count reads 0 makes the table look empty: the
+    listings (which skip the whole-file check) must fail, not show "no generations"."""
+    import subprocess
+    import sys
+
+    with Ledger.open(state_dir) as ledger:
+        for n in range(5):
+            ledger.record_generation(
+                env="prod", service=f"s{n}", number=1, provider="p", fingerprint="f" * 16,
+                image="ami-1", size="t3.micro", count=1, commit=None,
+                state=GenerationState.ACTIVE, at=T0,
+            )  # fmt: skip
+    conn = raw(state_dir)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    (root,) = conn.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'generations'"
+    ).fetchone()
+    (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+    conn.close()
+    with open(state_dir / "ledger.sqlite", "r+b") as handle:
+        handle.seek((root - 1) * page_size + 3)
+        handle.write(b"\x00\x00")  # the page's number of cells
+
+    for command in (("ledger", "history"), ("ledger", "history", "--json"), ("status",)):
+        done = subprocess.run(
+            [sys.executable, "-m", "reconciler", "--state-dir", str(state_dir), *command],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 1, (command, done.stdout)
+        assert str(state_dir / "ledger.sqlite") in done.stderr
+        assert "reconciler ledger rebuild" in done.stderr
