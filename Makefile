@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck clean sandbox bench soak
+.PHONY: demo test lint typecheck clean sandbox bench soak systemd-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 # More SIGKILL trials than the default suite's 10 (tests/test_crash_safety.py).
 soak: $(STAMP)
 	SOAK_TRIALS=200 $(BIN)/python -m pytest -q tests/test_crash_safety.py
+
+# The unit under a real systemd in systemd-nspawn (root; minutes; see the script).
+systemd-check: $(STAMP)
+	bash scripts/systemd-check
 
 lint: $(STAMP)
 	$(BIN)/ruff check reconciler tests
