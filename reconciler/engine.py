@@ -144,7 +144,7 @@ def settle_deletions(
     ]
 
 
-def report_unknown_states(
+def report_odd_instances(
     ledger: Ledger, observed: Sequence[ObservedInstance], *, run: int, at: datetime
 ) -> None:
     """Events for what an operator should look at: an instance in a state its adapter
@@ -287,7 +287,7 @@ def _apply_run(
         # What an interrupted pass left open is closed first, so the plan sees it settled.
         resolve_open_operations(ledger, providers, desired, now=started, run=run_id, frozen=frozen)
         observed = observe(desired, providers)
-        report_unknown_states(ledger, observed, run=run_id, at=started)
+        report_odd_instances(ledger, observed, run=run_id, at=started)
         # One ledger row per provider: what `ledger orphans` judges between passes.
         accounting.record_observation(
             ledger, desired=desired, providers=providers, observed=observed, run=run_id, at=started
