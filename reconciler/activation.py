@@ -16,8 +16,8 @@ from typing import NoReturn
 
 import structlog
 
-from reconciler.applyrun import ApplyRun, HealthGate, RolloutFailed
-from reconciler.extensions import PluginError
+from reconciler.applyrun import ApplyRun, HealthGate, Interrupted, RolloutFailed
+from reconciler.errors import ReconcilerError
 from reconciler.model import Action, GenerationState, ObservedInstance, ServiceSpec
 from reconciler.notify import Notifications
 from reconciler.providers import ComputeProvider
@@ -46,18 +46,33 @@ class Activator:
             i for i in self._alive(action.env, action.service, action.generation)
             if i.id not in gated
         ]  # fmt: skip
-        failure = self.gate.wait_healthy([i for i in new if i.id not in gated], spec)
+        try:
+            failure = self.gate.wait_healthy([i for i in new if i.id not in gated], spec)
+        except Interrupted:
+            raise  # a stop: the next pass resumes this rollout
+        except ReconcilerError as exc:
+            failure = str(exc)
+        # Last resort, as in launching: an unexpected error fails the rollout, compensated.
+        except Exception as exc:
+            log.exception("activation_gate_crashed", service=spec.name,
+                          error_type=type(exc).__name__)  # fmt: skip
+            failure = f"unexpected {type(exc).__name__}"
         if failure:
             self._fail_activation(action, spec, f"health gate: {failure}")
         old = self._alive(action.env, action.service, action.previous)
         try:
             self.traffic.switch(spec, old=old, new=new)
-        except PluginError as exc:
+        except Exception as exc:  # PluginError, or anything unexpected: traffic goes back
+            if not isinstance(exc, ReconcilerError):
+                log.exception("activation_switch_crashed", service=spec.name,
+                              error_type=type(exc).__name__)  # fmt: skip
             try:
                 self.traffic.switch(spec, old=new, new=old)  # back to where it was
-            except PluginError as back:
-                log.error("traffic_switch_back_failed", service=spec.name, error=str(back))
-            self._fail_activation(action, spec, f"traffic switch: {exc}")
+            except Exception as back:  # logged: the rollout fails either way
+                log.error("traffic_switch_back_failed", service=spec.name,
+                          error=str(back) or type(back).__name__)  # fmt: skip
+            why = str(exc) if isinstance(exc, ReconcilerError) else type(exc).__name__
+            self._fail_activation(action, spec, f"traffic switch: {why}")
         at = run.now()
         run.ledger.set_generation_state(
             action.env, action.service, action.generation, state=GenerationState.ACTIVE, at=at
@@ -122,7 +137,7 @@ class Activator:
             )  # fmt: skip
             self._notify_failed(spec, action.generation, why)
         for instance_id in sorted(doomed):
-            self.teardown.terminate(instance_id, spec.provider, provider, reason=f"failed: {why}")
+            self._terminate_or_report(instance_id, spec, provider, why)
         run.ledger.record_event(
             kind="rollout_failed", at=run.now(), run=run.run_id, env=action.env,
             service=action.service, generation=action.generation, detail={"error": why},
@@ -142,7 +157,7 @@ class Activator:
         run = self.run
         for op, instance in launched:
             run.ledger.mark_operation(op, state="failed", at=run.now(), detail=why)
-            self.teardown.terminate(instance.id, spec.provider, provider, reason=f"failed: {why}")
+            self._terminate_or_report(instance.id, spec, provider, why)
         if new_generation:
             run.ledger.set_generation_state(
                 spec.env,
@@ -163,6 +178,18 @@ class Activator:
         )
         if new_generation:
             self._notify_failed(spec, generation, why)
+
+    def _terminate_or_report(
+        self, instance_id: str, spec: ServiceSpec, provider: ComputeProvider, why: str
+    ) -> None:
+        """One undo step: a destroy that fails is reported and the undo goes on (the
+        generation is still marked failed and notified; the next pass prunes what a
+        failed generation left running)."""
+        try:
+            self.teardown.terminate(instance_id, spec.provider, provider, reason=f"failed: {why}")
+        except ReconcilerError as exc:
+            log.error("compensation_destroy_failed", service=spec.name, instance=instance_id,
+                      error=str(exc))  # fmt: skip
 
     def _notify_failed(self, spec: ServiceSpec, generation: int, why: str) -> None:
         self.notifications.send(

@@ -19,7 +19,7 @@ from reconciler.extensions import InstanceRef, PluginSet, ProbeResult
 from reconciler.ledger import Ledger
 from reconciler.model import ObservedInstance, ServiceSpec
 from reconciler.rollout import Rollout
-from reconciler.sandbox import SandboxServer, fetch_stats
+from reconciler.sandbox import SandboxServer, clear_faults, fetch_stats, set_faults
 from tests.desired_builder import IMAGE_V1, IMAGE_V2, write_desired
 
 
@@ -128,3 +128,27 @@ def test_a_bad_health_template_fails_validation(
     (problem,) = caught.value.problems
     assert problem.key == "services.web.health.command" and problem.line == 6
     assert fragment in problem.message
+
+
+def test_a_destroy_failing_during_compensation_does_not_stop_it(
+    tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    """The undo goes on when one of its destroys fails: the generation is still marked
+    failed and the notifier told; what was left running is pruned by the next pass."""
+    root, notes, ledger = _fleet(tmp_path, sandbox)
+    set_faults(sandbox.endpoint, [{"action": "TerminateInstances", "kind": "auth", "times": 1}])
+    try:
+        outcome = engine.apply_pass(root, ledger, gate=ZeroDivisionGate())
+    finally:
+        clear_faults(sandbox.endpoint)
+
+    assert outcome.result is not None and not outcome.result.ok
+    states = {r["number"]: r["state"] for r in ledger.generation_rows(env="prod", service="web")}
+    assert states == {1: "active", 2: "failed"}
+    sent = [json.loads(line) for line in notes.read_text().splitlines() if line.strip()]
+    assert any(n["kind"] == "generation-failed" and n["generation"] == 2 for n in sent)
+
+    engine.apply_pass(root, ledger)  # prunes the failed generation's survivor
+    observed = engine.observe(outcome.desired, engine.build_providers(outcome.desired))
+    assert sorted(i.generation for i in observed if i.alive) == [1, 1]
+    ledger.close()
