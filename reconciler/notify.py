@@ -66,7 +66,7 @@ def deliver_within(seconds: float, deliver: Callable[[], None]) -> str | None:
             outcome.append(str(exc) or type(exc).__name__)
         # The boundary with plugin code: anything it raises is the plugin's failure,
         # named by type only (a message could quote a URL that holds a token).
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in a plugin included
             outcome.append(f"{type(exc).__name__} raised by the notifier")
         else:
             outcome.append(None)

@@ -53,7 +53,7 @@ def call_plugin(what: str, call: Callable[[], T]) -> T:
         raise
     # The boundary with plugin code (third-party or built-in): the exception's type is
     # kept, its text is not (it could quote a URL or a command line with a secret).
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a plugin's sys.exit() must not end the daemon
         log.error("plugin_crashed", plugin=what, error_type=type(exc).__name__)
         raise PluginError(f"{what} crashed with {type(exc).__name__}") from exc
 

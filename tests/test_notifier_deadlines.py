@@ -90,14 +90,24 @@ class Crashes:
         raise ValueError("unknown url type: 'ftp://user:TOKEN@example'")
 
 
+class Exits:
+    def __init__(self, target: str, *, secret: str | None) -> None:
+        pass
+
+    def notify(self, notification: Notification) -> None:
+        raise SystemExit(3)
+
+
 @pytest.mark.timeout(60)
 def test_the_dispatch_neither_blocks_on_nor_crashes_with_a_plugin() -> None:
-    plugins = PluginSet(notifiers={"hangs": Hangs, "crashes": Crashes})
+    plugins = PluginSet(notifiers={"hangs": Hangs, "crashes": Crashes, "exits": Exits})
     specs = [NotifierSpec(kind="hangs", target="x", timeout=1.0),
-             NotifierSpec(kind="crashes", target="y")]  # fmt: skip
+             NotifierSpec(kind="crashes", target="y"),
+             NotifierSpec(kind="exits", target="z")]  # fmt: skip
     with structlog.testing.capture_logs() as logs:
         Notifications(specs, plugins=plugins).send("generation-failed", "web g2 failed")
     failed = {entry["kind"]: entry["error"] for entry in logs if entry["event"] == "notify_failed"}
     assert failed["hangs"] == "no delivery within 1s; abandoned"
     assert failed["crashes"] == "ValueError raised by the notifier"
+    assert failed["exits"] == "SystemExit raised by the notifier"
     assert "TOKEN" not in repr(logs)

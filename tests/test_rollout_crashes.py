@@ -33,6 +33,13 @@ class KeyErrorProbe:
         return ProbeResult(True, {"known": "x"}["missing"])
 
 
+class ExitingProbe(KeyErrorProbe):
+    """A health check that calls sys.exit(): it must not end the pass."""
+
+    def probe(self, instance: InstanceRef) -> ProbeResult:
+        raise SystemExit(2)
+
+
 class ZeroDivisionGate:
     """Our own code failing in a way nobody planned for, after the launches."""
 
@@ -75,18 +82,21 @@ def _assert_compensated(
     assert fetch_stats(sandbox.endpoint)["mutating"] == before
 
 
-def test_a_health_plugin_raising_keyerror_fails_its_rollout_cleanly(
-    tmp_path: Path, sandbox: SandboxServer
+@pytest.mark.parametrize(
+    ("probe", "raised"), [(KeyErrorProbe, "KeyError"), (ExitingProbe, "SystemExit")]
+)
+def test_a_health_plugin_raising_anything_fails_its_rollout_cleanly(
+    tmp_path: Path, sandbox: SandboxServer, probe: type[KeyErrorProbe], raised: str
 ) -> None:
     root, notes, ledger = _fleet(tmp_path, sandbox)
     desired = engine.read_desired(root)
-    gate = Rollout(desired, plugins=PluginSet(health={"command": KeyErrorProbe}),
+    gate = Rollout(desired, plugins=PluginSet(health={"command": probe}),
                    sleep=lambda _: None)  # fmt: skip
 
     outcome = engine.apply_pass(desired, ledger, gate=gate)
 
     assert outcome.result is not None
-    assert "health check command crashed with KeyError" in outcome.result.failures[0]
+    assert f"health check command crashed with {raised}" in outcome.result.failures[0]
     _assert_compensated(root, notes, ledger, sandbox, outcome)
     ledger.close()
 
