@@ -80,6 +80,7 @@ class GitSource:
         # config file of our own, since git reads safe.directory from no other scope
         # we can set (`-c` is ignored for it, and the system file is off).
         self._safe_directory = _local_path(remote)
+        self._config_written = False
 
     # ------------------------------------------------------------ plumbing
 
@@ -88,7 +89,7 @@ class GitSource:
         home = tempfile.gettempdir()  # no user config: HOME points at nothing of ours
         env = {**os.environ, **_NO_PROMPT, "HOME": home, "XDG_CONFIG_HOME": home}
         if self._safe_directory is not None:
-            env["GIT_CONFIG_GLOBAL"] = str(self._write_safe_directory(self._safe_directory))
+            env["GIT_CONFIG_GLOBAL"] = str(self._git_config(self._safe_directory))
         command = ["git", *_NO_HELPERS, "-C", str(self.workdir), *args]
         deadline = time.monotonic() + (timeout or self.timeout)
         with subprocess.Popen(
@@ -119,8 +120,12 @@ class GitSource:
             raise FetchFailed(f"git {args[0]} failed: {message or 'no output'}")
         return stdout.decode(errors="replace").strip()
 
-    def _write_safe_directory(self, local: str) -> Path:
+    def _git_config(self, local: str) -> Path:
+        """The git config file naming `local` safe, written once per source (git runs
+        several times a pass; the file does not change)."""
         path = self.workdir.parent / "reconciler.gitconfig"
+        if self._config_written:
+            return path
         quoted = [
             '"' + p.replace("\\", "\\\\").replace('"', '\\"') + '"'
             for p in (local, f"{local}/.git")
@@ -129,6 +134,7 @@ class GitSource:
         if not path.exists() or path.read_text() != text:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             path.write_text(text)
+        self._config_written = True
         return path
 
     def _ensure_repository(self) -> None:

@@ -58,12 +58,9 @@ def read_user_data(
             limit_text=f"the limit is {MAX_USER_DATA_BYTES} bytes (16 KiB)",
         )  # fmt: skip
     except Refused as exc:
-        message = str(exc)
-        if message.startswith("resolves"):
-            refuse(f"user data path {relative!r} {message}")
-        else:
-            refuse(f"user data file {relative!r} {message} (paths are relative to the root)"
-                   if message == "does not exist" else f"user data file {relative!r} {message}")
+        what = "path" if str(exc).startswith("resolves") else "file"
+        hint = " (paths are relative to the root)" if str(exc) == "does not exist" else ""
+        refuse(f"user data {what} {relative!r} {exc}{hint}")
         return None
     try:
         contents = raw.decode("utf-8")
