@@ -224,6 +224,13 @@ class GenerationRecord:
     retired_at: datetime | None = None
     image_id: str | None = None  # what the cloud reported at launch
     reason: str | None = None  # why it ended (failed generations: starts with "failed")
+    state_since: datetime | None = None  # when its current state began
+    retried: bool = False  # `reconciler retry` allowed its failed spec again
+
+    @property
+    def failed(self) -> bool:
+        """Whether this generation failed (its state may have moved on to destroyed)."""
+        return self.state is GenerationState.FAILED or (self.reason or "").startswith("failed")
 
 
 @dataclass(frozen=True)
@@ -254,6 +261,9 @@ class LedgerView:
 
     generations: tuple[GenerationRecord, ...] = ()
     instances: tuple[InstanceRecord, ...] = ()  # only those not yet destroyed
+
+    def generations_of(self, env: str, service: str) -> list[GenerationRecord]:
+        return [g for g in self.generations if (g.env, g.service) == (env, service)]
 
 
 # ---------------------------------------------------------------- plan

@@ -33,9 +33,7 @@ class Notifications:
         for index, spec in enumerate(self.specs):
             if spec.events and kind not in spec.events:
                 continue
-            error = deliver_within(
-                spec.timeout, partial(self._deliver, spec, notification)
-            )
+            error = deliver_within(spec.timeout, partial(self._deliver, spec, notification))
             if error is None:
                 log.info("notified", notifier=index, kind=spec.kind, notification=kind)
             else:

@@ -99,18 +99,24 @@ def release(ledger: Ledger, desired_dir: str | Path, env: str, service: str) -> 
 
 
 def retry(ledger: Ledger, env: str, service: str) -> str:
-    rows = ledger.generation_rows(env=env, service=service)
-    if not rows:
+    """Allow the failed spec of the service's latest generation to be tried again. The
+    failed generation stays failed in the ledger (history is never rewritten): the
+    `retried` event is what the planner reads."""
+    latest = max(ledger.view().generations_of(env, service), key=lambda g: g.number, default=None)
+    if latest is None:
         raise NothingToDo(f"{env}/{service} has no generations")
-    latest = max(rows, key=lambda r: r["number"])
-    failed = latest["state"] == "failed" or str(latest["reason"] or "").startswith("failed")
-    if not failed:
+    if not latest.failed:
         raise NothingToDo(f"the latest generation of {env}/{service} did not fail")
-    ledger.set_generation_state(
-        env, service, latest["number"], state=GenerationState.DESTROYED, at=datetime.now(UTC),
-        reason=f"retry requested after: {latest['reason']}",
+    if latest.retried:
+        raise NothingToDo(
+            f"{env}/{service}: a retry of generation {latest.number} was already requested"
+        )
+    ledger.record_event(
+        kind="retried", at=datetime.now(UTC), env=env, service=service,
+        generation=latest.number, detail={"fingerprint": latest.fingerprint,
+                                          "failure": latest.reason},
     )  # fmt: skip
-    return f"{env}/{service}: the spec of generation {latest['number']} will be tried again"
+    return f"{env}/{service}: the spec of generation {latest.number} will be tried again"
 
 
 def unfreeze(ledger: Ledger, desired_dir: str | Path, env: str, service: str | None) -> str:

@@ -175,9 +175,7 @@ def _kind_of(
         return UNREADABLE
     key = (instance.env or "", instance.service or "")
     gen = gens.get((*key, instance.generation or 0))
-    if gen is not None and (
-        gen.state is GenerationState.FAILED or (gen.reason or "").startswith("failed")
-    ):
+    if gen is not None and gen.failed:
         return FAILED_LIVE
     spec = wanted.get(key)
     if spec is None:
@@ -185,8 +183,8 @@ def _kind_of(
     expired = (
         gen is not None
         and gen.state is GenerationState.STANDBY
-        and gen.retired_at is not None
-        and gen.retired_at + timedelta(seconds=spec.keep_previous) < now
+        and (since := gen.state_since or gen.retired_at) is not None
+        and since + timedelta(seconds=spec.keep_previous) < now
     )
     return STANDBY_EXPIRED if expired else None
 

@@ -202,8 +202,7 @@ def _failed_latest(facts: _ServiceFacts, fingerprint: str) -> bool:
     if not facts.generations:
         return False
     latest = facts.generations[max(facts.generations)]
-    failed = latest.state is GenerationState.FAILED or (latest.reason or "").startswith("failed")
-    return failed and latest.fingerprint == fingerprint
+    return latest.failed and not latest.retried and latest.fingerprint == fingerprint
 
 
 # ------------------------------------------------------------------ bookkeeping
@@ -457,7 +456,7 @@ def _clean_up_others(
         if number in (keep, spare) or (active is not None and number == active.number):
             continue
         if gen.state is GenerationState.STANDBY:
-            retired = gen.retired_at or now
+            retired = gen.state_since or gen.retired_at or now
             if rolling_out:
                 actions += _dismantle(facts, gen, Reason.STANDBY_EXPIRED, detail="superseded")
             elif retired + timedelta(seconds=spec.keep_previous) <= now:

@@ -50,9 +50,7 @@ class Cli:
     def __call__(self, *args: str, timeout: float = 120) -> CliResult:
         # A developer's own settings stay out; the host settings a test sets stay in.
         host = ("RECONCILER_CREDENTIAL_DIRS", "RECONCILER_ALLOWED_ENDPOINTS")
-        env = {
-            k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_") or k in host
-        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_") or k in host}
         env.pop("STATE_DIRECTORY", None)
         done = subprocess.run(
             [

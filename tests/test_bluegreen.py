@@ -103,6 +103,20 @@ def states(cli: Cli) -> dict[int, str]:
     return {r["number"]: r["state"] for r in rows}
 
 
+def generation_rows(cli: Cli) -> dict[int, dict[str, Any]]:
+    rows = json.loads(cli("ledger", "generations", "--json").stdout)
+    return {r["number"]: r for r in rows}
+
+
+def transitions(cli: Cli, number: int) -> list[tuple[str | None, str]]:
+    events = json.loads(cli("ledger", "events", "--kind", "generation_state", "--json").stdout)
+    return [
+        (e["detail"]["from"], e["detail"]["to"])
+        for e in sorted(events, key=lambda e: e["id"])
+        if e["generation"] == number
+    ]
+
+
 def run_instances(endpoint: str) -> int:
     return int(fetch_stats(endpoint)["calls"].get("RunInstances", 0))
 
@@ -121,6 +135,7 @@ def test_blue_green_lifecycle_with_health_failure_retry_revert_rollback_and_rele
     result = apply(cli, fleet)
     assert result.code == 0, result.stderr
     assert states(cli) == {1: "standby", 2: "active"}
+    first_rows = generation_rows(cli)
     assert [s.split(" ")[0] for s in fleet.switches()] == [">1", "1>2"]
     v2_ids = {n.id for n in live_nodes(sandbox.endpoint) if n.extra["image_id"] == IMAGE_V2}
     assert all(i in fleet.switches()[-1] for i in v2_ids)
@@ -156,7 +171,8 @@ def test_blue_green_lifecycle_with_health_failure_retry_revert_rollback_and_rele
     assert reverted.code == 0, reverted.stderr
     assert [a["kind"] for a in json.loads(reverted.stdout)["actions"]] == ["activate"]
     assert run_instances(sandbox.endpoint) == launches
-    assert states(cli) == {1: "active", 2: "standby", 3: "destroyed", 4: "failed"}
+    # `retry` did not rewrite generation 3: it failed, and stays failed in the history.
+    assert states(cli) == {1: "active", 2: "standby", 3: "failed", 4: "failed"}
     assert fleet.switches()[-1].startswith("2>1")
 
     # rollback: generation 2 serves again and the service is pinned until release.
@@ -176,6 +192,27 @@ def test_blue_green_lifecycle_with_health_failure_retry_revert_rollback_and_rele
     back = apply(cli, fleet)
     assert back.code == 0
     assert states(cli)[1] == "active" and states(cli)[2] == "standby"
+
+    # History is append-only: rollback, release and retry left the first stamps alone,
+    # and every state change is an event row, in order.
+    final_rows = generation_rows(cli)
+    for number in (1, 2):
+        for column in ("created_at", "activated_at", "retired_at"):
+            if first_rows[number][column] is not None:
+                assert final_rows[number][column] == first_rows[number][column], (number, column)
+    assert transitions(cli, 1) == [
+        (None, "creating"), ("creating", "active"), ("active", "standby"),
+        ("standby", "active"), ("active", "standby"), ("standby", "active"),
+    ]  # fmt: skip
+    assert transitions(cli, 2) == [
+        (None, "creating"), ("creating", "active"), ("active", "standby"),
+        ("standby", "active"), ("active", "standby"),
+    ]  # fmt: skip
+    assert transitions(cli, 3) == [(None, "creating"), ("creating", "failed")]
+    retries = json.loads(cli("ledger", "events", "--kind", "retried", "--json").stdout)
+    assert [(e["generation"], e["detail"]["failure"][:6]) for e in retries] == [(3, "failed")]
+    failed_cost = json.loads(cli("ledger", "cost", "--json").stdout)
+    assert failed_cost, "the cost listing still has rows"
 
     # Every event reached the webhook once, signed.
     assert webhook.bad_signatures == 0

@@ -73,7 +73,9 @@ def test_an_endpoint_the_host_does_not_allow_is_refused_before_anything_is_sent(
 
 
 def test_a_credential_file_outside_the_allowed_directories_is_never_read(
-    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    cli: Cli,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     listener: tuple[str, list[bytes]],
 ) -> None:
     address, heard = listener

@@ -379,6 +379,7 @@ def test_view_returns_typed_records(ledger: Ledger) -> None:
             created_at=at(0),
             activated_at=at(1),
             retired_at=at(11),
+            state_since=at(40),
         ),
         GenerationRecord(
             env="production",
@@ -392,6 +393,7 @@ def test_view_returns_typed_records(ledger: Ledger) -> None:
             created_at=at(10),
             activated_at=at(11),
             image_id="ami-0f00",
+            state_since=at(11),
         ),
     )
     assert view.generations[0].created_at is not None
@@ -790,7 +792,7 @@ def test_a_ledger_written_by_a_newer_version_is_refused_and_left_alone(
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert "written by a newer reconciler" in done.stderr
-    assert "0099_from_the_future" in done.stderr and "0004_cost_rollup" in done.stderr
+    assert "0099_from_the_future" in done.stderr and "0005_append_only_history" in done.stderr
     assert schema() == before
 
 
@@ -826,3 +828,34 @@ def test_a_generations_page_that_reads_as_empty_fails_the_listings(state_dir: Pa
         assert done.returncode == 1, (command, done.stdout)
         assert str(state_dir / "ledger.sqlite") in done.stderr
         assert "reconciler ledger rebuild" in done.stderr
+
+
+def test_migrating_to_append_only_history_dates_each_current_state(state_dir: Path) -> None:
+    """A ledger from before `state_since` gets it from the stamp of its current state,
+    so a standby's keep_previous timer still counts from its retirement."""
+    from sqlite_utils import Database
+
+    from reconciler.ledger.schema import migrations
+
+    state_dir.mkdir(mode=0o700, parents=True)
+    conn = sqlite3.connect(state_dir / "ledger.sqlite", isolation_level=None)
+    migrations.apply(Database(conn), stop_before="0005_append_only_history")
+    for number, state, stamps in (
+        (1, "standby", (at(0), at(1), at(9), None)),
+        (2, "active", (at(8), at(9), None, None)),
+        (3, "destroyed", (at(2), None, at(3), at(4))),
+    ):
+        conn.execute(
+            "INSERT INTO generations (env, service, number, provider, fingerprint, image, "
+            "size, count, state, created_at, activated_at, retired_at, destroyed_at) "
+            "VALUES ('production', 'web', ?, 'aws', 'fp', 'ami-1', 't3.small', 1, ?, ?, ?, ?, ?)",
+            [number, state, *[codec_time(t) for t in stamps]],
+        )
+    conn.close()
+    with Ledger.open(state_dir) as ledger:
+        since = {g.number: g.state_since for g in ledger.view().generations}
+    assert since == {1: at(9), 2: at(9), 3: at(4)}
+
+
+def codec_time(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None

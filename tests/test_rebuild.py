@@ -125,9 +125,7 @@ def test_an_unreadable_ledger_is_set_aside_with_yes(cli: Cli, converged: Path) -
     assert [b.read_bytes()[:16] for b in backups] == [b"not a database, "]
 
 
-def test_a_rebuild_killed_at_any_moment_leaves_a_whole_ledger(
-    cli: Cli, converged: Path
-) -> None:
+def test_a_rebuild_killed_at_any_moment_leaves_a_whole_ledger(cli: Cli, converged: Path) -> None:
     """SIGKILL at several moments of a real `ledger rebuild --yes`: afterwards the
     ledger is the old one or the new one, each whole, never one with part of the
     generations (the rest of the instances then unrecorded, costing $0.00)."""

@@ -112,10 +112,20 @@ def apply(ctx: click.Context, desired_dir: Path, as_json: bool, allow_mass_destr
 @click.option("--repo", required=True, help="Git URL or path of the desired-state repository.")
 @click.option("--branch", default="main", show_default=True)
 @click.option("--path", "subdir", default="", help="Desired-state directory inside the repo.")
-@click.option("--interval", default="60s", show_default=True,
-              callback=duration_between(1, 86400), help="Between passes: 1s to 1d.")
-@click.option("--fetch-timeout", default="60s", show_default=True,
-              callback=duration_between(1, 3600), help="For one git fetch: 1s to 1h.")
+@click.option(
+    "--interval",
+    default="60s",
+    show_default=True,
+    callback=duration_between(1, 86400),
+    help="Between passes: 1s to 1d.",
+)
+@click.option(
+    "--fetch-timeout",
+    default="60s",
+    show_default=True,
+    callback=duration_between(1, 3600),
+    help="For one git fetch: 1s to 1h.",
+)
 @click.option("--once", is_flag=True, help="One pass, then exit with apply's exit code.")
 @click.option("--allow-rewind", is_flag=True, help="Accept a branch whose history was rewritten.")
 @click.option("--allow-mass-destroy", is_flag=True, help="Override the mass-destroy guard.")
@@ -291,8 +301,13 @@ def plugins(as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True,
-              help="Port on 127.0.0.1.")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=5000,
+    show_default=True,
+    help="Port on 127.0.0.1.",
+)
 @click.pass_context
 def sandbox(ctx: click.Context, port: int) -> None:
     """Serve a local EC2-compatible endpoint (moto) for trying reconciler out."""

@@ -106,10 +106,12 @@ HISTORY_CSV = (
 @ledger.command()
 @_filters
 @_since
-@click.option("--limit", type=click.IntRange(min=0, max=MAX_LIMIT),
-              help="At most this many per service.")
-@click.option("--page", type=click.IntRange(min=1, max=MAX_PAGE), default=1,
-              help="Page (with --limit).")
+@click.option(
+    "--limit", type=click.IntRange(min=0, max=MAX_LIMIT), help="At most this many per service."
+)
+@click.option(
+    "--page", type=click.IntRange(min=1, max=MAX_PAGE), default=1, help="Page (with --limit)."
+)
 @json_option
 @_csv_option
 @click.pass_context

@@ -68,6 +68,8 @@ def generation_record(row: Mapping[str, Any]) -> GenerationRecord:
         retired_at=decode_time(row["retired_at"]),
         image_id=row["image_id"],
         reason=row["reason"],
+        state_since=decode_time(row.get("state_since")),
+        retried=bool(row.get("retried")),
     )
 
 

@@ -46,7 +46,11 @@ def view(db: Database) -> LedgerView:
     # Every generation, destroyed ones included: the planner must never reuse a number.
     generations = tuple(
         codec.generation_record(row)
-        for row in db.query("SELECT * FROM generations ORDER BY env, service, number")
+        for row in db.query(
+            "SELECT g.*, EXISTS (SELECT 1 FROM events e WHERE e.kind = 'retried'"
+            " AND e.env = g.env AND e.service = g.service AND e.generation = g.number)"
+            " AS retried FROM generations g ORDER BY g.env, g.service, g.number"
+        )
     )
     instances = tuple(
         codec.instance_record(row)

@@ -241,6 +241,43 @@ def _cost_rollup(db: Database) -> None:
     db.execute("DROP INDEX IF EXISTS instances_cost")
 
 
+@migrations(name="0005_append_only_history")
+def _append_only_history(db: Database) -> None:
+    # A generation's first activation and retirement are history and are never
+    # rewritten again; `state_since` is when its current state began (what the
+    # keep_previous timer counts from). Every change of state is an event row.
+    db.execute("ALTER TABLE generations ADD COLUMN state_since TEXT")
+    db.execute(
+        "UPDATE generations SET state_since = CASE state"
+        " WHEN 'destroyed' THEN COALESCE(destroyed_at, retired_at, activated_at, created_at)"
+        " WHEN 'standby' THEN COALESCE(retired_at, activated_at, created_at)"
+        " WHEN 'failed' THEN COALESCE(retired_at, created_at)"
+        " WHEN 'active' THEN COALESCE(activated_at, created_at)"
+        " ELSE created_at END"
+    )
+    db.table("events").create_index(
+        ["kind", "env", "service", "generation"], index_name="events_kind_generation"
+    )
+    # A request an operator made while the daemon held the state directory: recorded
+    # here, acted on by the daemon between operations, answered in the same row.
+    db.table("requests").create(
+        {
+            "id": int,
+            "at": str,
+            "kind": str,
+            "env": str,
+            "service": str,
+            "requested_by": str,
+            "state": str,  # pending, done, refused, failed
+            "answered_at": str,
+            "answer": str,
+        },
+        pk="id",
+        not_null=["at", "kind", "env", "state"],
+    )
+    db.table("requests").create_index(["state", "id"], index_name="requests_pending")
+
+
 def migrations_pending(db: Database) -> bool:
     """Whether opening this file will change its schema (read-only to find out)."""
     return bool(migrations.pending(db))

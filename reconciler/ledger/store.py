@@ -44,6 +44,34 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _insert_transition(
+    db: Database,
+    env: str,
+    service: str,
+    number: int,
+    before: GenerationState | None,
+    after: GenerationState,
+    at: datetime,
+    reason: str | None,
+) -> None:
+    """The event row of one generation state change, in the caller's transaction."""
+    detail: dict[str, Any] = {"from": before.value if before else None, "to": after.value}
+    if reason is not None:
+        detail["reason"] = reason
+    db.table("events").insert(
+        {
+            "at": codec.encode_time(at),
+            "run": None,
+            "kind": "generation_state",
+            "env": env,
+            "service": service,
+            "generation": number,
+            "instance": None,
+            "detail": codec.encode_json(detail),
+        }
+    )
+
+
 def _require(value: str, allowed: frozenset[str], what: str) -> str:
     # A typo here is a bug in the caller, not a ledger failure: ValueError, not LedgerError.
     if value not in allowed:
@@ -217,6 +245,7 @@ class Ledger:
         stamp = _GENERATION_STAMP.get(state)
         if stamp is not None:
             row[stamp] = row["created_at"]
+        row["state_since"] = row["created_at"]
         columns = ", ".join(f'"{name}"' for name in row)
         marks = ", ".join("?" for _ in row)
         sql = (
@@ -224,7 +253,8 @@ class Ledger:
             "ON CONFLICT (env, service, number) DO NOTHING"
         )
         with self._transaction("record_generation", write=True) as db:
-            db.execute(sql, list(row.values()))
+            if db.execute(sql, list(row.values())).rowcount:
+                _insert_transition(db, env, service, number, None, state, at, reason)
 
     def set_generation_state(
         self,
@@ -236,15 +266,36 @@ class Ledger:
         at: datetime,
         reason: str | None = None,
     ) -> None:
-        """Move a generation to `state`, stamping that state's time. Unknown rows: no-op."""
+        """Move a generation to `state`. History is append-only: the change is an event
+        row (`generation_state`, from and to), `state_since` says when the current state
+        began, and a state's first time (`activated_at`, `retired_at`, `destroyed_at`) is
+        stamped once and never rewritten. Unknown rows, and a move to the state the row
+        is already in without a new reason: no-op."""
         state = GenerationState(state)
-        updates: dict[str, Any] = {"state": state.value}
         stamp = _GENERATION_STAMP.get(state)
-        if stamp is not None:
-            updates[stamp] = codec.encode_time(at)
-        if reason is not None:
-            updates["reason"] = reason
-        self._update_generation("set_generation_state", env, service, number, updates)
+        with self._transaction("set_generation_state", write=True) as db:
+            current = db.execute(
+                "SELECT state, reason FROM generations"
+                " WHERE env = ? AND service = ? AND number = ?",
+                [env, service, number],
+            ).fetchone()
+            if current is None or (current[0] == state.value and reason in (None, current[1])):
+                return
+            assignments = ['"state" = ?', '"state_since" = ?']
+            values: list[Any] = [state.value, codec.encode_time(at)]
+            if stamp is not None:
+                assignments.append(f'"{stamp}" = COALESCE("{stamp}", ?)')
+                values.append(codec.encode_time(at))
+            if reason is not None:
+                assignments.append('"reason" = ?')
+                values.append(reason)
+            db.execute(
+                f"UPDATE generations SET {', '.join(assignments)} "
+                "WHERE env = ? AND service = ? AND number = ?",
+                [*values, env, service, number],
+            )
+            previous = GenerationState(current[0])
+            _insert_transition(db, env, service, number, previous, state, at, reason)
 
     def set_generation_fields(
         self,
@@ -428,9 +479,7 @@ class Ledger:
     def destroyed_instance_ids(self, *, since: datetime) -> frozenset[str]:
         """Instances recorded as destroyed (by us, or found gone) at or after `since`."""
         with self._transaction("destroyed_instance_ids", write=False) as db:
-            rows = db.query(
-                "SELECT id FROM instances WHERE ended_s >= ?", [since.timestamp()]
-            )
+            rows = db.query("SELECT id FROM instances WHERE ended_s >= ?", [since.timestamp()])
             return frozenset(row["id"] for row in rows)
 
     def view(self) -> LedgerView:

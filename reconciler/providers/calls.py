@@ -49,9 +49,7 @@ def retry_after_seconds(
     """The wait a response's Retry-After header asks for, in seconds (RFC 9110: a number
     of seconds or an HTTP date), at most RETRY_AFTER_MAX; None when absent or unreadable.
     Header names are matched without regard to case."""
-    value = next(
-        (v for k, v in (headers or {}).items() if str(k).lower() == "retry-after"), None
-    )
+    value = next((v for k, v in (headers or {}).items() if str(k).lower() == "retry-after"), None)
     if value is None:
         return None
     text = str(value).strip()

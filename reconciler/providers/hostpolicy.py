@@ -43,9 +43,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def check_endpoint(
-    url: str, *, where: str, environ: Mapping[str, str] = os.environ
-) -> None:
+def check_endpoint(url: str, *, where: str, environ: Mapping[str, str] = os.environ) -> None:
     """Refuse `url` unless it is loopback or an origin the host allows; `where` names the
     setting (`providers.aws-east.endpoint`) for the message."""
     try:

@@ -78,7 +78,7 @@ def _table(
         body.append(f"<tr>{cells}</tr>")
     return (
         f'<table id="{table_id}"><thead><tr>{head}</tr></thead>'
-        f'<tbody>{"".join(body)}</tbody></table>'
+        f"<tbody>{''.join(body)}</tbody></table>"
     )
 
 
