@@ -16,9 +16,9 @@ from typing import NoReturn
 
 import structlog
 
-from reconciler.applyrun import ApplyRun, HealthGate, Interrupted, RolloutFailed
-from reconciler.errors import ReconcilerError
-from reconciler.model import Action, GenerationState, ObservedInstance, ServiceSpec
+from reconciler.applyrun import ApplyRun, HealthGate, RolloutFailed
+from reconciler.errors import Interrupted, ReconcilerError
+from reconciler.model import Action, GenerationState, ObservedInstance, ServiceSpec, Strategy
 from reconciler.notify import Notifications
 from reconciler.providers import ComputeProvider
 from reconciler.rollout import TrafficPort
@@ -195,7 +195,12 @@ class Activator:
         self.notifications.send(
             "generation-failed",
             f"{spec.env}/{spec.name} generation {generation} ({spec.image}) failed: {why}; "
-            "the previous generation keeps serving",
+            + (
+                "strategy recreate destroyed the previous generation first: the service is "
+                "down until a working spec is committed or `reconciler retry`"
+                if spec.strategy is Strategy.RECREATE
+                else "the previous generation keeps serving"
+            ),
             env=spec.env, service=spec.name, generation=generation, commit=self.run.desired.commit,
             detail={"error": why},
         )  # fmt: skip

@@ -26,12 +26,11 @@ from reconciler.applyrun import (
     ApplyResult,
     ApplyRun,
     HealthGate,
-    Interrupted,
     RolloutFailed,
     RunningGate,
 )
 from reconciler.bookkeeping import Bookkeeper
-from reconciler.errors import ReconcilerError
+from reconciler.errors import Interrupted, ReconcilerError
 from reconciler.launching import Launcher
 from reconciler.ledger import Ledger
 from reconciler.model import Action, ActionKind, DesiredState, ObservedInstance, Plan

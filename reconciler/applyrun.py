@@ -16,7 +16,7 @@ from datetime import datetime
 from threading import Lock
 from typing import Protocol
 
-from reconciler.errors import ReconcilerError
+from reconciler.errors import Interrupted, ReconcilerError
 from reconciler.ledger import Ledger
 from reconciler.model import Action, DesiredState, ObservedInstance, ServiceSpec
 from reconciler.progress import ProgressHook
@@ -52,10 +52,6 @@ class ApplyResult:
 
 class RolloutFailed(ReconcilerError):
     """A batch of new instances did not come up; the service's remaining steps are skipped."""
-
-
-class Interrupted(ReconcilerError):
-    """A stop was requested: the call in flight finished, nothing new was started."""
 
 
 @dataclass(kw_only=True)

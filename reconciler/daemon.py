@@ -29,6 +29,7 @@ from reconciler.gitsource import FetchFailed, GitSource
 from reconciler.ledger import Ledger
 from reconciler.model import DesiredState
 from reconciler.notify import Notifications
+from reconciler.operator import answer_requests
 from reconciler.systemd import Notifier, Watchdog
 
 log = structlog.get_logger(__name__)
@@ -97,6 +98,8 @@ class Daemon:
         self.good: GoodState | None = None
         self.seen: str | None = None
         self.fetch_failures = 0
+        self._requests_checked = float("-inf")
+        self._requests_pending = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -113,13 +116,35 @@ class Daemon:
         self.pass_requested = True
 
     def _should_stop(self) -> bool:
-        return self.stop_requested
+        """Polled between operations: a stop signal, or an operator's request (it is
+        answered between operations, not after the pass or the interval)."""
+        return self.stop_requested or self._request_waiting()
+
+    def _request_waiting(self) -> bool:
+        now = time.monotonic()
+        if now - self._requests_checked >= SLEEP_SLICE:
+            self._requests_checked = now
+            self._requests_pending = self.ledger.pending_request_count() > 0
+        return self._requests_pending
+
+    def _answer_requests(self) -> None:
+        """What `rollback`, `release`, `retry` and `unfreeze` asked while this daemon
+        held the state directory; a pass follows at once to act on the new state."""
+        self._requests_pending = False
+        answers = answer_requests(self.ledger, self.good.desired if self.good else None)
+        if answers:
+            self.notifier.status(f"answered {len(answers)} operator request(s): {answers[-1]}")
+            self.pass_requested = True
 
     def _sleep(self, seconds: float) -> None:
-        """Wait for the next pass in short slices: feed the watchdog, notice signals."""
+        """Wait for the next pass in short slices: feed the watchdog, notice signals
+        and operator requests."""
         deadline = time.monotonic() + seconds
         while not (self.stop_requested or self.pass_requested):
             self.watchdog.beat()
+            if self._request_waiting():
+                self._answer_requests()
+                continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -132,9 +157,12 @@ class Daemon:
         log.info("daemon_ready", repo=self.settings.repo, branch=self.settings.branch)
         code = EXIT_OK
         while not self.stop_requested:
+            self._answer_requests()
             code = self.run_pass()
             if self.settings.once:
                 break
+            if not self.stop_requested:
+                self._answer_requests()  # one that stopped the pass between operations
             self._sleep(self._next_delay())
         self.notifier.stopping(status="stopping")
         log.info("daemon_stopped")
@@ -303,7 +331,8 @@ class Daemon:
         result = outcome.result
         assert result is not None
         summary = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items())) or "no changes"
-        state = "interrupted" if result.interrupted else ("ok" if result.ok else "failed")
+        # The words of the run's own `run_finished` line, in STATUS= and the metrics.
+        state = outcome.result_name or ("failed" if not result.ok else "changes")
         self.notifier.status(f"run {outcome.run_id} {state} at {self.good.sha[:12]}: {summary}")
         self._finished(state, started, outcome)
         return EXIT_OK if result.ok else EXIT_ERROR

@@ -27,6 +27,8 @@ from reconciler.model import (
     CAPACITY_REDUCING,
     ActionKind,
     DesiredState,
+    Freeze,
+    HoldReason,
     InstanceState,
     ObservedInstance,
     Pin,
@@ -51,6 +53,7 @@ class PassOutcome:
     result: ApplyResult | None = None
     guards: list[str] = field(default_factory=list)
     costs: PlanCosts | None = None  # plan_pass only: monthly delta and overlap cost
+    result_name: str | None = None  # apply_pass only: the run's result, as logged
 
 
 def read_desired(desired_dir: str | Path) -> DesiredState:
@@ -218,7 +221,7 @@ def plan_pass(desired_dir: str | Path, ledger: Ledger) -> PassOutcome:
         pins=current_pins(ledger, desired),
         frozen=current_freezes(ledger, desired),
     )
-    outcome = PassOutcome(desired=desired, observed=observed, plan=plan)
+    outcome = PassOutcome(desired=desired, observed=observed, plan=dated_holds(plan, ledger))
     outcome.guards = check_guards(desired, observed, plan, allow_mass_destroy=False)
     outcome.costs = accounting.plan_costs(
         plan, desired=desired, observed=observed, providers=providers, ledger=ledger
@@ -311,7 +314,7 @@ def _apply_run(
                 "guard-tripped", f"{env}/{service} frozen: {detail['why']}",
                 env=env, service=service, commit=desired.commit, detail=detail,
             )  # fmt: skip
-            frozen[(env, service)] = detail["why"]
+            frozen[(env, service)] = Freeze(detail["why"], started)
         if tripped:
             plan = compute_plan(
                 desired=desired, observed=observed, ledger=view, now=started, pins=pins,
@@ -376,11 +379,82 @@ def _apply_run(
     else:
         result_name = "no-op" if plan.empty else "changes"
     counts = {**result.counts, **drift_counts(plan)}
+    # What is held now, after this pass's work (a rollout that failed just now, a service
+    # it left with nothing running), planned again from the ledger: no API call.
+    after = compute_plan(
+        desired=desired, observed=settle_deletions(observed, ledger, now=datetime.now(UTC)),
+        ledger=ledger.view(), now=started, pins=pins, frozen=frozen,
+    )  # fmt: skip
+    plan = replace(plan, held=after.held)
+    report_down_services(ledger, desired, plan, notifications, run=run_id, at=datetime.now(UTC))
+    outcome.plan = plan = dated_holds(plan, ledger)
+    outcome.result_name = result_name
+    if plan.held:
+        log.warning("services_held", held=len(plan.held), services="; ".join(
+            f"{h.env}/{h.service} {h.reason.value}" for h in plan.held))  # fmt: skip
     ledger.finish_run(
-        run_id, result=result_name, counts=counts, error="; ".join(result.failures) or None
-    )
-    log.info("run_finished", result=result_name, **counts)
+        run_id, result=result_name, counts=counts, error="; ".join(result.failures) or None,
+        held=[hold.as_dict() for hold in plan.held],
+    )  # fmt: skip
+    finished = log.error if result_name == "failed" else log.info
+    finished("run_finished", result=result_name, failures=len(result.failures), **counts)
     return outcome
+
+
+def report_down_services(
+    ledger: Ledger,
+    desired: DesiredState,
+    plan: Plan,
+    notifications: Notifications,
+    *,
+    run: int,
+    at: datetime,
+) -> None:
+    """A service that goes down (desired instances, none running, none planned) is an
+    event, a log error and a notification once, when it happens; coming back is too."""
+    down = {(h.env, h.service): h for h in plan.held if h.reason is HoldReason.DOWN}
+    was_down = services_down(ledger)
+    for key in sorted(down.keys() - was_down.keys()):
+        hold = down[key]
+        ledger.record_event(kind="service_down", at=at, run=run, env=key[0], service=key[1],
+                            detail={"why": hold.why})  # fmt: skip
+        log.error("service_down", env=key[0], service=key[1], why=hold.why)
+        notifications.send(
+            "service-down", f"{key[0]}/{key[1]} is down: {hold.why}",
+            env=key[0], service=key[1], commit=desired.commit, detail={"why": hold.why},
+        )  # fmt: skip
+    for key in sorted(was_down.keys() - down.keys()):
+        why = "running again" if desired.service(*key) else "no longer in the desired state"
+        ledger.record_event(kind="service_up", at=at, run=run, env=key[0], service=key[1],
+                            detail={"why": why})  # fmt: skip
+        log.info("service_up", env=key[0], service=key[1], why=why)
+        notifications.send(
+            "service-up", f"{key[0]}/{key[1]} is no longer down: {why}",
+            env=key[0], service=key[1], commit=desired.commit, detail={"why": why},
+        )  # fmt: skip
+
+
+def dated_holds(plan: Plan, ledger: Ledger) -> Plan:
+    """The plan with each down service dated from when a pass first found it down."""
+    down_since = services_down(ledger)
+    held = tuple(
+        replace(h, since=h.since or down_since.get((h.env, h.service)))
+        if h.reason is HoldReason.DOWN else h
+        for h in plan.held
+    )  # fmt: skip
+    return replace(plan, held=held)
+
+
+def services_down(ledger: Ledger) -> dict[tuple[str, str], datetime]:
+    """Services whose newest down/up event says down, with when they went down."""
+    down: dict[tuple[str, str], datetime] = {}
+    for event in _events_in_order(ledger, "service_down", "service_up"):
+        key = (event["env"], event["service"])
+        if event["kind"] == "service_down":
+            down[key] = datetime.fromisoformat(event["at"])
+        else:
+            down.pop(key, None)
+    return down
 
 
 def load_balancer_ports(
@@ -415,6 +489,7 @@ def current_pins(
             pins[key] = Pin(
                 env=key[0], service=key[1], generation=int(event["generation"]),
                 fingerprint=str(detail.get("fingerprint", "")),
+                since=datetime.fromisoformat(event["at"]),
             )  # fmt: skip
     for key, pin in list(pins.items()):
         spec = desired.service(*key)
@@ -433,9 +508,10 @@ def _events_in_order(ledger: Ledger, *kinds: str) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: (row["at"], row["id"]))
 
 
-def current_freezes(ledger: Ledger, desired: DesiredState) -> dict[tuple[str, str], str]:
-    """Services a guard froze, with why; a freeze lasts until `unfreeze` or a new commit."""
-    freezes: dict[tuple[str, str], str] = {}
+def current_freezes(ledger: Ledger, desired: DesiredState) -> dict[tuple[str, str], Freeze]:
+    """Services a guard froze, with why and since when; a freeze lasts until
+    `unfreeze` or a new commit."""
+    freezes: dict[tuple[str, str], Freeze] = {}
     for event in _events_in_order(ledger, "frozen", "unfrozen"):
         key = (event["env"], event["service"])
         if event["kind"] == "unfrozen":
@@ -443,7 +519,8 @@ def current_freezes(ledger: Ledger, desired: DesiredState) -> dict[tuple[str, st
             continue
         detail = event["detail"] or {}
         if detail.get("commit") == desired.commit:
-            freezes[key] = str(detail.get("why", "guard"))
+            since = datetime.fromisoformat(event["at"])
+            freezes[key] = Freeze(str(detail.get("why", "guard")), since)
         else:
             freezes.pop(key, None)  # the desired state moved on since
     return freezes

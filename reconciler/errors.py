@@ -73,3 +73,8 @@ class LedgerError(ReconcilerError):
 class InternalError(ReconcilerError):
     """An exception of a type the code does not expect (a bug here or in a library):
     the operation it hit failed; report it, clean up what it left, go on."""
+
+
+class Interrupted(ReconcilerError):
+    """A stop (or an operator's request) came: the call in flight finished, nothing new
+    was started; the next pass resumes from what the ledger and the tags say."""

@@ -17,8 +17,8 @@ from functools import partial
 import structlog
 
 from reconciler.activation import Activator
-from reconciler.applyrun import ApplyRun, HealthGate, Interrupted, RolloutFailed
-from reconciler.errors import ReconcilerError
+from reconciler.applyrun import ApplyRun, HealthGate, RolloutFailed
+from reconciler.errors import Interrupted, ReconcilerError
 from reconciler.extensions import PluginError
 from reconciler.model import (
     Action,

@@ -7,6 +7,7 @@ redaction of secret-looking keys. Must not: be configured anywhere else.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -39,15 +40,52 @@ def _scrub(value: Any) -> Any:
     return value
 
 
+# syslog priorities, as the `<N>` prefix journald reads from a service's stderr: what
+# `journalctl -p err` filters on.
+_PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
+
+
+def _journal_line(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> str:
+    """`<3>service_down env=prod service=db why="..."`: the priority prefix, then the
+    event and its fields as logfmt, which becomes the entry's MESSAGE."""
+    priority = _PRIORITY.get(str(event.pop("level", "info")), 6)
+    event.pop("timestamp", None)  # journald stamps every entry itself
+    name = str(event.pop("event", ""))
+    fields = _LOGFMT(_logger, _name, event) if event else ""
+    return f"<{priority}>{name} {fields}".rstrip()
+
+
+_LOGFMT = structlog.processors.LogfmtRenderer()
+
+
+def under_journald() -> bool:
+    """Whether stderr is systemd's journal stream (JOURNAL_STREAM names its device and
+    inode), as systemd documents for choosing the journal's native conventions."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    device, _, inode = stream.partition(":")
+    try:
+        info = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return f"{info.st_dev}:{info.st_ino}" == f"{device}:{inode}"
+
+
+def colors_wanted() -> bool:
+    """Color on a terminal only, and never when NO_COLOR is set (no-color.org)."""
+    return sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+
+
 def configure_logging(*, fmt: str = "auto", verbose: bool = False, quiet: bool = False) -> None:
     """Send structured logs to stderr; stdout stays for command output (`--json`)."""
     if fmt == "auto":
-        fmt = "console" if sys.stderr.isatty() else "json"
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    )
+        fmt = "journal" if under_journald() else "console" if sys.stderr.isatty() else "json"
+    renderer: Any
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer()
+    elif fmt == "journal":
+        renderer = _journal_line
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=colors_wanted())
     # quiet: warnings and errors only (the demo narrates; its log lines would drown it).
     level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
     structlog.configure(

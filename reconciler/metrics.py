@@ -4,11 +4,18 @@ Owns: the metric families, their update from each pass's outcome and the ledger,
 and the loopback-or-configured HTTP exporter. Must not: be imported by the planner
 or adapters (adapters report API calls through a plain callback), or label anything
 with a secret.
+
+Series of a service stay while the service is desired (a service with nothing running
+exports 0, it does not vanish); the `result` label uses the words of the
+`run_finished` log line (`no-op`, `changes`, `failed`, `interrupted`, `refused`,
+`skipped`).
 """
 
 from __future__ import annotations
 
 from collections import Counter as Tally
+from contextlib import suppress
+from datetime import UTC, datetime
 
 from prometheus_client import (
     CollectorRegistry,
@@ -18,10 +25,14 @@ from prometheus_client import (
     start_http_server,
 )
 
+from reconciler import accounting, buildinfo
 from reconciler.engine import PassOutcome
-from reconciler.errors import ConfigurationError
+from reconciler.errors import ConfigurationError, ReconcilerError
 from reconciler.ledger import Ledger
-from reconciler.model import GenerationState
+from reconciler.model import HOLD_REASONS, GenerationState
+
+RUN_RESULTS = ("no-op", "changes", "failed", "interrupted", "refused", "skipped")
+SUCCESSFUL = ("no-op", "changes", "interrupted")
 
 
 class Metrics:
@@ -29,7 +40,14 @@ class Metrics:
         self.ledger = ledger
         self.registry = CollectorRegistry()
         r = self.registry
+        self.build_info = Gauge(
+            "reconciler_build_info", "Always 1: the running version and its source commit.",
+            ["version", "commit"], registry=r,
+        )  # fmt: skip
+        self.build_info.labels(version=buildinfo.version(), commit=buildinfo.commit()).set(1)
         self.runs = Counter("reconciler_runs", "Passes by result.", ["result"], registry=r)
+        for result in RUN_RESULTS:
+            self.runs.labels(result=result)  # every result exported from the start, at 0
         self.drift = Counter(
             "reconciler_drift", "Planned cloud changes by drift reason.", ["reason"], registry=r
         )
@@ -37,13 +55,35 @@ class Metrics:
             "reconciler_instances", "Owned instances seen by the last pass.",
             ["env", "service", "state"], registry=r,
         )  # fmt: skip
+        self.desired = Gauge(
+            "reconciler_service_desired_instances", "Instances the desired state asks for.",
+            ["env", "service"], registry=r,
+        )  # fmt: skip
+        self.running = Gauge(
+            "reconciler_service_running_instances",
+            "Running instances of the service's active generation (0 when it has none).",
+            ["env", "service"], registry=r,
+        )  # fmt: skip
+        self.held = Gauge(
+            "reconciler_service_held",
+            "1 when the service's drift is held (pinned, failed, frozen) or it is down.",
+            ["env", "service", "reason"], registry=r,
+        )  # fmt: skip
+        self.failed_generations = Gauge(
+            "reconciler_failed_generations", "Generations of the service that failed, ever.",
+            ["env", "service"], registry=r,
+        )  # fmt: skip
         self.active_generation = Gauge(
-            "reconciler_active_generation", "Number of the active generation.",
+            "reconciler_active_generation", "Number of the active generation (0: none).",
             ["env", "service"], registry=r,
         )  # fmt: skip
         self.last_success = Gauge(
             "reconciler_last_success_timestamp_seconds",
             "When the last pass that did not fail ended (Unix time).", registry=r,
+        )  # fmt: skip
+        self.last_pass = Gauge(
+            "reconciler_last_pass_timestamp_seconds", "When the last pass ended (Unix time).",
+            registry=r,
         )  # fmt: skip
         self.duration = Histogram(
             "reconciler_pass_duration_seconds", "Wall time of a pass.", registry=r,
@@ -57,6 +97,20 @@ class Metrics:
             "reconciler_hourly_cost_dollars", "Price per hour of every live instance.",
             registry=r,
         )  # fmt: skip
+        self.orphans = Gauge(
+            "reconciler_orphans", "Orphaned instances found in the last observation, by kind.",
+            ["kind"], registry=r,
+        )  # fmt: skip
+        self.orphans_cost = Gauge(
+            "reconciler_orphans_hourly_cost_dollars",
+            "Price per hour of every orphaned instance in the last observation.", registry=r,
+        )  # fmt: skip
+        self.requests_pending = Gauge(
+            "reconciler_requests_pending",
+            "Operator requests (rollback, release, retry, unfreeze) not yet answered.",
+            registry=r,
+        )  # fmt: skip
+        self._services: set[tuple[str, str]] = set()
 
     def serve(self, address: str) -> None:
         host, _, port = address.rpartition(":")
@@ -71,22 +125,67 @@ class Metrics:
     def pass_finished(self, *, result: str, seconds: float, outcome: PassOutcome | None) -> None:
         self.runs.labels(result=result).inc()
         self.duration.observe(seconds)
-        if result in ("ok", "interrupted"):
+        self.last_pass.set_to_current_time()
+        if result in SUCCESSFUL:
             self.last_success.set_to_current_time()
+        self.requests_pending.set(self.ledger.pending_request_count())
         if outcome is None:
             return
         for action in outcome.plan.mutating():
             self.drift.labels(reason=action.reason.value).inc()
         self._fleet(outcome)
+        self._orphans()
 
     def _fleet(self, outcome: PassOutcome) -> None:
         tally = Tally((i.env or "", i.service or "", i.state.value) for i in outcome.observed)
         self.instances.clear()
         for (env, service, state), n in tally.items():
             self.instances.labels(env=env, service=service, state=state).set(n)
-        self.active_generation.clear()
-        for gen in self.ledger.view().generations:
-            if gen.state is GenerationState.ACTIVE:
-                self.active_generation.labels(env=gen.env, service=gen.service).set(gen.number)
+        services = {(s.env, s.name): s for s in outcome.desired.services()}
+        for env, service in self._services - services.keys():
+            self._forget(env, service)  # no longer desired: its series go with it
+        self._services = set(services)
+        view = self.ledger.view()
+        active = {
+            (g.env, g.service): g for g in view.generations if g.state is GenerationState.ACTIVE
+        }
+        failed = Tally((g.env, g.service) for g in view.generations if g.failed)
+        alive = Tally((i.env, i.service, i.generation) for i in outcome.observed if i.alive)
+        held = {(h.env, h.service, h.reason.value) for h in outcome.plan.held}
+        for (env, service), spec in services.items():
+            gen = active.get((env, service))
+            self.desired.labels(env=env, service=service).set(spec.count)
+            self.running.labels(env=env, service=service).set(
+                alive[(env, service, gen.number)] if gen else 0
+            )
+            self.active_generation.labels(env=env, service=service).set(gen.number if gen else 0)
+            self.failed_generations.labels(env=env, service=service).set(failed[(env, service)])
+            for reason in HOLD_REASONS:
+                self.held.labels(env=env, service=service, reason=reason.value).set(
+                    1 if (env, service, reason.value) in held else 0
+                )
         live = self.ledger.instance_rows(live_only=True)
         self.hourly_cost.set(sum(row["price_per_hour"] or 0.0 for row in live))
+
+    def _forget(self, env: str, service: str) -> None:
+        for gauge in (self.desired, self.running, self.active_generation,
+                      self.failed_generations):  # fmt: skip
+            _remove(gauge, env, service)
+        for reason in HOLD_REASONS:
+            _remove(self.held, env, service, reason.value)
+
+    def _orphans(self) -> None:
+        try:
+            report = accounting.find_orphans(self.ledger, now=datetime.now(UTC))
+        except ReconcilerError:
+            return  # the listing is reported by `ledger orphans`; metrics keep the last
+        kinds = Tally(o.kind for o in report.orphans)
+        self.orphans.clear()
+        for kind, n in kinds.items():
+            self.orphans.labels(kind=kind).set(n)
+        self.orphans_cost.set(sum(o.price_per_hour or 0.0 for o in report.orphans))
+
+
+def _remove(gauge: Gauge, *labels: str) -> None:
+    with suppress(KeyError):
+        gauge.remove(*labels)

@@ -253,6 +253,15 @@ class Pin:
     service: str
     generation: int
     fingerprint: str  # the desired spec's fingerprint when the pin was set
+    since: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """A service a guard froze: observed and reported, never changed, until lifted."""
+
+    why: str
+    since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -329,10 +338,42 @@ class Note:
     message: str
 
 
+class HoldReason(StrEnum):
+    """Why a service's drift is not being acted on (or cannot be): what an operator
+    must see in `plan`, `status`, the metrics and the notifiers."""
+
+    PINNED = "pinned"  # `rollback` holds it on a generation until `release`
+    FAILED = "failed"  # its spec failed; waits for a new commit or `retry`
+    FROZEN = "frozen"  # a guard or `frozen: true` stops every change
+    DOWN = "down"  # desired instances, none running, and nothing planned starts one
+
+
+HOLD_REASONS: tuple[HoldReason, ...] = tuple(HoldReason)
+
+
+@dataclass(frozen=True)
+class Hold:
+    env: str
+    service: str
+    reason: HoldReason
+    why: str
+    since: datetime | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "env": self.env,
+            "service": self.service,
+            "reason": self.reason.value,
+            "why": self.why,
+            "since": self.since.isoformat() if self.since else None,
+        }
+
+
 @dataclass(frozen=True)
 class Plan:
     actions: tuple[Action, ...] = ()
     notes: tuple[Note, ...] = ()
+    held: tuple[Hold, ...] = ()
 
     @property
     def empty(self) -> bool:

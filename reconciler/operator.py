@@ -1,14 +1,17 @@
-"""Operator commands that act outside the loop: rollback, release, retry.
+"""Operator commands that act outside the loop: rollback, release, retry, unfreeze.
 
 Owns: switching a service back to its standby generation and pinning it, lifting a
-pin, and allowing a failed spec to be tried again. Must not: create instances
-(rollback only re-uses a live standby) or run without the state lock (the CLI holds it).
+pin, allowing a failed spec to be tried again, lifting a guard's freeze, and answering
+these as requests recorded for a running daemon (`answer_requests`). Must not: create
+instances (rollback only re-uses a live standby) or run without the state lock (the
+CLI holds it, or the daemon that answers the request does).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -16,7 +19,7 @@ from reconciler import engine
 from reconciler.errors import ReconcilerError
 from reconciler.extensions import PluginError
 from reconciler.ledger import Ledger
-from reconciler.model import GenerationState, ObservedInstance
+from reconciler.model import DesiredState, GenerationState, ObservedInstance
 from reconciler.notify import Notifications
 from reconciler.rollout import Rollout
 
@@ -27,9 +30,16 @@ class NothingToDo(ReconcilerError):
     """The requested change does not apply to the service's current state."""
 
 
-def rollback(desired_dir: str | Path, ledger: Ledger, env: str, service: str) -> str:
+DesiredSource = DesiredState | str | Path
+
+
+def _desired(source: DesiredSource) -> DesiredState:
+    return source if isinstance(source, DesiredState) else engine.read_desired(source)
+
+
+def rollback(desired_dir: DesiredSource, ledger: Ledger, env: str, service: str) -> str:
     """Make the newest live standby generation active again and pin the service to it."""
-    desired = engine.read_desired(desired_dir)
+    desired = _desired(desired_dir)
     spec = desired.service(env, service)
     if spec is None:
         raise NothingToDo(f"{env}/{service} is not in the desired state")
@@ -85,8 +95,8 @@ def rollback(desired_dir: str | Path, ledger: Ledger, env: str, service: str) ->
     return message
 
 
-def release(ledger: Ledger, desired_dir: str | Path, env: str, service: str) -> str:
-    desired = engine.read_desired(desired_dir)
+def release(ledger: Ledger, desired_dir: DesiredSource, env: str, service: str) -> str:
+    desired = _desired(desired_dir)
     pins = engine.current_pins(ledger, desired)
     pin = pins.get((env, service))
     if pin is None:
@@ -119,9 +129,9 @@ def retry(ledger: Ledger, env: str, service: str) -> str:
     return f"{env}/{service}: the spec of generation {latest.number} will be tried again"
 
 
-def unfreeze(ledger: Ledger, desired_dir: str | Path, env: str, service: str | None) -> str:
+def unfreeze(ledger: Ledger, desired_dir: DesiredSource, env: str, service: str | None) -> str:
     """Lift the freezes a guard set on `env` (or one service of it)."""
-    desired = engine.read_desired(desired_dir)
+    desired = _desired(desired_dir)
     frozen = engine.current_freezes(ledger, desired)
     lifted = sorted(k for k in frozen if k[0] == env and service in (None, k[1]))
     if not lifted:
@@ -138,6 +148,47 @@ def unfreeze(ledger: Ledger, desired_dir: str | Path, env: str, service: str | N
     for key in lifted:
         ledger.record_event(
             kind="unfrozen", at=datetime.now(UTC), env=key[0], service=key[1],
-            detail={"why": "reconciler unfreeze", "was": frozen[key]},
+            detail={"why": "reconciler unfreeze", "was": frozen[key].why},
         )  # fmt: skip
     return "unfrozen: " + ", ".join(f"{e}/{s}" for e, s in lifted)
+
+
+def answer_requests(ledger: Ledger, desired: DesiredState | None) -> list[str]:
+    """Act on the requests operators recorded while this process held the state
+    directory, oldest first; each is answered in its row (done, refused or failed)
+    for the waiting command to print. Returns the answers, for the log."""
+    answers: list[str] = []
+    for request in ledger.claim_requests(at=datetime.now(UTC)):
+        state, answer = _act(ledger, desired, request)
+        ledger.answer_request(request["id"], state=state, answer=answer, at=datetime.now(UTC))
+        log_line = log.info if state == "done" else log.error
+        log_line("request_answered", request=request["id"], kind=request["kind"],
+                 env=request["env"], service=request["service"],
+                 requested_by=request["requested_by"], state=state, answer=answer)  # fmt: skip
+        answers.append(answer)
+    return answers
+
+
+def _act(ledger: Ledger, desired: DesiredState | None, request: dict[str, Any]) -> tuple[str, str]:
+    kind, env, service = request["kind"], request["env"], request["service"]
+    try:
+        if kind == "retry":
+            return "done", retry(ledger, env, service)
+        if desired is None:
+            return "refused", "the daemon has no valid desired state yet; nothing was changed"
+        if kind == "rollback":
+            return "done", rollback(desired, ledger, env, service)
+        if kind == "release":
+            return "done", release(ledger, desired, env, service)
+        if kind == "unfreeze":
+            return "done", unfreeze(ledger, desired, env, service)
+        return "refused", f"unknown request kind {kind!r}"
+    except NothingToDo as exc:
+        return "refused", str(exc)
+    except ReconcilerError as exc:
+        return "failed", str(exc)
+    # A request is one operator's command: a bug in it is reported to them and logged
+    # with its traceback, and the daemon goes on healing.
+    except Exception as exc:
+        log.exception("request_crashed", request=request["id"], error_type=type(exc).__name__)
+        return "failed", f"unexpected {type(exc).__name__} (a bug in reconciler: see the log)"

@@ -20,8 +20,11 @@ from reconciler.model import (
     Action,
     ActionKind,
     DesiredState,
+    Freeze,
     GenerationRecord,
     GenerationState,
+    Hold,
+    HoldReason,
     InstanceRecord,
     InstanceState,
     LedgerView,
@@ -66,50 +69,83 @@ def compute_plan(
     ledger: LedgerView,
     now: datetime,
     pins: Mapping[tuple[str, str], Pin] | None = None,
-    frozen: Mapping[tuple[str, str], str] | None = None,
+    frozen: Mapping[tuple[str, str], Freeze] | None = None,
 ) -> Plan:
     """Decide the actions that move the observed world to the desired state.
 
     `pins` hold services on a rolled-back generation; `frozen` maps services a guard
     froze to why. Both, and `frozen: true` in the desired state, are observed and
-    reported, never changed."""
+    reported, never changed. Every service whose drift is held, and every desired
+    service left with nothing running and nothing planned to start, is in `held`."""
     actions: list[Action] = []
     notes: list[Note] = []
+    held: list[Hold] = []
     for facts in _gather(desired, observed, ledger):
-        why_frozen = _frozen_because(facts, frozen or {})
-        if why_frozen is not None:
-            notes.append(Note(facts.env, facts.service, why_frozen))
-            continue
+        freeze = _frozen_because(facts, frozen or {})
         pin = (pins or {}).get((facts.env, facts.service))
-        if pin is not None and facts.spec is not None:
+        service_actions: list[Action] = []
+        if freeze is not None:
+            notes.append(Note(facts.env, facts.service, freeze.why))
+            held.append(Hold(facts.env, facts.service, HoldReason.FROZEN, freeze.why, freeze.since))
+        elif pin is not None and facts.spec is not None:
             # Held by `rollback`: observed and reported, never changed, until released.
-            notes.append(
-                Note(
-                    facts.env,
-                    facts.service,
-                    f"pinned to generation {pin.generation} by rollback; "
-                    f"`reconciler release {facts.env} {facts.service}` returns it to git",
-                )
+            why = (
+                f"pinned to generation {pin.generation} by rollback; "
+                f"`reconciler release {facts.env} {facts.service}` returns it to git"
             )
-            continue
-        service_actions, service_notes = _plan_service(facts, now=now)
-        actions.extend(service_actions)
-        notes.extend(service_notes)
+            notes.append(Note(facts.env, facts.service, why))
+            held.append(Hold(facts.env, facts.service, HoldReason.PINNED, why, pin.since))
+        else:
+            service_actions, service_notes, hold = _plan_service(facts, now=now)
+            actions.extend(service_actions)
+            notes.extend(service_notes)
+            held.extend([hold] if hold else [])
+        down = _down(facts, service_actions)
+        held.extend([down] if down else [])
     actions.extend(_prune_unidentified(observed))
     notes.extend(_unreadable_notes(observed))
-    return Plan(actions=tuple(actions), notes=tuple(notes))
+    return Plan(actions=tuple(actions), notes=tuple(notes), held=tuple(held))
 
 
-def _frozen_because(facts: _ServiceFacts, frozen: Mapping[tuple[str, str], str]) -> str | None:
+def _frozen_because(
+    facts: _ServiceFacts, frozen: Mapping[tuple[str, str], Freeze]
+) -> Freeze | None:
     if facts.spec is not None and facts.spec.frozen:
-        return "frozen in the desired state: observed, not changed"
+        return Freeze("frozen in the desired state: observed, not changed")
     guard = frozen.get((facts.env, facts.service))
     if guard is not None:
-        return (
-            f"frozen by a guard ({guard}); a new commit or "
-            f"`reconciler unfreeze {facts.env} {facts.service}` lifts it"
+        return Freeze(
+            f"frozen by a guard ({guard.why}); a new commit or "
+            f"`reconciler unfreeze {facts.env} {facts.service}` lifts it",
+            guard.since,
         )
     return None
+
+
+def _down(facts: _ServiceFacts, planned: Sequence[Action]) -> Hold | None:
+    """A desired service with no instance running in any usable generation and no
+    create planned: it serves nothing, and this plan will not change that."""
+    spec = facts.spec
+    if spec is None or spec.count == 0 or any(a.kind is ActionKind.CREATE for a in planned):
+        return None
+    usable = {
+        n for n, g in facts.generations.items()
+        if g.state in (GenerationState.ACTIVE, GenerationState.STANDBY, GenerationState.CREATING)
+    }  # fmt: skip
+    if any(i.alive and i.generation in usable for i in facts.instances):
+        return None
+    latest = facts.generations[max(facts.generations)] if facts.generations else None
+    if latest is not None and latest.failed:
+        why = (
+            f"no instance is running: generation {latest.number} failed "
+            f"({latest.reason or 'no reason recorded'}) and no earlier generation is left; "
+            f"commit a working spec or `reconciler retry {facts.env} {facts.service}`"
+        )
+        return Hold(facts.env, facts.service, HoldReason.DOWN, why, latest.state_since)
+    return Hold(
+        facts.env, facts.service, HoldReason.DOWN,
+        "no instance is running and nothing planned starts one",
+    )  # fmt: skip
 
 
 def _gather(
@@ -161,35 +197,38 @@ def _unreadable_notes(observed: Iterable[ObservedInstance]) -> list[Note]:
     ]  # fmt: skip
 
 
-def _plan_service(facts: _ServiceFacts, *, now: datetime) -> tuple[list[Action], list[Note]]:
+def _plan_service(
+    facts: _ServiceFacts, *, now: datetime
+) -> tuple[list[Action], list[Note], Hold | None]:
     actions = _adopt_unrecorded(facts)
     actions += _prune_destroyed_generations(facts)
     if facts.spec is None:
-        return actions + _remove_service(facts), []
+        return actions + _remove_service(facts), [], None
     spec = facts.spec
     live = {n: g for n, g in facts.generations.items() if g.state is not GenerationState.DESTROYED}
     active = _active(live)
     notes: list[Note] = []
+    hold: Hold | None = None
     target: int | None = None  # generation being rolled out in this plan
     if active is not None and active.fingerprint == spec.fingerprint:
         actions += _maintain(facts, active, spec)
         target = active.number
     elif _failed_latest(facts, spec.fingerprint):
-        notes.append(
-            Note(
-                facts.env,
-                facts.service,
-                f"spec {spec.fingerprint} failed in generation {max(facts.generations)}; "
-                "not retried until the desired state changes",
-            )
+        failed = facts.generations[max(facts.generations)]
+        why = (
+            f"spec {spec.fingerprint} failed in generation {failed.number}"
+            f" ({failed.reason or 'no reason recorded'}); not retried until the desired "
+            f"state changes or `reconciler retry {facts.env} {facts.service}`"
         )
+        notes.append(Note(facts.env, facts.service, why))
+        hold = Hold(facts.env, facts.service, HoldReason.FAILED, why, failed.state_since)
         target = active.number if active else None
     else:
         rollout, target = _roll_out(facts, spec, active, live)
         actions += rollout
     actions += _clean_up_others(facts, live, keep=target, active=active, spec=spec, now=now)
     actions += _drop_useless_spare(facts, live, actions, spec)
-    return actions, notes
+    return actions, notes, hold
 
 
 def _active(live: dict[int, GenerationRecord]) -> GenerationRecord | None:

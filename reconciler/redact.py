@@ -25,3 +25,14 @@ def redact_urls(text: str) -> str:
     if "://" not in text and "=" not in text:
         return text
     return _SECRET_QUERY.sub(rf"\1{REDACTED}", _USERINFO.sub(rf"\1{REDACTED}@", text))
+
+
+def excerpt(text: str | bytes, *, limit: int = 300) -> str:
+    """What an operator needs from a probe's output: its last `limit` characters on
+    one line (the end of stderr says why), URL credentials redacted."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    flat = " ".join(text.split())
+    if len(flat) > limit:
+        flat = "..." + flat[-limit:]
+    return redact_urls(flat)

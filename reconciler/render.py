@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from rich import box
@@ -57,6 +58,7 @@ def plan_to_json(
         "summary": plan_summary(plan),
         "actions": [action_to_json(a) for a in plan.actions],
         "notes": [{"env": n.env, "service": n.service, "message": n.message} for n in plan.notes],
+        "held": [hold.as_dict() for hold in plan.held],
         "refused_by_guards": list(guards),
     }
     if costs is not None:
@@ -94,8 +96,13 @@ def print_plan(
 ) -> None:
     header = f"desired state at {commit[:12]}" if commit else "desired state (not a git checkout)"
     console.print(f"[bold]Plan[/bold] for {shown(header)}")
-    if plan.empty:
+    if plan.empty and not plan.held:
         console.print("No changes: the cloud matches the desired state.")
+    elif plan.empty:
+        console.print(
+            f"No changes to apply, but {len(plan.held)} held: the cloud does not match "
+            "the desired state (see Held below)."
+        )
     # Each action's place in the plan (its cost's index), found once: `actions.index()`
     # per action made printing a plan of thousands of actions quadratic.
     position = {id(action): n for n, action in enumerate(plan.actions)}
@@ -108,6 +115,7 @@ def print_plan(
     for note in plan.notes:
         where = f"{note.env}/{note.service}: " if note.env else ""
         console.print(shown(f"  ! {where}{note.message}"))
+    print_holds(console, [hold.as_dict() for hold in plan.held])
     summary = ", ".join(f"{n} {k}" for k, n in plan_summary(plan).items() if n)
     if summary:
         console.print(f"Summary: {summary}")
@@ -119,6 +127,36 @@ def print_plan(
         if costs.unpriced:
             line += f"; no price known for {', '.join(costs.unpriced)}"
         console.print(shown(line))
+
+
+_HOLD_STYLE = {"down": "bold red", "failed": "red", "frozen": "yellow", "pinned": "yellow"}
+
+
+def print_holds(console: Console, holds: Sequence[Mapping[str, Any]]) -> None:
+    """Each held service: what holds it, since when, and why (what lifts it)."""
+    if not holds:
+        return
+    console.print("[bold]Held[/bold] (drift that is not being acted on):")
+    for hold in holds:
+        since = f" since {human_time(hold['since'])}" if hold.get("since") else ""
+        style = _HOLD_STYLE.get(str(hold["reason"]), "bold")
+        console.print(
+            f"  [{style}]{shown(str(hold['reason']).upper())}[/{style}] "
+            f"{shown(hold['env'])}/{shown(hold['service'])}{shown(since)}: {shown(hold['why'])}",
+            highlight=False,
+        )
+
+
+def human_time(value: Any) -> str:
+    """An ISO 8601 time as `2026-12-03 21:04Z` (UTC, minutes): unambiguous and short."""
+    text = str(value)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    if moment.tzinfo is None:
+        return text
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%MZ")
 
 
 def print_json(document: Any) -> None:
@@ -177,6 +215,7 @@ def compact_generation_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str,
     ]
 
 
+STATUS_COLUMNS = ("service", "state", "image", "running", "active", "standby")
 COMPACT_COLUMNS = ("generation", "state", "image", "commit", "created", "ended", "reason")
 
 
@@ -184,9 +223,9 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     text = str(value)
-    # Timestamps: month-day hour:minute fits a terminal; JSON keeps the full value.
+    # Timestamps: to the minute in UTC, with the year and the zone; JSON keeps the full value.
     if len(text) >= 19 and text[4] == "-" and text[10] == "T":
-        return f"{text[5:10]} {text[11:16]}"
+        return human_time(text)
     if len(text) == 40 and all(c in "0123456789abcdef" for c in text):
         return text[:10]
     return text
@@ -226,12 +265,33 @@ def print_status(console: Console, document: Mapping[str, Any]) -> None:
             console.print(shown(f"  error: {last['error']}"))
     else:
         console.print("No run recorded yet.")
-    for service in document.get("services", []):
-        standby = ", ".join(f"g{n}" for n in service["standby"]) or "none"
-        active = f"g{service['active']}" if service["active"] is not None else "none"
-        console.print(
-            shown(f"  {service['env']}/{service['service']}: active {active}, standby {standby}")
-        )
+    services = document.get("services", [])
+    rows = [
+        {
+            "service": f"{s['env']}/{s['service']}",
+            "state": s["state"] + (f" ({', '.join(h['reason'] for h in s['held'])})"
+                                   if s["state"] == "held" else ""),
+            "image": s.get("image"),
+            "running": f"{s.get('running', 0)}/{s['desired']}" if s.get("desired") is not None
+            else "0",
+            "active": f"g{s['active']}" if s["active"] is not None else None,
+            "standby": ", ".join(f"g{n}" for n in s["standby"]) or None,
+        }
+        for s in services
+    ]  # fmt: skip
+    if rows:
+        print_rows(console, rows, STATUS_COLUMNS, title="Services")
+    holds = [
+        {"env": s["env"], "service": s["service"], **hold}
+        for s in services for hold in s.get("held", [])
+    ]  # fmt: skip
+    print_holds(console, holds)
+    for request in document.get("requests") or []:
+        target = "/".join(x for x in (request["env"], request["service"]) if x)
+        console.print(shown(
+            f"Request {request['id']} ({request['kind']} {target}) by {request['requested_by']} "
+            f"at {human_time(request['at'])}: {request['state']}"
+        ), highlight=False)  # fmt: skip
     drift = document.get("pending_drift") or {}
     if drift:
         console.print(shown("Pending drift: " + ", ".join(f"{n} {k}" for k, n in drift.items())))

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import structlog
 
+from reconciler.errors import Interrupted
 from reconciler.extensions import (
     InstanceRef,
     LoadBalancerPort,
@@ -108,7 +109,10 @@ class Rollout(TrafficPort):
             if all(n >= health.healthy_after for n in streak.values()):
                 log.info("health_gate_passed", service=spec.name, instances=len(refs))
                 return None
-            if time.monotonic() - started >= health.timeout or self.should_stop():
+            if self.should_stop():
+                # Not the generation's fault: the next pass gates it again.
+                raise Interrupted("stop requested during the health gate")
+            if time.monotonic() - started >= health.timeout:
                 failing = sorted(i for i, n in streak.items() if n < health.healthy_after)
                 return (
                     f"{len(failing)} instance(s) not healthy after {health.timeout:.0f}s "

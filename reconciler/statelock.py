@@ -18,6 +18,10 @@ from reconciler.errors import ReconcilerError
 class StateLocked(ReconcilerError):
     """Another reconciler process holds the state directory; wait for it or stop it."""
 
+    def __init__(self, message: str, *, holder: str = "unknown") -> None:
+        super().__init__(message)
+        self.holder = holder
+
 
 class StateUnusable(ReconcilerError):
     """The state directory cannot hold the lock (read-only, not a directory, ...)."""
@@ -47,7 +51,8 @@ class StateLock:
             os.close(fd)
             raise StateLocked(
                 f"state directory {self.path.parent} is in use by another reconciler "
-                f"(pid {holder}); stop it first or use another --state-dir"
+                f"(pid {holder}); stop it first or use another --state-dir",
+                holder=holder,
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -153,7 +153,10 @@ def test_invalid_commit_is_not_applied_while_drift_is_still_healed(
     )  # fmt: skip
     document = json.loads(status.stdout)
     assert document["invalid_commit"]["sha"] == bad
-    assert document["services"] == [{"env": "prod", "service": "web", "active": 1, "standby": []}]
+    assert document["services"] == [{
+        "env": "prod", "service": "web", "state": "ok", "active": 1, "standby": [],
+        "image": IMAGE_V1, "desired": 2, "running": 2, "held": [],
+    }]  # fmt: skip
 
 
 def test_watchdog_keeps_beating_while_the_git_remote_hangs(
@@ -327,7 +330,7 @@ def test_metrics_endpoint_reports_runs_generations_api_calls_and_cost(
 
     def counted() -> str | None:
         text = scrape()
-        return text if value(text, 'reconciler_runs_total{result="ok"}') else None
+        return text if value(text, 'reconciler_runs_total{result="changes"}') else None
 
     text = wait_for(counted, what="a counted run")
     assert value(text, 'reconciler_active_generation{env="prod",service="web"}') == 1

@@ -299,21 +299,28 @@ def test_unit_declares_the_service_contract() -> None:
     assert not any(key.startswith("ExecReload") for key in settings)  # SIGHUP wakes a pass
 
 
-def test_env_example_defines_every_variable_of_execstart() -> None:
+def test_env_example_names_every_daemon_option_and_nothing_unknown() -> None:
+    """The unit takes every option from the environment file (RECONCILER_REPO, ...):
+    the example names each daemon option's variable, and only variables that exist."""
+    import click
+
+    from reconciler.cli import cli
+
     (exec_start,) = unit_settings()["ExecStart"]
-    used = set(re.findall(r"\$\{(\w+)\}", exec_start))
-    assert used == {
-        "RECONCILER_REPO",
-        "RECONCILER_BRANCH",
-        "RECONCILER_PATH",
-        "RECONCILER_INTERVAL",
-    }
-    defined = {
-        line.partition("=")[0]
-        for line in ENV_EXAMPLE.read_text().splitlines()
-        if line and not line.startswith("#")
-    }
-    assert used <= defined
+    assert exec_start.split()[-1] == "daemon" and "$" not in exec_start
+    daemon = cli.commands["daemon"]
+    options = [p for p in [*cli.params, *daemon.params] if isinstance(p, click.Option)]
+    envvars = {str(p.envvar) for p in options if p.envvar}
+    unsettable = {p.name for p in daemon.params if isinstance(p, click.Option) and not p.envvar}
+    assert unsettable <= {"once", "help"}, "every daemon option can come from the environment"
+    host = {"RECONCILER_ALLOWED_ENDPOINTS", "RECONCILER_CREDENTIAL_DIRS"}
+    lines = ENV_EXAMPLE.read_text().splitlines()
+    named = {m for line in lines for m in re.findall(r"^#?(RECONCILER_\w+)=", line)}
+    defined = {line.partition("=")[0] for line in lines if line and not line.startswith("#")}
+    assert envvars - {"RECONCILER_LOG_FORMAT"} <= named
+    assert named <= envvars | host, named - envvars - host
+    assert {"RECONCILER_REPO", "RECONCILER_BRANCH", "RECONCILER_PATH"} <= defined
+    assert "RECONCILER_METRICS_ADDR" in named
 
 
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:

@@ -1,6 +1,8 @@
 """Built-in health checks: `http` (2xx/3xx), `tcp` (connect) and `command` (exit 0).
 
-Owns: one probe each, with the instance's fields filled into the target template.
+Owns: one probe each, with the instance's fields filled into the target template, and
+an unhealthy answer's reason (the HTTP status and the start of its body, the TCP error,
+the end of the command's stderr), bounded and with URL credentials redacted.
 Must not: loop or wait (the gate in apply decides how often and how long), or raise
 for an unhealthy answer — that is a `ProbeResult(ok=False)`.
 """
@@ -15,7 +17,16 @@ import urllib.error
 import urllib.request
 
 from reconciler.extensions import InstanceRef, ProbeResult
+from reconciler.redact import excerpt
 from reconciler.templates import fill_template
+
+
+BODY_START = 200  # bytes of an unhealthy answer's body kept as its reason
+
+
+def _body_start(body: bytes) -> str:
+    text = excerpt(body[:BODY_START], limit=BODY_START)
+    return f": {text}" if text else ""
 
 
 def _fill(template: str, instance: InstanceRef) -> str:
@@ -32,9 +43,11 @@ class HttpCheck:
         request = urllib.request.Request(url, headers={"User-Agent": "reconciler-health"})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return ProbeResult(200 <= response.status < 400, f"HTTP {response.status}")
+                ok = 200 <= response.status < 400
+                body = "" if ok else _body_start(response.read(BODY_START))
+                return ProbeResult(ok, f"HTTP {response.status}{body}")
         except urllib.error.HTTPError as exc:
-            return ProbeResult(False, f"HTTP {exc.code}")
+            return ProbeResult(False, f"HTTP {exc.code}{_body_start(exc.read(BODY_START))}")
         except (urllib.error.URLError, OSError, ValueError) as exc:
             return ProbeResult(False, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}")
 
@@ -75,6 +88,12 @@ class CommandCheck:
                 check=False,
                 stdin=subprocess.DEVNULL,
             )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return ProbeResult(False, f"{type(exc).__name__}")
-        return ProbeResult(done.returncode == 0, f"exit {done.returncode}")
+        except subprocess.TimeoutExpired:
+            return ProbeResult(False, f"timed out after {self.timeout:g}s")
+        except OSError as exc:
+            return ProbeResult(False, f"cannot run {argv[0] if argv else '?'}: {exc.strerror}")
+        if done.returncode == 0:
+            return ProbeResult(True, "exit 0")
+        # The end of stderr says why (or of stdout, for a check that reports there).
+        said = excerpt(done.stderr) or excerpt(done.stdout)
+        return ProbeResult(False, f"exit {done.returncode}" + (f": {said}" if said else ""))

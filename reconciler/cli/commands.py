@@ -16,6 +16,9 @@ from reconciler.cli.common import (
     EXIT_CHANGES,
     EXIT_ERROR,
     EXIT_REFUSED,
+    act_or_request,
+    complete_env,
+    complete_service,
     desired_option,
     domain_errors,
     duration_between,
@@ -108,16 +111,26 @@ def apply(ctx: click.Context, desired_dir: Path, as_json: bool, allow_mass_destr
         sys.exit(EXIT_ERROR)
 
 
+def _env(name: str) -> dict[str, Any]:
+    # Every daemon option can come from the unit's environment file.
+    return {"envvar": f"RECONCILER_{name}", "show_envvar": True}
+
+
 @cli.command()
-@click.option("--repo", required=True, help="Git URL or path of the desired-state repository.")
-@click.option("--branch", default="main", show_default=True)
-@click.option("--path", "subdir", default="", help="Desired-state directory inside the repo.")
+@click.option(
+    "--repo", required=True, help="Git URL or path of the desired-state repository.", **_env("REPO")
+)
+@click.option("--branch", default="main", show_default=True, **_env("BRANCH"))
+@click.option(
+    "--path", "subdir", default="", help="Desired-state directory inside the repo.", **_env("PATH")
+)
 @click.option(
     "--interval",
     default="60s",
     show_default=True,
     callback=duration_between(1, 86400),
     help="Between passes: 1s to 1d.",
+    **_env("INTERVAL"),
 )
 @click.option(
     "--fetch-timeout",
@@ -125,11 +138,26 @@ def apply(ctx: click.Context, desired_dir: Path, as_json: bool, allow_mass_destr
     show_default=True,
     callback=duration_between(1, 3600),
     help="For one git fetch: 1s to 1h.",
+    **_env("FETCH_TIMEOUT"),
 )
 @click.option("--once", is_flag=True, help="One pass, then exit with apply's exit code.")
-@click.option("--allow-rewind", is_flag=True, help="Accept a branch whose history was rewritten.")
-@click.option("--allow-mass-destroy", is_flag=True, help="Override the mass-destroy guard.")
-@click.option("--metrics-addr", help="Serve Prometheus metrics here, e.g. 127.0.0.1:9108.")
+@click.option(
+    "--allow-rewind",
+    is_flag=True,
+    help="Accept a branch whose history was rewritten.",
+    **_env("ALLOW_REWIND"),
+)
+@click.option(
+    "--allow-mass-destroy",
+    is_flag=True,
+    help="Override the mass-destroy guard.",
+    **_env("ALLOW_MASS_DESTROY"),
+)
+@click.option(
+    "--metrics-addr",
+    help="Serve Prometheus metrics here, e.g. 127.0.0.1:9108.",
+    **_env("METRICS_ADDR"),
+)
 @click.pass_context
 def daemon(
     ctx: click.Context,
@@ -185,18 +213,35 @@ def status(ctx: click.Context, as_json: bool) -> None:
 def status_document(store: Ledger) -> dict[str, Any]:
     runs = store.run_rows(limit=1)
     last = runs[0] if runs else None
+    running: dict[tuple[str, str, int], int] = {}
+    for row in store.instance_rows(live_only=True):
+        key = (row["env"], row["service"], row["generation"])
+        running[key] = running.get(key, 0) + (row["state"] == "running")
     services: dict[str, dict[str, Any]] = {}
+
+    def entry(env: str, service: str) -> dict[str, Any]:
+        return services.setdefault(
+            f"{env}/{service}",
+            {"env": env, "service": service, "state": "ok", "active": None, "standby": [],
+             "image": None, "desired": None, "running": 0, "held": []},
+        )  # fmt: skip
+
     for row in store.generation_rows():
         if row["state"] not in ("active", "standby", "creating"):
             continue
-        entry = services.setdefault(
-            f"{row['env']}/{row['service']}",
-            {"env": row["env"], "service": row["service"], "active": None, "standby": []},
-        )
+        item = entry(row["env"], row["service"])
         if row["state"] == "active":
-            entry["active"] = row["number"]
+            item["active"] = row["number"]
+            item["image"] = row["image_id"] or row["image"]
+            item["desired"] = row["count"]
+            item["running"] = running.get((row["env"], row["service"], row["number"]), 0)
         elif row["state"] == "standby":
-            entry["standby"].append(row["number"])
+            item["standby"].append(row["number"])
+    held_run = store.last_run_with_holds()
+    for hold in (held_run or {}).get("held") or []:
+        item = entry(hold["env"], hold["service"])
+        item["held"].append({k: hold[k] for k in ("reason", "why", "since")})
+        item["state"] = "down" if hold["reason"] == "down" or item["state"] == "down" else "held"
     commits = store.commit_rows(limit=20)
     newest_valid = next((c for c in commits if c["valid"]), None)
     invalid = next((c for c in commits if not c["valid"]), None)
@@ -209,6 +254,8 @@ def status_document(store: Ledger) -> dict[str, Any]:
     counts = (last or {}).get("counts") or {}
     return {
         "last_run": last,
+        "held_as_of_run": (held_run or {}).get("id"),
+        "requests": store.pending_request_rows(),
         "services": list(services.values()),
         "pending_drift": {
             k.removeprefix("drift:"): n for k, n in counts.items() if k.startswith("drift:")
@@ -219,60 +266,88 @@ def status_document(store: Ledger) -> dict[str, Any]:
     }
 
 
+wait_option = click.option(
+    "--wait", default="60s", show_default=True, callback=duration_between(1, 3600),
+    help="While a daemon holds the state directory: how long to wait for its answer.",
+)  # fmt: skip
+
+
 @cli.command()
-@click.argument("env")
-@click.argument("service")
+@click.argument("env", shell_complete=complete_env)
+@click.argument("service", shell_complete=complete_service)
 @desired_option
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@wait_option
 @click.pass_context
-def rollback(ctx: click.Context, env: str, service: str, desired_dir: Path, yes: bool) -> None:
-    """Switch traffic back to the standby generation and pin the service to it."""
+def rollback(
+    ctx: click.Context, env: str, service: str, desired_dir: Path, yes: bool, wait: float
+) -> None:
+    """Switch traffic back to the standby generation and pin the service to it.
+
+    Works while the daemon runs: the request is recorded in the ledger and the daemon
+    acts on it between operations (it uses its own checkout of the desired state)."""
     from reconciler import operator
 
     refuse_libcloud_debug()
-    # Never a question when told --yes or when nobody is there to answer it.
-    if not yes and sys.stdin.isatty():
+    if not yes:
+        # A rollback moves production traffic: never without a yes, and nobody can
+        # answer a question on a pipe or in a script.
+        if not sys.stdin.isatty():
+            fail("refusing to roll back without --yes: stdin is not a terminal")
         click.confirm(f"Roll {env}/{service} back to its standby generation?", abort=True)
-    with domain_errors(), StateLock(ctx.obj["state_dir"]), open_ledger(ctx) as ledger:
-        click.echo(operator.rollback(desired_dir, ledger, env, service))
+    act_or_request(
+        ctx, "rollback", env, service, wait=wait,
+        act=lambda ledger: operator.rollback(desired_dir, ledger, env, service),
+    )  # fmt: skip
 
 
 @cli.command()
-@click.argument("env")
-@click.argument("service")
+@click.argument("env", shell_complete=complete_env)
+@click.argument("service", shell_complete=complete_service)
 @desired_option
+@wait_option
 @click.pass_context
-def release(ctx: click.Context, env: str, service: str, desired_dir: Path) -> None:
+def release(ctx: click.Context, env: str, service: str, desired_dir: Path, wait: float) -> None:
     """Drop a rollback pin: git is the truth again."""
     from reconciler import operator
 
-    with domain_errors(), StateLock(ctx.obj["state_dir"]), open_ledger(ctx) as ledger:
-        click.echo(operator.release(ledger, desired_dir, env, service))
+    act_or_request(
+        ctx, "release", env, service, wait=wait,
+        act=lambda ledger: operator.release(ledger, desired_dir, env, service),
+    )  # fmt: skip
 
 
 @cli.command()
-@click.argument("env")
-@click.argument("service")
+@click.argument("env", shell_complete=complete_env)
+@click.argument("service", shell_complete=complete_service)
+@wait_option
 @click.pass_context
-def retry(ctx: click.Context, env: str, service: str) -> None:
+def retry(ctx: click.Context, env: str, service: str, wait: float) -> None:
     """Allow a failed spec to be tried again."""
     from reconciler import operator
 
-    with domain_errors(), StateLock(ctx.obj["state_dir"]), open_ledger(ctx) as ledger:
-        click.echo(operator.retry(ledger, env, service))
+    act_or_request(
+        ctx, "retry", env, service, wait=wait,
+        act=lambda ledger: operator.retry(ledger, env, service),
+    )  # fmt: skip
 
 
 @cli.command()
-@click.argument("env")
-@click.argument("service", required=False)
+@click.argument("env", shell_complete=complete_env)
+@click.argument("service", required=False, shell_complete=complete_service)
 @desired_option
+@wait_option
 @click.pass_context
-def unfreeze(ctx: click.Context, env: str, service: str | None, desired_dir: Path) -> None:
+def unfreeze(
+    ctx: click.Context, env: str, service: str | None, desired_dir: Path, wait: float
+) -> None:
     """Lift a freeze set by a guard (the thrash detector) on ENV or one SERVICE."""
     from reconciler import operator
 
-    with domain_errors(), StateLock(ctx.obj["state_dir"]), open_ledger(ctx) as ledger:
-        click.echo(operator.unfreeze(ledger, desired_dir, env, service))
+    act_or_request(
+        ctx, "unfreeze", env, service, wait=wait,
+        act=lambda ledger: operator.unfreeze(ledger, desired_dir, env, service),
+    )  # fmt: skip
 
 
 @cli.command()

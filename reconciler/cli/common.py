@@ -6,23 +6,28 @@ pending, 3 refused by a guard). Must not: hold commands (see `commands`, `ledger
 
 from __future__ import annotations
 
+import getpass
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
 
+from reconciler.cli.exitcodes import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, EXIT_REFUSED
 from reconciler.desired import parse_duration
 from reconciler.desired.durations import format_duration
 from reconciler.errors import GuardRefused, InvalidDesiredState, ReconcilerError
 from reconciler.ledger import Ledger
+from reconciler.statelock import StateLock, StateLocked
 from reconciler.terminal import shown
 
-EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_REFUSED = 0, 1, 2, 3
+__all__ = ["EXIT_CHANGES", "EXIT_ERROR", "EXIT_OK", "EXIT_REFUSED"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -103,3 +108,107 @@ def open_ledger(ctx: click.Context, *, check: str = "full") -> Iterator[Ledger]:
         yield ledger
     finally:
         ledger.close()
+
+
+def act_or_request(
+    ctx: click.Context,
+    kind: str,
+    env: str,
+    service: str | None,
+    *,
+    wait: float,
+    act: Callable[[Ledger], str],
+) -> None:
+    """Run an operator command here when the state directory is free; when a daemon
+    holds it, record the command as a request, which the daemon acts on between
+    operations, and print its answer. Nothing is left behind to surprise anyone: a
+    request not taken within `wait` is withdrawn."""
+    try:
+        lock = StateLock(ctx.obj["state_dir"]).acquire()
+    except StateLocked as exc:
+        holder = exc.holder
+    else:
+        try:
+            with domain_errors(), open_ledger(ctx) as ledger:
+                click.echo(act(ledger))
+        finally:
+            lock.release()
+        return
+    with open_ledger(ctx) as ledger, domain_errors():
+        request = ledger.add_request(
+            kind=kind, env=env, service=service, requested_by=_who(), at=datetime.now(UTC)
+        )
+        err_console.print(
+            f"the state directory is held by a running reconciler (pid {holder}): request "
+            f"{request} recorded; it acts on it between operations",
+            highlight=False, soft_wrap=True,
+        )  # fmt: skip
+        row = _await_answer(ledger, request, wait)
+        within = format_duration(wait)
+        if row is None:
+            fail(
+                f"request {request} was not taken within {within} and was withdrawn; nothing "
+                "was changed (is the holder an `apply`? retry after it)"
+            )
+        if row["state"] == "taken":
+            fail(
+                f"request {request} is being acted on but was not answered within {within}; "
+                "`reconciler status` shows its answer"
+            )
+    if row["state"] != "done":
+        fail(f"request {request} {row['state']}: {row['answer']}")
+    click.echo(row["answer"])
+
+
+def _await_answer(ledger: Ledger, request: int, wait: float) -> dict[str, Any] | None:
+    """The request's row once answered (or still taken at the deadline); None when
+    nobody took it in time, in which case it is withdrawn."""
+    deadline = time.monotonic() + wait
+    while True:
+        row = ledger.request_row(request)
+        if row is not None and row["state"] not in ("pending", "taken"):
+            return row
+        if time.monotonic() >= deadline:
+            why = "not taken in time by the process holding the state directory"
+            if ledger.cancel_request(request, why=why, at=datetime.now(UTC)):
+                return None
+            return ledger.request_row(request)
+        time.sleep(0.1)
+
+
+def _who() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid {os.getuid()}"
+    return f"{user} (pid {os.getpid()})"
+
+
+def _desired_for_completion(ctx: click.Context) -> Any:
+    from reconciler import engine
+
+    directory = ctx.params.get("desired_dir") or Path("desired-state")
+    try:
+        return engine.read_desired(directory)
+    except (ReconcilerError, OSError):
+        return None
+
+
+def complete_env(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion: the environments of the desired state (`--desired` or
+    ./desired-state)."""
+    desired = _desired_for_completion(ctx)
+    if desired is None:
+        return []
+    return sorted(e.name for e in desired.environments if e.name.startswith(incomplete))
+
+
+def complete_service(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion: the services of the environment given before it."""
+    desired = _desired_for_completion(ctx)
+    env = ctx.params.get("env")
+    if desired is None:
+        return []
+    return sorted(
+        s.name for s in desired.services() if s.env == env and s.name.startswith(incomplete)
+    )

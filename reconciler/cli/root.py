@@ -2,15 +2,48 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
+from reconciler.cli.exitcodes import EXIT_ERROR
 from reconciler.ledger import default_state_dir
 from reconciler.logs import configure_logging
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from reconciler.buildinfo import describe
+
+    click.echo(describe())
+    ctx.exit()
+
+
+class ReconcilerGroup(click.Group):
+    """click exits 2 on a usage error, which is also `plan --detailed-exitcode`'s "changes
+    pending": here every error exits 1, so 2 always means changes and only that."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(EXIT_ERROR)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(EXIT_ERROR if exc.exit_code == 2 else exc.exit_code)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+
+
+@click.group(
+    cls=ReconcilerGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+)
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -19,12 +52,18 @@ from reconciler.logs import configure_logging
 )
 @click.option(
     "--log-format",
-    type=click.Choice(["auto", "console", "json"]),
+    type=click.Choice(["auto", "console", "json", "journal"]),
     default="auto",
     show_default=True,
+    envvar="RECONCILER_LOG_FORMAT",
+    show_envvar=True,
+    help="auto: journal under systemd's journal, console on a terminal, else json.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-@click.version_option(package_name="reconciler")
+@click.option(
+    "--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+    help="Show the version and the source commit, and exit.",
+)  # fmt: skip
 @click.pass_context
 def cli(ctx: click.Context, state_dir: Path | None, log_format: str, verbose: bool) -> None:
     """Replace cloud instances to match a git-committed desired state."""

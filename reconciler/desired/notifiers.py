@@ -34,6 +34,8 @@ EVENT_KINDS: Final = (
     "guard-tripped",
     "invalid-commit",
     "run-failed",
+    "service-down",
+    "service-up",
 )
 
 

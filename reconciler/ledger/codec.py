@@ -8,7 +8,7 @@ Must not: touch the database; every function here is pure.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import PurePath
@@ -42,11 +42,12 @@ def _json_default(value: object) -> object:
     raise TypeError(f"cannot store {type(value).__name__} in a ledger JSON column")
 
 
-def encode_json(value: Mapping[str, Any] | None) -> str | None:
+def encode_json(value: Mapping[str, Any] | Sequence[Any] | None) -> str | None:
     if value is None:
         return None
+    document = list(value) if isinstance(value, Sequence) else dict(value)
     # sort_keys: identical details are identical text, which keeps diffs and tests stable.
-    return json.dumps(dict(value), sort_keys=True, default=_json_default)
+    return json.dumps(document, sort_keys=True, default=_json_default)
 
 
 def decode_json(text: str | None) -> Any:

@@ -146,6 +146,7 @@ def run_rows(db: Database, *, limit: int | None) -> list[dict[str, Any]]:
     for row in rows:
         # An unfinished run has no counts yet; an empty dict keeps the shape uniform.
         row["counts"] = codec.decode_json(row["counts"]) or {}
+        row["held"] = codec.decode_json(row.get("held"))
     return rows
 
 

@@ -258,6 +258,9 @@ def _append_only_history(db: Database) -> None:
     db.table("events").create_index(
         ["kind", "env", "service", "generation"], index_name="events_kind_generation"
     )
+    # JSON list: the services a pass found held (pinned, failed, frozen, down), with
+    # why and since when, so `status` shows what the last pass saw.
+    db.execute("ALTER TABLE runs ADD COLUMN held TEXT")
     # A request an operator made while the daemon held the state directory: recorded
     # here, acted on by the daemon between operations, answered in the same row.
     db.table("requests").create(

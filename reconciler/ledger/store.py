@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +29,8 @@ RUN_RESULTS = frozenset({"ok", "changes", "failed", "refused", "no-op", "interru
 # "stopped" is accepted beside DESIGN's four so an observed InstanceState can be recorded as is.
 INSTANCE_STATES = frozenset({"pending", "running", "stopped", "destroyed", "gone"})
 OPERATION_OUTCOMES = frozenset({"issued", "done", "failed"})
+REQUEST_KINDS = frozenset({"rollback", "release", "retry", "unfreeze"})
+REQUEST_ANSWERS = frozenset({"done", "refused", "failed"})
 SNAPSHOTS_KEPT = 5  # observations kept per provider: enough to compare, never a history
 
 # Which timestamp column a generation state change stamps.
@@ -158,12 +160,17 @@ class Ledger:
         result: str,
         counts: Mapping[str, int],
         error: str | None = None,
+        held: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         _require(result, RUN_RESULTS, "run result")
-        params = [codec.encode_time(self._clock()), result, codec.encode_json(counts), error]
+        params = [
+            codec.encode_time(self._clock()), result, codec.encode_json(counts), error,
+            None if held is None else codec.encode_json(list(held)),
+        ]  # fmt: skip
         with self._transaction("finish_run", write=True) as db:
             db.execute(
-                "UPDATE runs SET finished_at = ?, result = ?, counts = ?, error = ? WHERE id = ?",
+                "UPDATE runs SET finished_at = ?, result = ?, counts = ?, error = ?, held = ?"
+                " WHERE id = ?",
                 [*params, run_id],
             )
 
@@ -526,6 +533,85 @@ class Ledger:
                 since=codec.encode_time(since) if since is not None else None,
                 now=now or self._clock(),
             )
+
+    # ------------------------------------------------------------ operator requests
+
+    def add_request(
+        self, *, kind: str, env: str, service: str | None, requested_by: str, at: datetime
+    ) -> int:
+        """Record an operator's request for the process holding the state directory."""
+        _require(kind, REQUEST_KINDS, "request kind")
+        row = {"at": codec.encode_time(at), "kind": kind, "env": env, "service": service,
+               "requested_by": requested_by, "state": "pending"}  # fmt: skip
+        with self._transaction("add_request", write=True) as db:
+            request_id = db.table("requests").insert(row).last_pk
+        if not isinstance(request_id, int):
+            raise LedgerError(f"ledger {self.path}: add_request got no id back")
+        return request_id
+
+    def claim_requests(self, *, at: datetime) -> list[dict[str, Any]]:
+        """The pending requests, oldest first, marked taken in the same transaction so
+        a request is acted on once (and a waiting command can no longer cancel it)."""
+        with self._transaction("claim_requests", write=True) as db:
+            rows = list(db.query("SELECT * FROM requests WHERE state = 'pending' ORDER BY id"))
+            db.execute(
+                "UPDATE requests SET state = 'taken', answered_at = ? WHERE state = 'pending'",
+                [codec.encode_time(at)],
+            )
+        return rows
+
+    def answer_request(self, request_id: int, *, state: str, answer: str, at: datetime) -> None:
+        _require(state, REQUEST_ANSWERS, "request answer")
+        with self._transaction("answer_request", write=True) as db:
+            db.execute(
+                "UPDATE requests SET state = ?, answer = ?, answered_at = ? WHERE id = ?",
+                [state, answer, codec.encode_time(at), request_id],
+            )
+
+    def cancel_request(self, request_id: int, *, why: str, at: datetime) -> bool:
+        """Withdraw a request nobody took yet; False when it was taken meanwhile."""
+        with self._transaction("cancel_request", write=True) as db:
+            cursor = db.execute(
+                "UPDATE requests SET state = 'cancelled', answer = ?, answered_at = ?"
+                " WHERE id = ? AND state = 'pending'",
+                [why, codec.encode_time(at), request_id],
+            )
+            return bool(cursor.rowcount)
+
+    def request_row(self, request_id: int) -> dict[str, Any] | None:
+        with self._transaction("request_row", write=False) as db:
+            rows = list(db.query("SELECT * FROM requests WHERE id = ?", [request_id]))
+        return rows[0] if rows else None
+
+    def request_rows(self, *, limit: int | None = None) -> list[dict[str, Any]]:
+        """Every operator request, oldest first (the newest `limit` when given)."""
+        with self._transaction("request_rows", write=False) as db:
+            rows = list(
+                db.query("SELECT * FROM requests ORDER BY id DESC LIMIT ?", [limit or -1])
+            )
+        return rows[::-1]
+
+    def pending_request_rows(self) -> list[dict[str, Any]]:
+        with self._transaction("pending_request_rows", write=False) as db:
+            return list(
+                db.query("SELECT * FROM requests WHERE state IN ('pending', 'taken') ORDER BY id")
+            )
+
+    def pending_request_count(self) -> int:
+        with self._transaction("pending_request_count", write=False) as db:
+            row = db.execute("SELECT count(*) FROM requests WHERE state = 'pending'").fetchone()
+        return int(row[0])
+
+    def last_run_with_holds(self) -> dict[str, Any] | None:
+        """The newest finished pass that recorded which services it found held."""
+        with self._transaction("last_run_with_holds", write=False) as db:
+            rows = list(db.query(
+                "SELECT id, finished_at, held FROM runs WHERE held IS NOT NULL"
+                " ORDER BY id DESC LIMIT 1"
+            ))  # fmt: skip
+        for row in rows:
+            row["held"] = codec.decode_json(row["held"])
+        return rows[0] if rows else None
 
     def run_rows(self, *, limit: int | None = None) -> list[dict[str, Any]]:
         """Runs newest first, `counts` decoded."""

@@ -1,0 +1,301 @@
+"""An operator's day (issue 14): nothing may look fine when it is not, and the incident
+commands work while the daemon runs. Real CLI processes, the sandbox EC2 endpoint, a
+health command whose stderr says why, a webhook receiver, the daemon as a process."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import generate_latest
+
+from reconciler import engine
+from reconciler.ledger import Ledger
+from reconciler.metrics import Metrics
+from reconciler.sandbox import SandboxServer
+from tests.bluegreen_support import WebhookReceiver
+from tests.conftest import Cli
+from tests.daemon_support import DaemonProcess, Remote, wait_for
+from tests.desired_builder import IMAGE_V1, IMAGE_V2, write_desired
+from tests.test_cli_e2e import live_nodes
+
+IMAGE_BAD = "ami-0badbad0"
+SECRET = "operator-day-webhook-secret-5521"
+WHY = "database unreachable: connection refused to 10.0.0.7:5432"
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookReceiver]:
+    server = WebhookReceiver(SECRET)
+    yield server
+    server.close()
+
+
+class Desired:
+    """A desired state whose health command fails, with a reason on stderr, for one image."""
+
+    def __init__(self, root: Path, endpoint: str, webhook: WebhookReceiver) -> None:
+        self.root = root
+        self.endpoint = endpoint
+        self.webhook = webhook
+        self.check = root.parent / "check.sh"
+        self.check.write_text(
+            "#!/bin/sh\n"
+            f'if [ "$RECONCILER_IMAGE" = "{IMAGE_BAD}" ]; then\n'
+            f'  echo "starting probe" ; echo "{WHY}" >&2 ; exit 3\n'
+            "fi\nexit 0\n"
+        )
+        self.check.chmod(self.check.stat().st_mode | stat.S_IXUSR)
+        self.secret = root.parent / "hook_secret"
+        self.secret.write_text(SECRET)
+
+    def write(self, services: dict[str, dict[str, Any]], **options: Any) -> None:
+        health = {"command": str(self.check), "timeout": "2s", "interval": "1s",
+                  "healthy_after": 1}  # fmt: skip
+        write_desired(
+            self.root, endpoint=self.endpoint,
+            environments={"prod": {name: {"health": dict(health), **spec}
+                                   for name, spec in services.items()}},
+            notifiers=[{"webhook": self.webhook.url, "secret": {"file": str(self.secret)}}],
+            **options,
+        )  # fmt: skip
+
+
+@pytest.fixture
+def desired(
+    tmp_path: Path,
+    sandbox: SandboxServer,
+    webhook: WebhookReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Desired:
+    monkeypatch.setenv("RECONCILER_CREDENTIAL_DIRS", str(tmp_path))
+    return Desired(tmp_path / "desired", sandbox.endpoint, webhook)
+
+
+def run(cli: Cli, desired: Desired, *args: str) -> Any:
+    return cli(*args, "--desired", str(desired.root))
+
+
+def metrics_after_pass(state_dir: Path, root: Path) -> str:
+    """What /metrics says after one more pass (the exporter fed as the daemon feeds it)."""
+    with Ledger.open(state_dir) as ledger:
+        metrics = Metrics(ledger)
+        outcome = engine.apply_pass(root, ledger)
+        metrics.pass_finished(result=outcome.result_name or "", seconds=1.0, outcome=outcome)
+        return generate_latest(metrics.registry).decode()
+
+
+def held_metric(text: str, service: str, reason: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith("reconciler_service_held{") and (
+            f'service="{service}"' in line and f'reason="{reason}"' in line
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def gauge(text: str, name: str, service: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + "{") and f'service="{service}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_a_failed_recreate_is_down_everywhere_with_the_health_commands_stderr(
+    cli: Cli, desired: Desired, sandbox: SandboxServer, webhook: WebhookReceiver
+) -> None:
+    desired.write({"db": {"image": IMAGE_V1, "strategy": "recreate"}})
+    assert run(cli, desired, "apply").code == 0
+    desired.write({"db": {"image": IMAGE_BAD, "strategy": "recreate"}})
+    failed = run(cli, desired, "apply")
+    assert failed.code == 1
+    assert "nothing to do" not in failed.stdout
+    assert WHY in failed.stderr, "the summary says what failed, with the check's reason"
+    assert not [n for n in live_nodes(sandbox.endpoint)], "recreate left nothing running"
+
+    # The failure event carries the command's stderr, bounded, one line.
+    failures = json.loads(cli("ledger", "events", "--kind", "rollout_failed", "--json").stdout)
+    assert any(WHY in e["detail"]["error"] for e in failures)
+    assert all(len(e["detail"]["error"]) < 1000 for e in failures)
+
+    # plan: not "No changes"; the service is shown down and failed, with why and since.
+    plan = run(cli, desired, "plan")
+    assert plan.code == 0
+    assert "No changes: the cloud matches" not in plan.stdout
+    assert "DOWN" in plan.stdout and "prod/db" in plan.stdout
+    document = json.loads(run(cli, desired, "plan", "--json").stdout)
+    reasons = {h["reason"] for h in document["held"] if h["service"] == "db"}
+    assert reasons == {"failed", "down"}
+    assert all(h["since"] for h in document["held"])
+    assert run(cli, desired, "plan", "--detailed-exitcode").code == 0, "nothing apply would do"
+
+    # status: the service stays listed, as down, with what holds it.
+    status = json.loads(cli("status", "--json").stdout)
+    (db,) = [s for s in status["services"] if s["service"] == "db"]
+    assert db["state"] == "down"
+    assert {h["reason"] for h in db["held"]} == {"failed", "down"}
+    assert all(h["since"] and h["why"] for h in db["held"])
+
+    # metrics: the series stays, saying 0 running of 1 desired, down and failed.
+    text = metrics_after_pass(cli.state_dir, desired.root)
+    assert held_metric(text, "db", "down") == 1
+    assert held_metric(text, "db", "failed") == 1
+    assert held_metric(text, "db", "pinned") == 0
+    assert gauge(text, "reconciler_service_running_instances", "db") == 0
+    assert gauge(text, "reconciler_service_desired_instances", "db") == 1
+    assert gauge(text, "reconciler_failed_generations", "db") == 1
+
+    # notifiers: the failure (with the reason) and the service going down, once.
+    kinds = [e["kind"] for e in webhook.events]
+    assert kinds.count("service-down") == 1
+    failed_events = [e for e in webhook.events if e["kind"] == "generation-failed"]
+    assert failed_events and WHY in failed_events[0]["text"]
+    assert "keeps serving" not in failed_events[0]["text"]
+
+    # A working commit brings it back, and that is said too.
+    desired.write({"db": {"image": IMAGE_V2, "strategy": "recreate"}})
+    assert run(cli, desired, "apply").code == 0
+    assert [e["kind"] for e in webhook.events].count("service-up") == 1
+    assert json.loads(run(cli, desired, "plan", "--json").stdout)["held"] == []
+
+
+def test_pinned_failed_and_frozen_services_show_in_plan_status_and_metrics(
+    cli: Cli, desired: Desired
+) -> None:
+    services = {"web": {"image": IMAGE_V1}, "api": {"image": IMAGE_V1}, "jobs": {"image": IMAGE_V1}}
+    desired.write(services)
+    assert run(cli, desired, "apply").code == 0
+    # web: v2 then rolled back (pinned); api: a failing image (failed, v1 serving);
+    # jobs: frozen in the desired state while its image changes.
+    desired.write({**services, "web": {"image": IMAGE_V2}})
+    assert run(cli, desired, "apply").code == 0
+    assert run(cli, desired, "rollback", "prod", "web", "--yes").code == 0
+    desired.write({
+        "web": {"image": IMAGE_V2}, "api": {"image": IMAGE_BAD},
+        "jobs": {"image": IMAGE_V2, "frozen": True},
+    })  # fmt: skip
+    assert run(cli, desired, "apply").code == 1
+
+    document = json.loads(run(cli, desired, "plan", "--json").stdout)
+    held = {(h["service"], h["reason"]) for h in document["held"]}
+    assert held == {("web", "pinned"), ("api", "failed"), ("jobs", "frozen")}
+    pinned = next(h for h in document["held"] if h["reason"] == "pinned")
+    assert pinned["since"] and "release" in pinned["why"]
+    text = run(cli, desired, "plan").stdout
+    assert "No changes to apply, but 3 held" in text
+    for word in ("PINNED", "FAILED", "FROZEN"):
+        assert word in text
+
+    status = json.loads(cli("status", "--json").stdout)
+    by_name = {s["service"]: s for s in status["services"]}
+    assert {n: [h["reason"] for h in s["held"]] for n, s in by_name.items()} == {
+        "web": ["pinned"], "api": ["failed"], "jobs": ["frozen"],
+    }  # fmt: skip
+    assert all(s["state"] == "held" for s in by_name.values())
+    assert by_name["web"]["image"] == IMAGE_V1 and by_name["web"]["running"] == 1
+
+    metrics = metrics_after_pass(cli.state_dir, desired.root)
+    for service, reason in (("web", "pinned"), ("api", "failed"), ("jobs", "frozen")):
+        assert held_metric(metrics, service, reason) == 1, (service, reason)
+        assert held_metric(metrics, service, "down") == 0
+    human = cli("status").stdout
+    assert "pinned" in human and "frozen" in human
+
+
+def test_rollback_without_yes_refuses_when_nobody_can_answer(cli: Cli, desired: Desired) -> None:
+    desired.write({"web": {"image": IMAGE_V1}})
+    done = subprocess.run(
+        [sys.executable, "-m", "reconciler", "--state-dir", str(cli.state_dir), "rollback",
+         "prod", "web", "--desired", str(desired.root)],
+        capture_output=True, text=True, timeout=60, input="y\n",
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "stdin is not a terminal" in done.stderr
+    assert not (cli.state_dir / "ledger.sqlite").exists() or not json.loads(
+        cli("ledger", "events", "--kind", "rollback", "--json").stdout
+    )
+
+
+def test_rollback_release_and_retry_while_the_daemon_runs(
+    tmp_path: Path, sandbox: SandboxServer, cli: Cli
+) -> None:
+    remote = Remote(tmp_path, sandbox.endpoint)
+    remote.push({"prod": {"web": {"image": IMAGE_V1, "count": 2}}}, "web v1")
+    # An interval far beyond the test: whatever happens quickly is the request's doing.
+    daemon = DaemonProcess(state_dir=cli.state_dir, repo=str(remote.bare),
+                           log_path=tmp_path / "daemon.log", interval="1h")  # fmt: skip
+    try:
+        states = lambda: generation_states(cli.state_dir)  # noqa: E731
+        wait_for(lambda: states() == {1: "active"}, what="generation 1")
+        remote.push({"prod": {"web": {"image": IMAGE_V2, "count": 2}}}, "web v2")
+        daemon.signal(__import__("signal").SIGHUP)
+        wait_for(lambda: states() == {1: "standby", 2: "active"}, what="generation 2")
+
+        started = time.monotonic()
+        rolled = cli("rollback", "prod", "web", "--yes", "--wait", "60s")
+        assert rolled.code == 0, rolled.stderr
+        assert "request" in rolled.stderr and "recorded" in rolled.stderr
+        assert "rolled back from generation 2 to 1" in rolled.stdout
+        assert time.monotonic() - started < 60, "answered by the daemon, not by its interval"
+        assert daemon.process.poll() is None, "the daemon kept running"
+        assert states() == {1: "active", 2: "standby"}
+        status = json.loads(cli("status", "--json").stdout)
+        wait_for(
+            lambda: [h["reason"] for s in json.loads(cli("status", "--json").stdout)["services"]
+                     for h in s["held"]] == ["pinned"],
+            what="status shows the pin",
+        )  # fmt: skip
+        assert status["requests"] == []
+
+        released = cli("release", "prod", "web")
+        assert released.code == 0, released.stderr
+        # The daemon passes at once after answering: git (v2) is the truth again.
+        wait_for(lambda: states() == {1: "standby", 2: "active"}, what="v2 active again")
+
+        refused = cli("retry", "prod", "web")
+        assert refused.code == 1
+        assert "did not fail" in refused.stderr
+        with Ledger.open(cli.state_dir) as ledger:
+            answered = ledger.request_rows()
+        assert [(r["kind"], r["state"]) for r in answered] == [
+            ("rollback", "done"), ("release", "done"), ("retry", "refused"),
+        ]  # fmt: skip
+        assert all(r["requested_by"] and r["answered_at"] for r in answered)
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_a_request_nobody_takes_is_withdrawn(cli: Cli, desired: Desired) -> None:
+    """The holder is not a daemon (here: a process holding the lock): the command waits,
+    then withdraws its request so that nothing acts on it later by surprise."""
+    desired.write({"web": {"image": IMAGE_V1}})
+    assert run(cli, desired, "validate").code == 0
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from reconciler.statelock import StateLock;"
+         f" StateLock(Path({str(cli.state_dir)!r})).acquire(); print('held', flush=True);"
+         " time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        done = cli("retry", "prod", "web", "--wait", "1s")
+        assert done.code == 1
+        assert "withdrawn" in done.stderr and "nothing was changed" in done.stderr
+        with Ledger.open(cli.state_dir) as ledger:
+            assert [r["state"] for r in ledger.request_rows()] == ["cancelled"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def generation_states(state_dir: Path) -> dict[int, str]:
+    with Ledger.open(state_dir) as ledger:
+        return {r["number"]: r["state"] for r in ledger.generation_rows(env="prod", service="web")}
