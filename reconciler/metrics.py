@@ -110,7 +110,19 @@ class Metrics:
             "Operator requests (rollback, release, retry, unfreeze) not yet answered.",
             registry=r,
         )  # fmt: skip
+        self.interval = Gauge(
+            "reconciler_pass_interval_seconds",
+            "The daemon's --interval: alerts count missed passes in it.", registry=r,
+        )  # fmt: skip
+        self.started = Gauge(
+            "reconciler_started_timestamp_seconds", "When this daemon started (Unix time).",
+            registry=r,
+        )  # fmt: skip
+        self.started.set_to_current_time()
         self._services: set[tuple[str, str]] = set()
+
+    def daemon_started(self, *, interval: float) -> None:
+        self.interval.set(interval)
 
     def serve(self, address: str) -> None:
         host, _, port = address.rpartition(":")

@@ -186,6 +186,7 @@ def daemon(
     with domain_errors(), StateLock(ctx.obj["state_dir"]), open_ledger(ctx) as ledger:
         metrics = Metrics(ledger) if metrics_addr else None
         if metrics is not None and metrics_addr:
+            metrics.daemon_started(interval=interval)
             metrics.serve(metrics_addr)
         runner = Daemon(
             settings, state_dir=ctx.obj["state_dir"], ledger=ledger, notifier=notifier,
