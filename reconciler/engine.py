@@ -175,14 +175,9 @@ def report_odd_instances(
             )  # fmt: skip
 
 
-def check_guards(
-    desired: DesiredState,
-    observed: Sequence[ObservedInstance],
-    plan: Plan,
-    *,
-    allow_mass_destroy: bool,
-) -> list[str]:
-    """DESIGN §4 guards; each returned string is a reason to refuse the whole run."""
+def static_refusals(desired: DesiredState) -> list[str]:
+    """The guards that need only the desired state: `validate` gives the same verdict
+    as `plan` and `apply` (an empty desired state or environment is refused by all)."""
     reasons: list[str] = []
     if not desired.environments:
         reasons.append("the desired state declares no environments; refusing to act on it")
@@ -192,6 +187,18 @@ def check_guards(
                 f"environment {env.name} ({env.source_file}) declares no services; "
                 "refusing to prune it (delete the file to decommission the environment)"
             )
+    return reasons
+
+
+def check_guards(
+    desired: DesiredState,
+    observed: Sequence[ObservedInstance],
+    plan: Plan,
+    *,
+    allow_mass_destroy: bool,
+) -> list[str]:
+    """DESIGN §4 guards; each returned string is a reason to refuse the whole run."""
+    reasons = static_refusals(desired)
     alive = [i for i in observed if i.alive]
     reducing = [
         a for a in plan.actions if a.kind is ActionKind.DESTROY and a.reason in CAPACITY_REDUCING
@@ -339,6 +346,7 @@ def _apply_run(
                 commit=desired.commit, detail={"reasons": reasons},
             )  # fmt: skip
             raise GuardRefused(reasons)
+        report_removed_environments(ledger, plan, run=run_id, at=started)
         rollout = Rollout(
             desired,
             load_balancers=load_balancer_ports(desired, providers),
@@ -399,6 +407,32 @@ def _apply_run(
     finished = log.error if result_name == "failed" else log.info
     finished("run_finished", result=result_name, failures=len(result.failures), **counts)
     return outcome
+
+
+def report_removed_environments(ledger: Ledger, plan: Plan, *, run: int, at: datetime) -> None:
+    """An environment whose file was deleted is reported as that, once: an event (with
+    what it dismantles) and a log line, before its instances go."""
+    removing: dict[str, set[str]] = {}
+    for action in plan.actions:
+        if action.reason is Reason.ENVIRONMENT_REMOVED:
+            removing.setdefault(action.env, set()).add(action.service)
+    for env, services in sorted(removing.items()):
+        newest = max(
+            (g.created_at for g in ledger.view().generations if g.env == env and g.created_at),
+            default=None,
+        )
+        if any(
+            newest is None or datetime.fromisoformat(e["at"]) >= newest
+            for e in ledger.event_rows(kind="environment_removed", env=env)
+        ):
+            continue  # already reported since the environment last deployed anything
+        destroys = sum(
+            1 for a in plan.actions if a.env == env and a.kind is ActionKind.DESTROY
+        )
+        ledger.record_event(kind="environment_removed", at=at, run=run, env=env,
+                            detail={"services": sorted(services), "instances": destroys})  # fmt: skip
+        log.warning("environment_removed", env=env, services=sorted(services),
+                    instances=destroys)  # fmt: skip
 
 
 def report_down_services(

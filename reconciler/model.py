@@ -298,11 +298,17 @@ class Reason(StrEnum):
     # recording a generation the cloud has but the ledger lost.
     FAILED_GENERATION = "failed-generation"
     UNRECORDED_GENERATION = "unrecorded-generation"
+    # A whole environment file deleted, or one service removed from its file: said as
+    # such, not as instances of nothing desired.
+    ENVIRONMENT_REMOVED = "environment-removed"
+    SERVICE_REMOVED = "service-removed"
 
 
 # Destroys that take away serving capacity without a same-plan replacement:
 # these are what the mass-destroy guard counts.
-CAPACITY_REDUCING = frozenset({Reason.SURPLUS, Reason.UNOWNED_GENERATION})
+CAPACITY_REDUCING = frozenset(
+    {Reason.SURPLUS, Reason.UNOWNED_GENERATION, Reason.ENVIRONMENT_REMOVED, Reason.SERVICE_REMOVED}
+)
 
 
 @dataclass(frozen=True)

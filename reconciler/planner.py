@@ -47,6 +47,7 @@ class _ServiceFacts:
     env: str
     service: str
     spec: ServiceSpec | None
+    env_declared: bool = True  # its environment file exists
     generations: dict[int, GenerationRecord] = field(default_factory=dict)
     instances: list[ObservedInstance] = field(default_factory=list)  # not gone
     records: list[InstanceRecord] = field(default_factory=list)  # ledger, live
@@ -152,11 +153,14 @@ def _gather(
     desired: DesiredState, observed: Sequence[ObservedInstance], ledger: LedgerView
 ) -> list[_ServiceFacts]:
     facts: dict[ServiceKey, _ServiceFacts] = {}
+    declared = {e.name for e in desired.environments}
 
     def facts_for(env: str, service: str) -> _ServiceFacts:
         key = (env, service)
         if key not in facts:
-            facts[key] = _ServiceFacts(env, service, desired.service(env, service))
+            facts[key] = _ServiceFacts(
+                env, service, desired.service(env, service), env_declared=env in declared
+            )
         return facts[key]
 
     for spec in desired.services():
@@ -302,12 +306,17 @@ def _prune_destroyed_generations(facts: _ServiceFacts) -> list[Action]:
 
 
 def _remove_service(facts: _ServiceFacts) -> list[Action]:
-    """The service is no longer desired: prune every generation it still has."""
+    """The service is no longer desired: prune every generation it still has, saying
+    whether its environment file or only the service was removed."""
     actions: list[Action] = []
+    if facts.env_declared:
+        reason, detail = Reason.SERVICE_REMOVED, f"not in environments/{facts.env}.yaml"
+    else:
+        reason, detail = Reason.ENVIRONMENT_REMOVED, f"environment file {facts.env} removed"
     for _number, gen in sorted(facts.generations.items()):
         if gen.state is GenerationState.DESTROYED:
             continue
-        actions += _dismantle(facts, gen, Reason.UNOWNED_GENERATION, detail="not desired")
+        actions += _dismantle(facts, gen, reason, detail=detail)
     return actions
 
 

@@ -121,7 +121,7 @@ def test_migrations_create_every_table_and_index_and_reapply_as_no_op(state_dir:
     schema = conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall()
 
     with Ledger.open(state_dir) as again:
-        again.record_event(kind="reopened", at=T0)
+        again.record_event(kind="invalid_commit", at=T0)
     assert conn.execute("SELECT name FROM _sqlite_migrations").fetchall() == applied
     assert conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall() == schema
     conn.close()
@@ -159,7 +159,7 @@ def test_cost_rollup_migration_fills_from_an_existing_ledger(state_dir: Path) ->
 
 
 def test_new_state_dir_is_0700_and_ledger_file_0600(state_dir: Path, ledger: Ledger) -> None:
-    ledger.record_event(kind="written", at=T0)  # make sure the -wal file exists too
+    ledger.record_event(kind="invalid_commit", at=T0)  # make sure the -wal file exists too
     assert ledger.path == state_dir / "ledger.sqlite"
     assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(ledger.path.stat().st_mode) == 0o600
@@ -337,12 +337,12 @@ def test_generation_rows_filter_and_order(ledger: Ledger) -> None:
 
 def test_naive_times_are_refused(ledger: Ledger) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
-        ledger.record_event(kind="x", at=datetime(2026, 1, 1))
+        ledger.record_event(kind="invalid_commit", at=datetime(2026, 1, 1))
 
 
 def test_times_are_stored_as_utc(ledger: Ledger) -> None:
     plus_two = T0.astimezone(timezone(timedelta(hours=2)))
-    ledger.record_event(kind="x", at=plus_two)
+    ledger.record_event(kind="invalid_commit", at=plus_two)
     assert ledger.event_rows()[0]["at"] == T0_TEXT
 
 
@@ -558,7 +558,7 @@ def test_concurrent_writers_all_land(ledger: Ledger) -> None:
         try:
             start.wait()
             for n in range(per_thread):
-                ledger.record_event(kind="load", at=T0, generation=worker, detail={"n": n})
+                ledger.record_event(kind="invalid_commit", at=T0, generation=worker, detail={"n": n})
         except BaseException as exc:  # surfaced below; a thread cannot fail the test itself
             errors.append(exc)
 
@@ -568,7 +568,7 @@ def test_concurrent_writers_all_land(ledger: Ledger) -> None:
     for worker in workers:
         worker.join(timeout=30)
     assert errors == []
-    rows = ledger.event_rows(kind="load")
+    rows = ledger.event_rows(kind="invalid_commit")
     assert len(rows) == threads * per_thread
     for w in range(threads):
         mine = sorted(r["detail"]["n"] for r in rows if r["generation"] == w)
@@ -576,7 +576,7 @@ def test_concurrent_writers_all_land(ledger: Ledger) -> None:
 
 
 def test_second_ledger_reads_while_the_first_writes(state_dir: Path, ledger: Ledger) -> None:
-    ledger.record_event(kind="before", at=T0)
+    ledger.record_event(kind="invalid_commit", at=T0)
     reader = Ledger.open(state_dir)
 
     # A reader holding a snapshot does not block a writer in WAL mode (with a rollback
@@ -585,7 +585,7 @@ def test_second_ledger_reads_while_the_first_writes(state_dir: Path, ledger: Led
     snapshot.execute("BEGIN")
     assert snapshot.execute("SELECT count(*) FROM events").fetchone()[0] == 1
     began = time.monotonic()
-    ledger.record_event(kind="during", at=T0)
+    ledger.record_event(kind="history_rewritten", at=T0)
     assert time.monotonic() - began < 1.0
     assert snapshot.execute("SELECT count(*) FROM events").fetchone()[0] == 1
     snapshot.execute("COMMIT")
@@ -596,7 +596,7 @@ def test_second_ledger_reads_while_the_first_writes(state_dir: Path, ledger: Led
     writer.execute("BEGIN IMMEDIATE")
     writer.execute("INSERT INTO events (at, kind) VALUES (?, 'uncommitted')", [T0_TEXT])
     began = time.monotonic()
-    assert [e["kind"] for e in reader.event_rows()] == ["before", "during"]
+    assert [e["kind"] for e in reader.event_rows()] == ["invalid_commit", "history_rewritten"]
     assert time.monotonic() - began < 1.0
     writer.execute("COMMIT")
     writer.close()
@@ -608,17 +608,17 @@ def test_second_ledger_reads_while_the_first_writes(state_dir: Path, ledger: Led
 
     def keep_reading() -> None:
         while not done.is_set():
-            seen.append(len(reader.event_rows(kind="stream")))
+            seen.append(len(reader.event_rows(kind="operations_recovered")))
 
     thread = threading.Thread(target=keep_reading)
     thread.start()
     for _ in range(100):
-        ledger.record_event(kind="stream", at=T0)
+        ledger.record_event(kind="operations_recovered", at=T0)
     done.set()
     thread.join(timeout=10)
     reader.close()
     assert seen == sorted(seen) and seen
-    assert len(ledger.event_rows(kind="stream")) == 100
+    assert len(ledger.event_rows(kind="operations_recovered")) == 100
 
 
 def test_commits_are_remembered_with_validity_and_joined_into_history(ledger: Ledger) -> None:
@@ -688,7 +688,7 @@ def test_corrupt_ledger_is_refused_naming_the_file_and_the_rebuild_command(
 ) -> None:
     with Ledger.open(state_dir) as ledger:
         for n in range(200):
-            ledger.record_event(kind="filler", at=T0, detail={"n": n, "pad": "x" * 200})
+            ledger.record_event(kind="invalid_commit", at=T0, detail={"n": n, "pad": "x" * 200})
     conn = raw(state_dir)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     (root,) = conn.execute(
@@ -714,7 +714,7 @@ def test_listing_a_damaged_ledger_without_the_open_check_still_refuses(
     fails with the file and the recovery command named, never with wrong rows."""
     with Ledger.open(state_dir) as ledger:
         for n in range(200):
-            ledger.record_event(kind="filler", at=T0, detail={"n": n, "pad": "x" * 200})
+            ledger.record_event(kind="invalid_commit", at=T0, detail={"n": n, "pad": "x" * 200})
     conn = raw(state_dir)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'events'").fetchone()

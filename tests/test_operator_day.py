@@ -299,3 +299,46 @@ def test_a_request_nobody_takes_is_withdrawn(cli: Cli, desired: Desired) -> None
 def generation_states(state_dir: Path) -> dict[int, str]:
     with Ledger.open(state_dir) as ledger:
         return {r["number"]: r["state"] for r in ledger.generation_rows(env="prod", service="web")}
+
+
+@pytest.mark.parametrize("emptied", ["services: {}\n", "services:\n", "# retired\n"])
+def test_validate_and_plan_give_one_verdict_on_an_emptied_environment(
+    cli: Cli, desired: Desired, emptied: str
+) -> None:
+    desired.write({"web": {"image": IMAGE_V1}})
+    (desired.root / "environments" / "staging.yaml").write_text(f"provider: cloud\n{emptied}")
+    validated = run(cli, desired, "validate")
+    planned = run(cli, desired, "plan")
+    assert validated.code == planned.code == 3
+    assert "staging" in validated.stderr and "declares no services" in validated.stderr
+    assert "delete the file" in validated.stderr
+    (desired.root / "environments" / "staging.yaml").unlink()
+    assert run(cli, desired, "validate").code == run(cli, desired, "plan").code == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("plan", "--no-such-option"),
+        ("no-such-command",),
+        ("rollback", "prod"),
+        ("daemon", "--repo", "x", "--interval", "0s"),
+        ("ledger", "events", "--kind", "no_such_kind"),
+        ("ledger", "history", "--limit", "-1"),
+        ("--log-format", "xml", "status"),
+    ],
+    ids=["option", "command", "argument", "range", "kind", "limit", "choice"],
+)
+def test_usage_errors_exit_1_never_the_changes_pending_code(cli: Cli, args: tuple[str, ...]) -> None:
+    done = cli(*args)
+    assert done.code == 1, (done.code, done.stderr)
+    assert "Error" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_version_names_the_source_commit(cli: Cli) -> None:
+    done = cli("--version")
+    assert done.code == 0
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1], check=False).stdout.strip()  # fmt: skip
+    expected = head[:12] if head else "unknown"
+    assert done.stdout.strip().startswith("reconciler ") and f"(commit {expected})" in done.stdout

@@ -42,8 +42,8 @@ def test_an_unusable_state_directory_is_a_clear_error(tmp_path: Path, layout: st
 
     assert "Traceback" not in result.stderr
     assert "ledger rebuild" not in result.stderr
-    if layout == "state-is-a-file":  # refused by the option itself (a usage error)
-        assert result.returncode == 2 and "is a file" in result.stderr
+    if layout == "state-is-a-file":  # refused by the option itself: a usage error, never 2
+        assert result.returncode == 1 and "is a file" in result.stderr
     else:
         assert result.returncode == 1
         assert f"cannot take the lock {state / 'lock'}" in result.stderr
@@ -74,7 +74,7 @@ def test_a_full_disk_is_reported_as_such_and_the_ledger_kept(small_disk: Path) -
         try:
             with Ledger.open(Path({str(state)!r})) as ledger:
                 for n in range(100000):
-                    ledger.record_event(kind="filler", at=datetime.now(UTC),
+                    ledger.record_event(kind="invalid_commit", at=datetime.now(UTC),
                                         detail={{"pad": "x" * 4000}})
         except LedgerError as exc:
             print(exc)

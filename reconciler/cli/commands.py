@@ -29,6 +29,7 @@ from reconciler.cli.common import (
     refuse_libcloud_debug,
 )
 from reconciler.cli.root import cli
+from reconciler.errors import GuardRefused
 from reconciler.ledger import Ledger
 from reconciler.statelock import StateLock
 
@@ -36,9 +37,13 @@ from reconciler.statelock import StateLock
 @cli.command()
 @desired_option
 def validate(desired_dir: Path) -> None:
-    """Check the desired state; exit 0 if valid, 1 if not."""
+    """Check the desired state; exit 0 if valid, 1 if not, 3 if plan and apply would
+    refuse it (an environment without services, no environments at all)."""
     with domain_errors():
         desired = engine.read_desired(desired_dir)
+        refusals = engine.static_refusals(desired)
+        if refusals:
+            raise GuardRefused(refusals)
     services = len(desired.services())
     click.echo(
         f"{desired_dir}: valid ({len(desired.environments)} environments, {services} services)"

@@ -31,6 +31,7 @@ from reconciler.cli.common import (
 from reconciler.cli.root import cli
 from reconciler.desired import parse_duration
 from reconciler.ledger import Ledger
+from reconciler.ledger.events import EVENT_KINDS
 from reconciler.orphans import desired_services
 from reconciler.rebuild import rebuild_ledger
 from reconciler.report import build_report, tables
@@ -191,10 +192,19 @@ def generations(
 EVENT_COLUMNS = ("at", "run", "kind", "env", "service", "generation", "instance", "detail")
 
 
+def _with_kinds(command: click.Command) -> click.Command:
+    """The events command's help lists every kind with what it records."""
+    lines = "\n".join(f"{kind}: {what}" for kind, what in EVENT_KINDS.items())
+    command.help = f"{command.help or ''}\n\nKinds:\n\n\b\n{lines}"
+    return command
+
+
+@_with_kinds
 @ledger.command()
 @_filters
 @_since
-@click.option("--kind", help="Only events of this kind.")
+@click.option("--kind", type=click.Choice(sorted(EVENT_KINDS)), metavar="KIND",
+              help="Only events of this kind (the list is in the help above).")
 @click.option("--limit", type=click.IntRange(min=0, max=MAX_LIMIT), default=200,
               show_default=True,
               help="The newest N events (0: all).")  # fmt: skip
@@ -211,7 +221,7 @@ def events(
     as_json: bool,
     as_csv: bool,
 ) -> None:
-    """What happened, oldest first: creations, activations, destroys, guards."""
+    """What happened, oldest first (the kinds are listed below)."""
     with _reading(ctx) as store:
         rows = store.event_rows(
             kind=kind, env=env, service=service, since=since, limit=limit or None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +22,7 @@ from sqlite_utils import Database
 
 from reconciler.errors import LedgerError
 from reconciler.ledger import codec, costsql, queries
+from reconciler.ledger.events import EVENT_KINDS
 from reconciler.ledger.connection import advice, open_database, transaction
 from reconciler.model import GenerationRecord, GenerationState, LedgerView
 
@@ -60,21 +61,34 @@ def _insert_transition(
     detail: dict[str, Any] = {"from": before.value if before else None, "to": after.value}
     if reason is not None:
         detail["reason"] = reason
+    _insert_event(db, "generation_state", at, env=env, service=service, generation=number,
+                  detail=detail)  # fmt: skip
+
+
+def _insert_event(
+    db: Database,
+    kind: str,
+    at: datetime,
+    *,
+    run: int | None = None,
+    env: str | None = None,
+    service: str | None = None,
+    generation: int | None = None,
+    instance: str | None = None,
+    detail: Mapping[str, Any] | None = None,
+) -> None:
+    """One event row, in the caller's transaction; only kinds of the catalogue."""
+    _require(kind, EVENT_KINDS, "event kind")
     db.table("events").insert(
         {
-            "at": codec.encode_time(at),
-            "run": None,
-            "kind": "generation_state",
-            "env": env,
-            "service": service,
-            "generation": number,
-            "instance": None,
+            "at": codec.encode_time(at), "run": run, "kind": kind, "env": env,
+            "service": service, "generation": generation, "instance": instance,
             "detail": codec.encode_json(detail),
         }
-    )
+    )  # fmt: skip
 
 
-def _require(value: str, allowed: frozenset[str], what: str) -> str:
+def _require(value: str, allowed: Collection[str], what: str) -> str:
     # A typo here is a bug in the caller, not a ledger failure: ValueError, not LedgerError.
     if value not in allowed:
         raise ValueError(f"unknown {what} {value!r}; expected one of {sorted(allowed)}")
@@ -367,7 +381,13 @@ class Ledger:
             "op": op,
         }
         with self._transaction("record_instance", write=True) as db:
+            known = db.execute("SELECT 1 FROM instances WHERE id = ?", [id]).fetchone()
             db.table("instances").upsert(row, pk="id")
+            if known is None:
+                _insert_event(db, "instance_created", created_at, env=env, service=service,
+                              generation=generation, instance=id,
+                              detail={"provider": provider, "image": image, "size": size,
+                                      "state": row["state"]})  # fmt: skip
 
     def set_instance_state(
         self, instance_id: str, *, state: str, at: datetime, reason: str | None = None
@@ -386,11 +406,24 @@ class Ledger:
         elif reason is not None:
             updates["reason"] = reason
         assignments = ", ".join(f'"{name}" = ?' for name in updates)
+        ended = state in queries.ENDED_INSTANCE_STATES
         with self._transaction("set_instance_state", write=True) as db:
+            # An instance ends once: its first end (time and reason) is history.
+            current = db.execute(
+                "SELECT env, service, generation, ended_s FROM instances WHERE id = ?",
+                [instance_id],
+            ).fetchone()
+            if current is None or (ended and current[3] is not None):
+                return
             db.execute(
                 f"UPDATE instances SET {assignments} WHERE id = ?",
                 [*updates.values(), instance_id],
             )
+            if ended:
+                kind = "instance_destroyed" if state == "destroyed" else "instance_gone"
+                _insert_event(db, kind, at, env=current[0], service=current[1],
+                              generation=current[2], instance=instance_id,
+                              detail={"reason": reason})  # fmt: skip
 
     # ------------------------------------------------------------ operations
 
@@ -451,18 +484,9 @@ class Ledger:
         instance: str | None = None,
         detail: Mapping[str, Any] | None = None,
     ) -> None:
-        row = {
-            "at": codec.encode_time(at),
-            "run": run,
-            "kind": kind,
-            "env": env,
-            "service": service,
-            "generation": generation,
-            "instance": instance,
-            "detail": codec.encode_json(detail),
-        }
         with self._transaction("record_event", write=True) as db:
-            db.table("events").insert(row)
+            _insert_event(db, kind, at, run=run, env=env, service=service,
+                          generation=generation, instance=instance, detail=detail)  # fmt: skip
 
     # ------------------------------------------------------------ reads
 
