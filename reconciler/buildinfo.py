@@ -1,8 +1,9 @@
 """What this build of reconciler is: its version and, where known, its source commit.
 
 Owns: the answer `--version` prints and `reconciler_build_info` exports. The commit
-comes from `RECONCILER_BUILD_COMMIT` (set by a packager), else from the git checkout the
-package runs from, else it is "unknown".
+comes from `RECONCILER_BUILD_COMMIT` (set by a packager), else from the package's
+`BUILD_COMMIT` file (written before `pip install .`, see the README), else from the git
+checkout the package runs from, else it is "unknown".
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ def commit() -> str:
     given = os.environ.get("RECONCILER_BUILD_COMMIT", "").strip()
     if given:
         return given[:40]
+    stamped = Path(__file__).parent / "BUILD_COMMIT"  # written before `pip install .`
+    try:
+        text = stamped.read_text().strip()
+    except OSError:
+        text = ""
+    if text:
+        return text[:40]
     return source_commit(Path(__file__).parent) or "unknown"
 
 

@@ -426,11 +426,9 @@ def report_removed_environments(ledger: Ledger, plan: Plan, *, run: int, at: dat
             for e in ledger.event_rows(kind="environment_removed", env=env)
         ):
             continue  # already reported since the environment last deployed anything
-        destroys = sum(
-            1 for a in plan.actions if a.env == env and a.kind is ActionKind.DESTROY
-        )
-        ledger.record_event(kind="environment_removed", at=at, run=run, env=env,
-                            detail={"services": sorted(services), "instances": destroys})  # fmt: skip
+        destroys = sum(1 for a in plan.actions if a.env == env and a.kind is ActionKind.DESTROY)
+        detail = {"services": sorted(services), "instances": destroys}
+        ledger.record_event(kind="environment_removed", at=at, run=run, env=env, detail=detail)
         log.warning("environment_removed", env=env, services=sorted(services),
                     instances=destroys)  # fmt: skip
 

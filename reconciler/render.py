@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from rich import box
@@ -17,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from reconciler.costs import HOURS_PER_MONTH, PlanCosts
+from reconciler.formatting import human_time, money
 from reconciler.model import Action, ActionKind, Plan
 from reconciler.terminal import shown
 
@@ -71,13 +71,6 @@ def plan_to_json(
         document["overlap_cost"] = costs.overlap_cost
         document["unpriced"] = list(costs.unpriced)
     return document
-
-
-def money(value: float, *, signed: bool = False) -> str:
-    """`$15.18`, or `+$15.18` / `-$0.50` when the sign matters; sub-cent amounts keep 4."""
-    sign = ("+" if value > 0 else "-" if value < 0 else "") if signed else ""
-    digits = 2 if abs(value) >= 0.01 or value == 0 else 4
-    return f"{sign}${abs(value):,.{digits}f}"
 
 
 def _action_cost(costs: PlanCosts | None, index: int) -> str:
@@ -147,18 +140,6 @@ def print_holds(console: Console, holds: Sequence[Mapping[str, Any]]) -> None:
         )
 
 
-def human_time(value: Any) -> str:
-    """An ISO 8601 time as `2026-12-03 21:04Z` (UTC, minutes): unambiguous and short."""
-    text = str(value)
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return text
-    if moment.tzinfo is None:
-        return text
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%MZ")
-
-
 def print_json(document: Any) -> None:
     # Valid JSON only: a float that is not finite (an unbounded ratio, an absurd price
     # from a provider) is written as null, never as the `Infinity` JSON does not have.
@@ -181,11 +162,12 @@ def print_rows(
 ) -> None:
     columns = list(columns)
     table = Table(
-        title=title, box=box.SIMPLE_HEAD, expand=False, padding=(0, 1, 0, 0), pad_edge=False
+        title=title, box=box.SIMPLE_HEAD, expand=False, padding=0, pad_edge=False, show_edge=False
     )
     for column in columns:
-        # Only free text may wrap; ids, states and times stay on one line each.
-        wrap = column in ("reason", "detail")
+        # Free text wraps; a time wraps between its date and its hour; ids and states
+        # stay whole. At 80 columns every column stays, none is cut short.
+        wrap = column in ("reason", "detail", "why") or column in TIME_COLUMNS
         table.add_column(
             column.removesuffix("_at"),
             overflow="fold",
@@ -206,7 +188,7 @@ def compact_generation_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str,
             "generation": f"{row['env']}/{row['service']} g{row['number']}",
             "state": row["state"],
             "image": row["image"],
-            "commit": (row.get("commit") or "")[:8] or None,
+            "commit": (row.get("commit") or "")[:7] or None,
             "created": row.get("created_at"),
             "ended": row.get("destroyed_at") or row.get("retired_at"),
             "reason": row.get("reason"),
@@ -215,6 +197,20 @@ def compact_generation_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str,
     ]
 
 
+TIME_COLUMNS = frozenset(
+    {
+        "created",
+        "ended",
+        "at",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "destroyed_at",
+        "activated_at",
+        "retired_at",
+        "since",
+    }
+)
 STATUS_COLUMNS = ("service", "state", "image", "running", "active", "standby")
 COMPACT_COLUMNS = ("generation", "state", "image", "commit", "created", "ended", "reason")
 

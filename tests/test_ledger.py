@@ -558,7 +558,9 @@ def test_concurrent_writers_all_land(ledger: Ledger) -> None:
         try:
             start.wait()
             for n in range(per_thread):
-                ledger.record_event(kind="invalid_commit", at=T0, generation=worker, detail={"n": n})
+                ledger.record_event(
+                    kind="invalid_commit", at=T0, generation=worker, detail={"n": n}
+                )
         except BaseException as exc:  # surfaced below; a thread cannot fail the test itself
             errors.append(exc)
 

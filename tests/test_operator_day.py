@@ -329,7 +329,9 @@ def test_validate_and_plan_give_one_verdict_on_an_emptied_environment(
     ],
     ids=["option", "command", "argument", "range", "kind", "limit", "choice"],
 )
-def test_usage_errors_exit_1_never_the_changes_pending_code(cli: Cli, args: tuple[str, ...]) -> None:
+def test_usage_errors_exit_1_never_the_changes_pending_code(
+    cli: Cli, args: tuple[str, ...]
+) -> None:
     done = cli(*args)
     assert done.code == 1, (done.code, done.stderr)
     assert "Error" in done.stderr and "Traceback" not in done.stderr

@@ -3,6 +3,7 @@ headless Chromium with its charts in the DOM, no console errors and no network r
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -12,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.formatting import money
 from reconciler.ledger import Ledger
 from reconciler.model import GenerationState
 from reconciler.orphans import DesiredService, observation_document
 from reconciler.report import build_report
-from reconciler.report.tables import money
 from tests.test_orphans import node
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -98,8 +99,30 @@ def test_report_is_self_contained_and_escaped(report: Path) -> None:
         assert marker in page
 
 
+def test_report_shows_failed_generations_and_failed_runs(tmp_path: Path) -> None:
+    with Ledger.open(tmp_path / "state") as ledger:
+        _fill(ledger)
+        refused = ledger.start_run(command="apply", commit=None)
+        ledger.finish_run(refused, result="refused", counts={}, error="mass destroy <b>guard</b>")
+        ledger.set_generation_state("production", "api", 2, state=GenerationState.FAILED,
+            at=NOW - timedelta(hours=1), reason='failed: health gate: exit 3: "db" <down>')  # fmt: skip
+        page = build_report(ledger, now=NOW, days=14)
+    failed = page[page.index('id="failed-generations"'):page.index('id="failed-runs-section"')]
+    assert "production/api" in failed and "g2" in failed and "ami-00000002" in failed
+    assert "health gate: exit 3: &#34;db&#34; &lt;down&gt;" in failed
+    assert "production/web" not in failed, "only failed generations"
+    runs = page[page.index('id="failed-runs"'):page.index('id="orphans-section"')]
+    assert runs.count("<tr>") == 1 + 2, "the header, the failed run and the refused one"
+    assert "boom &lt;script&gt;" in runs and "mass destroy &lt;b&gt;guard&lt;/b&gt;" in runs
+    assert "result-refused" in runs and "result-no-op" not in runs
+    assert re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}Z", runs), "times with the date and zone"
+    assert "<b>guard" not in page, "autoescaped: no markup from the ledger gets through"
+
+
 def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: .ci/run installs Debian's chromium package")
         pytest.skip(
             "headless Chromium is not installed: install Debian's `chromium` package "
             "(apt-get install chromium; .ci/run does it) to run the report's browser test"

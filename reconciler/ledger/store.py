@@ -22,8 +22,8 @@ from sqlite_utils import Database
 
 from reconciler.errors import LedgerError
 from reconciler.ledger import codec, costsql, queries
-from reconciler.ledger.events import EVENT_KINDS
 from reconciler.ledger.connection import advice, open_database, transaction
+from reconciler.ledger.events import EVENT_KINDS
 from reconciler.model import GenerationRecord, GenerationState, LedgerView
 
 RUN_RESULTS = frozenset({"ok", "changes", "failed", "refused", "no-op", "interrupted", "skipped"})
@@ -610,9 +610,7 @@ class Ledger:
     def request_rows(self, *, limit: int | None = None) -> list[dict[str, Any]]:
         """Every operator request, oldest first (the newest `limit` when given)."""
         with self._transaction("request_rows", write=False) as db:
-            rows = list(
-                db.query("SELECT * FROM requests ORDER BY id DESC LIMIT ?", [limit or -1])
-            )
+            rows = list(db.query("SELECT * FROM requests ORDER BY id DESC LIMIT ?", [limit or -1]))
         return rows[::-1]
 
     def pending_request_rows(self) -> list[dict[str, Any]]:
@@ -636,6 +634,18 @@ class Ledger:
         for row in rows:
             row["held"] = codec.decode_json(row["held"])
         return rows[0] if rows else None
+
+    def failed_run_rows(self, *, since: datetime, limit: int) -> list[dict[str, Any]]:
+        """Runs since `since` that failed, were refused or were interrupted, newest first."""
+        with self._transaction("failed_run_rows", write=False) as db:
+            rows = list(db.query(
+                "SELECT * FROM runs WHERE result IN ('failed', 'refused', 'interrupted')"
+                " AND started_at >= ? ORDER BY id DESC LIMIT ?",
+                [codec.encode_time(since), limit],
+            ))  # fmt: skip
+        for row in rows:
+            row["counts"] = codec.decode_json(row["counts"]) or {}
+        return rows
 
     def run_rows(self, *, limit: int | None = None) -> list[dict[str, Any]]:
         """Runs newest first, `counts` decoded."""

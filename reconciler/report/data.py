@@ -15,6 +15,7 @@ from reconciler.ledger import Ledger
 
 GENERATIONS_PER_SERVICE = 12
 RUNS_SHOWN = 15
+FAILED_RUNS_SHOWN = 50
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class ReportData:
     orphans: list[dict[str, Any]]
     observed_at: datetime | None
     runs: list[dict[str, Any]]
+    failed_runs: list[dict[str, Any]]  # failed, refused or interrupted, in the window
 
 
 def _parse(text: str | None) -> datetime | None:
@@ -54,4 +56,5 @@ def gather_report(ledger: Ledger, *, now: datetime, days: int) -> ReportData:
         orphans=[o.to_json() for o in orphans.orphans],
         observed_at=orphans.observed_at,
         runs=ledger.run_rows(limit=RUNS_SHOWN),
+        failed_runs=ledger.failed_run_rows(since=start, limit=FAILED_RUNS_SHOWN),
     )

@@ -1,20 +1,25 @@
 """The report page: one HTML document with inline CSS and SVG, nothing loaded from anywhere.
 
-Owns: the page's layout, its stylesheet and its tables (orphans, last runs). A
-Content-Security-Policy meta tag forbids every network fetch, so even a future edit
-that adds a URL by mistake loads nothing. Must not: emit script, or text from the
-ledger that has not passed through `html.escape`.
+Owns: the page's stylesheet and turning `ReportData` into the rows and cards the Jinja2
+template (`templates/report.html.j2`, autoescaped) lays out: summary, generations,
+cost, failed generations, failed runs, orphans, last runs. A Content-Security-Policy
+meta tag forbids every network fetch, so even a future edit that adds a URL by mistake
+loads nothing. Must not: emit script, or mark anything safe but the SVG charts (which
+`svg` builds from escaped values). The only Jinja2 user.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from html import escape
 from typing import Any
 
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
+
+from reconciler.formatting import human_time, money
 from reconciler.report.data import ReportData
 from reconciler.report.svg import cost_chart, timeline
-from reconciler.report.tables import age, money, short_time
+from reconciler.report.tables import age
 
 CSS = """
 :root { color-scheme: light; --ink: #1f2937; --muted: #6b7280; --line: #e5e7eb; }
@@ -60,117 +65,115 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 
 # No network at all: the page is self-contained by construction and by policy.
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+FAILED_RESULTS = ("failed", "refused", "interrupted")
+KEYS = (("creating", "#93c5fd"), ("active", "#16a34a"), ("standby", "#f59e0b"),
+        ("failed", "#dc2626"))  # fmt: skip
+
+_TEMPLATES = Environment(
+    loader=PackageLoader("reconciler.report", "templates"),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_TEMPLATES.globals["zip"] = zip
 
 
-def _table(
-    table_id: str, headers: Sequence[tuple[str, bool]], rows: Sequence[Sequence[str]], empty: str
-) -> str:
-    if not rows:
-        return f'<p class="muted" id="{table_id}-empty">{escape(empty)}</p>'
-    head = "".join(f'<th class="num">{escape(h)}</th>' if num else f"<th>{escape(h)}</th>"
-                   for h, num in headers)  # fmt: skip
-    body = []
-    for row in rows:
-        cells = "".join(
-            f'<td class="num">{cell}</td>' if num else f"<td>{cell}</td>"
-            for (_, num), cell in zip(headers, row, strict=True)
-        )
-        body.append(f"<tr>{cells}</tr>")
-    return (
-        f'<table id="{table_id}"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table>"
-    )
+def _span(css_class: str, text: str) -> Markup:
+    """A styled cell: the class is ours, the text is escaped."""
+    return Markup('<span class="{}">{}</span>').format(css_class, text)
 
 
-def _orphans(data: ReportData) -> str:
+def _orphan_rows(data: ReportData) -> list[list[Any]]:
     rows = []
     for o in data.orphans:
         where = "/".join(str(o[k]) for k in ("env", "service") if o.get(k))
         if o.get("generation") is not None:
             where += f" g{o['generation']}"
         rows.append([
-            f'<span class="kind">{escape(o["kind"])}</span>',
-            escape(o.get("instance") or "-"),
-            escape(where or o.get("state") or "-"),
-            escape(age(o.get("age_seconds"))),
-            escape(money(o.get("cost"))),
-            f'<span class="muted">{escape(o["action"])}</span>',
+            _span("kind", o["kind"]), o.get("instance") or "-",
+            where or o.get("state") or "-", age(o.get("age_seconds")), money(o.get("cost")),
+            _span("muted", o["action"]),
         ])  # fmt: skip
-    if data.observed_at is None:
-        note = "No observation recorded yet."
-    else:
-        note = f"As observed by the last pass at {data.observed_at:%Y-%m-%d %H:%M} UTC."
-    headers = [("kind", False), ("instance", False), ("where", False), ("age", True),
-               ("cost so far", True), ("what to do", False)]  # fmt: skip
-    return f'<p class="muted">{escape(note)}</p>' + _table(
-        "orphans", headers, rows, "No orphans: everything running is desired."
+    return rows
+
+
+def _result(run: dict[str, Any]) -> Markup:
+    result = str(run.get("result") or "running")
+    return _span(f"result-{result}", result)
+
+
+def _counts(run: dict[str, Any]) -> str:
+    counts = run.get("counts") or {}
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items()) if not k.startswith("drift:"))
+
+
+def _run_rows(runs: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    return [
+        [str(run["id"]), human_time(run.get("started_at")), run.get("command") or "",
+         (run.get("commit") or "-")[:10], _result(run), _counts(run) or "-",
+         _span("muted", (run.get("error") or "")[:300])]
+        for run in runs
+    ]  # fmt: skip
+
+
+def _failed(row: dict[str, Any]) -> bool:
+    return row.get("state") == "failed" or str(row.get("reason") or "").startswith("failed")
+
+
+def _failed_generation_rows(data: ReportData) -> list[list[Any]]:
+    failed = sorted(
+        (r for r in data.generations if _failed(r)),
+        key=lambda r: r.get("retired_at") or r.get("created_at") or "",
+        reverse=True,
     )
-
-
-def _runs(runs: Sequence[dict[str, Any]]) -> str:
-    rows = []
-    for run in runs:
-        result = run.get("result") or "running"
-        counts = ", ".join(
-            f"{n} {k}" for k, n in sorted((run.get("counts") or {}).items())
-            if not k.startswith("drift:")
-        )  # fmt: skip
-        rows.append([
-            escape(str(run["id"])),
-            escape(short_time(run.get("started_at"))),
-            escape(run.get("command") or ""),
-            escape((run.get("commit") or "-")[:10]),
-            f'<span class="result-{escape(result)}">{escape(result)}</span>',
-            escape(counts or "-"),
-            f'<span class="muted">{escape((run.get("error") or "")[:300])}</span>',
-        ])  # fmt: skip
-    headers = [("run", True), ("started", False), ("command", False), ("commit", False),
-               ("result", False), ("actions", False), ("error", False)]  # fmt: skip
-    return _table("runs", headers, rows, "No runs recorded yet.")
+    return [
+        [f"{r['env']}/{r['service']}", f"g{r['number']}", r.get("image") or "-",
+         human_time(r.get("retired_at") or r.get("destroyed_at") or r.get("created_at")),
+         _span("muted", str(r.get("reason") or "no reason recorded")[:500]),
+         money(r.get("cost"))]
+        for r in failed
+    ]  # fmt: skip
 
 
 def render_report(data: ReportData) -> str:
     orphan_cost = sum(o.get("cost") or 0.0 for o in data.orphans)
     live = sum(row.get("instances_live") or 0 for row in data.generations)
-    cards = [
-        (money(data.total_cost), f"cost, last {(data.now - data.start).days} days"),
-        (str(live), "instances running"),
-        (str(len(data.orphans)), "orphans"),
-        (money(orphan_cost), "orphans' cost so far"),
-    ]
-    summary = "".join(f'<div class="card"><b>{escape(v)}</b><span>{escape(k)}</span></div>'
-                      for v, k in cards)  # fmt: skip
-    keys = "".join(
-        f'<span><i class="{cls}" style="background:{colour}"></i>{name}</span>'
-        for name, cls, colour in (
-            ("creating", "seg-creating", "#93c5fd"),
-            ("active", "seg-active", "#16a34a"),
-            ("standby", "seg-standby", "#f59e0b"),
-            ("failed", "seg-failed", "#dc2626"),
-        )
-    )
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{CSP}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>reconciler ledger report</title>
-<style>{CSS}</style>
-</head>
-<body>
-<header><h1>reconciler ledger report</h1>
-<p>{escape(f"{data.start:%Y-%m-%d} to {data.now:%Y-%m-%d %H:%M} UTC")}</p></header>
-<main>
-<div class="summary" id="summary">{summary}</div>
-<section id="generations"><h2>Generations per service</h2>
-{timeline(data.generations, start=data.start, now=data.now)}
-<div class="keys">{keys}</div></section>
-<section id="cost"><h2>Cost per day, by service</h2>
-{cost_chart(data.cost_by_day, start=data.start, now=data.now)}</section>
-<section id="orphans-section"><h2>Orphans</h2>{_orphans(data)}</section>
-<section id="runs-section"><h2>Last runs</h2>{_runs(data.runs)}</section>
-</main>
-</body>
-</html>
-"""
+    failed_runs = [r for r in data.failed_runs if r.get("result") in FAILED_RESULTS]
+    if data.observed_at is None:
+        orphans_note = "No observation recorded yet."
+    else:
+        orphans_note = f"As observed by the last pass at {human_time(data.observed_at)}."
+    page = _TEMPLATES.get_template("report.html.j2").render(
+        csp=CSP,
+        css=CSS,
+        period=f"{data.start:%Y-%m-%d} to {human_time(data.now)}",
+        cards=[
+            (money(data.total_cost), f"cost, last {(data.now - data.start).days} days"),
+            (str(live), "instances running"),
+            (str(len(data.orphans)), "orphans"),
+            (money(orphan_cost), "orphans' cost so far"),
+            (str(len(_failed_generation_rows(data))), "failed generations"),
+            (str(len(failed_runs)), "failed runs"),
+        ],
+        # Built by svg.py from escaped values: the only markup passed through as is.
+        timeline=Markup(timeline(data.generations, start=data.start, now=data.now)),
+        cost_chart=Markup(cost_chart(data.cost_by_day, start=data.start, now=data.now)),
+        keys=KEYS,
+        failed_headers=[("service", False), ("generation", False), ("image", False),
+                        ("failed at", False), ("why", False), ("cost", True)],
+        failed_generations=_failed_generation_rows(data),
+        failed_run_headers=[("run", True), ("started", False), ("command", False),
+                            ("commit", False), ("result", False), ("actions", False),
+                            ("error", False)],
+        failed_runs=_run_rows(failed_runs),
+        orphans_note=orphans_note,
+        orphan_headers=[("kind", False), ("instance", False), ("where", False),
+                        ("age", True), ("cost so far", True), ("what to do", False)],
+        orphans=_orphan_rows(data),
+        run_headers=[("run", True), ("started", False), ("command", False),
+                     ("commit", False), ("result", False), ("actions", False),
+                     ("error", False)],
+        runs=_run_rows(data.runs),
+    )  # fmt: skip
+    return page

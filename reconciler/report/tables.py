@@ -16,6 +16,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from reconciler.formatting import human_time, money
 from reconciler.orphans import ADVICE
 from reconciler.terminal import shown
 
@@ -28,18 +29,9 @@ COST_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
-def money(value: float | None) -> str:
-    if value is None:
-        return "-"
-    digits = 2 if abs(value) >= 0.01 or value == 0 else 4
-    return f"${value:,.{digits}f}"
-
-
 def short_time(text: str | None) -> str:
-    """`11-29 09:41` from a stored ISO-8601 time; the JSON keeps the full value."""
-    if not text or len(text) < 16:
-        return "-"
-    return f"{text[5:10]} {text[11:16]}"
+    """A stored ISO-8601 time as people read it (`formatting.human_time`)."""
+    return human_time(text)
 
 
 def age(seconds: float | None) -> str:
