@@ -59,6 +59,8 @@ class Activator:
             failure = f"unexpected {type(exc).__name__}"
         if failure:
             self._fail_activation(action, spec, f"health gate: {failure}")
+        where = f"{action.env}/{action.service} g{action.generation}"
+        run.progress.phase(f"switching traffic to {where}")
         old = self._alive(action.env, action.service, action.previous)
         try:
             self.traffic.switch(spec, old=old, new=new)

@@ -19,7 +19,13 @@ from reconciler import accounting
 from reconciler.apply import ApplyResult, HealthGate, _never, _nothing, apply_plan
 from reconciler.costs import PlanCosts
 from reconciler.desired import load_desired_state
-from reconciler.errors import GuardRefused, InvalidDesiredState, Problem, ReconcilerError
+from reconciler.errors import (
+    Declined,
+    GuardRefused,
+    InvalidDesiredState,
+    Problem,
+    ReconcilerError,
+)
 from reconciler.extensions import LoadBalancerPort
 from reconciler.gitinfo import current_commit
 from reconciler.ledger import Ledger
@@ -255,8 +261,12 @@ def apply_pass(
     should_stop: Callable[[], bool] = _never,
     heartbeat: Callable[[], None] = _nothing,
     on_call: ApiCallListener | None = None,
+    confirm: Callable[[Plan], bool] | None = None,
 ) -> PassOutcome:
     """One full pass. Raises GuardRefused (nothing changed) or returns the outcome.
+
+    `confirm`, when given, sees the plan once the guards passed and before anything
+    changes; answering False ends the run (`Declined`, nothing changed).
 
     `should_stop` is polled between operations (a stop lets the call in flight finish
     and starts nothing new); `heartbeat` is called from every wait (systemd watchdog).
@@ -274,6 +284,7 @@ def apply_pass(
             should_stop=should_stop,
             heartbeat=heartbeat,
             on_call=on_call,
+            confirm=confirm,
         )
 
 
@@ -287,6 +298,7 @@ def _apply_run(
     should_stop: Callable[[], bool],
     heartbeat: Callable[[], None],
     on_call: ApiCallListener | None,
+    confirm: Callable[[Plan], bool] | None,
 ) -> PassOutcome:
     started = datetime.now(UTC)
     notifications = Notifications(desired.notifiers)
@@ -346,6 +358,10 @@ def _apply_run(
                 commit=desired.commit, detail={"reasons": reasons},
             )  # fmt: skip
             raise GuardRefused(reasons)
+        if confirm is not None and not plan.empty and not confirm(plan):
+            ledger.finish_run(run_id, result="skipped", counts={},
+                              error="declined by the operator; nothing was changed")  # fmt: skip
+            raise Declined("apply declined; nothing was changed")
         report_removed_environments(ledger, plan, run=run_id, at=started)
         rollout = Rollout(
             desired,
@@ -368,7 +384,7 @@ def _apply_run(
         )
         outcome.result = result
         _record_vanished(ledger, observed, before=started)
-    except GuardRefused:
+    except (GuardRefused, Declined):
         raise
     except ReconcilerError as exc:
         ledger.finish_run(run_id, result="failed", counts={}, error=str(exc))

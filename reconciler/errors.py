@@ -75,6 +75,10 @@ class InternalError(ReconcilerError):
     the operation it hit failed; report it, clean up what it left, go on."""
 
 
+class Declined(ReconcilerError):
+    """The operator answered no to the plan `apply` showed: nothing was changed."""
+
+
 class Interrupted(ReconcilerError):
     """A stop (or an operator's request) came: the call in flight finished, nothing new
     was started; the next pass resumes from what the ledger and the tags say."""

@@ -76,7 +76,10 @@ class Launcher:
             launched, launch_error = self._launch_batch(batch, spec, provider)
             if launch_error is not None:
                 raise launch_error
+            where = f"{spec.env}/{spec.name} g{generation}"
+            run.progress.phase(f"booting {len(launched)} of {where}")
             running = self.wait_running([i for _, i in launched], provider, spec)
+            run.progress.phase(f"health gate of {where}")
             failure = self.gate.wait_healthy(running, spec)
             if failure:
                 raise RolloutFailed(f"health gate: {failure}")

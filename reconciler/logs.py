@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
@@ -75,6 +75,42 @@ def colors_wanted() -> bool:
     return sys.stderr.isatty() and not os.environ.get("NO_COLOR")
 
 
+LinePrinter = Callable[[str], None]
+_above_live: LinePrinter | None = None
+
+
+def print_above_live(printer: LinePrinter | None) -> None:
+    """While a live display (the progress bar) is on the terminal, log lines go to
+    `printer`, which prints each whole line above the display; None: to stderr again."""
+    global _above_live
+    _above_live = printer
+
+
+class _LogStream:
+    """stderr, or the live display's printer while one runs: a log line is never glued
+    onto the progress bar, and never re-wrapped (a JSON line stays one line)."""
+
+    def __init__(self) -> None:
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        printer = _above_live
+        if printer is None:
+            return sys.stderr.write(text)
+        self._pending += text
+        while "\n" in self._pending:
+            line, _, self._pending = self._pending.partition("\n")
+            printer(line)
+        return len(text)
+
+    def flush(self) -> None:
+        if _above_live is None:
+            sys.stderr.flush()
+
+
+_LOG_STREAM = _LogStream()
+
+
 def configure_logging(*, fmt: str = "auto", verbose: bool = False, quiet: bool = False) -> None:
     """Send structured logs to stderr; stdout stays for command output (`--json`)."""
     if fmt == "auto":
@@ -99,7 +135,7 @@ def configure_logging(*, fmt: str = "auto", verbose: bool = False, quiet: bool =
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_LOG_STREAM),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     # Libraries that log through stdlib logging go to stderr too, quietly unless asked.

@@ -25,6 +25,9 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.text import Text
+
+from reconciler.logs import print_above_live
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +39,10 @@ class ProgressHook(Protocol):
 
     def advance(self, kind: str, n: int = 1) -> None: ...
 
+    def phase(self, text: str) -> None:
+        """What the apply waits for now (boot, health gate): the bar says it."""
+        ...
+
     def finish(self) -> None: ...
 
 
@@ -46,6 +53,9 @@ class NoProgress:
         return None
 
     def advance(self, kind: str, n: int = 1) -> None:
+        return None
+
+    def phase(self, text: str) -> None:
         return None
 
     def finish(self) -> None:
@@ -79,6 +89,9 @@ class LogProgress:
             fields = self._fields(now)
         log.info("apply_progress", **fields)
 
+    def phase(self, text: str) -> None:
+        log.debug("apply_phase", phase=text)  # the journal has each step's own line
+
     def finish(self) -> None:
         with self._lock:
             if not self._total:
@@ -107,27 +120,45 @@ class RichProgress:
             TimeElapsedColumn(),
             console=Console(file=stream),
             transient=True,
+            redirect_stderr=False,  # our log lines come through print_above_live instead
         )
         self._task: TaskID | None = None
         self._done: dict[str, int] = {}
+        self._phase = ""
         self._lock = Lock()
 
     def start(self, total: int) -> None:
         with self._lock:
             self._done = {}
             self._task = self._progress.add_task("apply", total=total, detail="")
+        print_above_live(self._print_line)
         self._progress.start()
+
+    def _print_line(self, line: str) -> None:
+        # soft_wrap: the terminal wraps a long line, rich does not cut it into lines.
+        self._progress.console.print(Text(line), soft_wrap=True, highlight=False)
 
     def advance(self, kind: str, n: int = 1) -> None:
         with self._lock:
             if self._task is None:
                 return
             self._done[kind] = self._done.get(kind, 0) + n
-            detail = " ".join(f"{k} {v}" for k, v in sorted(self._done.items()))
-            self._progress.update(self._task, advance=n, detail=detail)
+            self._progress.update(self._task, advance=n, detail=self._detail())
+
+    def phase(self, text: str) -> None:
+        with self._lock:
+            if self._task is None:
+                return
+            self._phase = text
+            self._progress.update(self._task, detail=self._detail())
+
+    def _detail(self) -> str:
+        done = " ".join(f"{k} {v}" for k, v in sorted(self._done.items()))
+        return f"{done}  {self._phase}".strip()
 
     def finish(self) -> None:
         self._progress.stop()
+        print_above_live(None)
 
 
 def progress_for(stream: TextIO | None = None) -> ProgressHook:

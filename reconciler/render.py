@@ -15,6 +15,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from reconciler.applyrun import ApplyResult
 from reconciler.costs import HOURS_PER_MONTH, PlanCosts
 from reconciler.formatting import human_time, money
 from reconciler.model import Action, ActionKind, Plan
@@ -138,6 +139,19 @@ def print_holds(console: Console, holds: Sequence[Mapping[str, Any]]) -> None:
             f"{shown(hold['env'])}/{shown(hold['service'])}{shown(since)}: {shown(hold['why'])}",
             highlight=False,
         )
+
+
+def apply_summary(run: int | None, result_name: str | None, result: ApplyResult) -> str:
+    """The last line of `apply`: what happened, and what failed when something did."""
+    done = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
+    if result.failures:
+        what = f"{len(result.failures)} service(s) failed"
+        return f"Apply failed (run {run}): {what}" + (f"; done: {done}" if done else "")
+    if result.interrupted:
+        return f"Apply interrupted (run {run}): {done or 'nothing done yet'}; the next pass resumes"
+    if result_name == "no-op":
+        return f"Applied (run {run}): nothing to do"
+    return f"Applied (run {run}): {done or 'nothing to do'}"
 
 
 def print_json(document: Any) -> None:

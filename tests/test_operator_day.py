@@ -344,3 +344,133 @@ def test_version_names_the_source_commit(cli: Cli) -> None:
                           cwd=Path(__file__).parents[1], check=False).stdout.strip()  # fmt: skip
     expected = head[:12] if head else "unknown"
     assert done.stdout.strip().startswith("reconciler ") and f"(commit {expected})" in done.stdout
+
+
+def _on_a_terminal(
+    cli: Cli, args: list[str], answer: str, *, columns: int = 80
+) -> tuple[int, str]:
+    """Run the CLI with a pseudo-terminal as stdin and stdout, answering its question."""
+    import os
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
+    env.update({"COLUMNS": str(columns), "NO_COLOR": "1", "TERM": "dumb"})
+    env["RECONCILER_CREDENTIAL_DIRS"] = os.environ.get("RECONCILER_CREDENTIAL_DIRS", "")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "--state-dir", str(cli.state_dir),
+         "--log-format", "json", *args],
+        stdin=slave, stdout=slave, stderr=slave, env=env, cwd=cli.cwd,
+    )  # fmt: skip
+    # stderr on the terminal too: input() writes its prompt there on a terminal.
+    os.close(slave)
+    seen = b""
+    asked = False
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the terminal closed: the process ended
+                break
+            seen += chunk
+            if not asked and b"Apply this plan?" in seen:
+                os.write(master, answer.encode() + b"\n")
+                asked = True
+        elif process.poll() is not None:
+            break
+    if process.poll() is None:
+        process.kill()
+    code = process.wait(timeout=60)
+    os.close(master)
+    return code, seen.decode(errors="replace")
+
+
+def test_apply_on_a_terminal_shows_the_plan_and_asks(
+    cli: Cli, desired: Desired, sandbox: SandboxServer
+) -> None:
+    from reconciler.sandbox import fetch_stats
+
+    desired.write({"web": {"image": IMAGE_V1}})
+    code, screen = _on_a_terminal(cli, ["apply", "--desired", str(desired.root)], "n")
+    assert code == 1, screen
+    assert "create prod/web g1" in screen and "Apply this plan?" in screen
+    assert not fetch_stats(sandbox.endpoint)["calls"].get("RunInstances"), "declined: no change"
+    history = json.loads(cli("ledger", "history", "--json").stdout)
+    assert history == [], "no generation recorded"
+
+    code, screen = _on_a_terminal(cli, ["apply", "--desired", str(desired.root)], "y")
+    assert code == 0, screen
+    assert screen.count("create prod/web g1") == 1, "the plan is shown once, before the question"
+    assert "Applied (run" in screen
+    assert len(live_nodes(sandbox.endpoint)) == 1
+    # --yes (and a pipe) never ask.
+    desired.write({"web": {"image": IMAGE_V2}})
+    assert run(cli, desired, "apply").code == 0
+
+
+def test_log_lines_never_glue_onto_the_progress_bar(
+    cli: Cli, desired: Desired, sandbox: SandboxServer
+) -> None:
+    """On a terminal the bar is drawn while the pass logs (boot waits, health gates):
+    every log line starts on a line of its own."""
+    import re
+
+    desired.write({"web": {"image": IMAGE_V1, "count": 2}, "api": {"image": IMAGE_V1}})
+    # Wide enough that the terminal does not wrap a JSON line: a break is a glue.
+    code, screen = _on_a_terminal(
+        cli, ["apply", "--yes", "--desired", str(desired.root)], "", columns=1000
+    )
+    assert code == 0, screen
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen).replace("\r", "\n")
+    lines = [line for line in text.split("\n") if '"event"' in line]
+    assert len(lines) >= 3, text
+    for line in lines:
+        assert line.lstrip().startswith("{") and line.rstrip().endswith("}"), repr(screen[-3000:])
+        json.loads(line)
+
+
+def test_shell_completion_offers_environments_and_services(cli: Cli, desired: Desired) -> None:
+    desired.write({"web": {"image": IMAGE_V1}, "api": {"image": IMAGE_V1}})
+    (desired.root / "environments" / "staging.yaml").write_text(
+        "provider: cloud\nservices:\n  worker: {image: ami-03cf127a}\n"
+    )
+
+    def complete(words: str, index: int) -> list[str]:
+        import os
+
+        env = {**os.environ, "COMP_WORDS": words, "COMP_CWORD": str(index),
+               "_RECONCILER_COMPLETE": "bash_complete",
+               "RECONCILER_DEBUG_COMPLETION": "1"}  # fmt: skip
+        done = subprocess.run([sys.executable, "-m", "reconciler"], env=env, cwd=cli.cwd,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert all("," in line for line in done.stdout.splitlines()), done.stderr
+        return [line.split(",", 1)[1] for line in done.stdout.splitlines()]
+
+    root = str(desired.root)
+    assert complete(f"reconciler rollback --desired {root} ", 4) == ["prod", "staging"]
+    assert complete(f"reconciler rollback --desired {root} prod ", 5) == ["api", "web"]
+    assert complete(f"reconciler release --desired {root} staging w", 5) == ["worker"]
+    assert "rollback" in complete("reconciler roll", 1)
+
+
+def test_status_at_80_columns_keeps_every_column(cli: Cli, desired: Desired) -> None:
+    import os
+
+    desired.write({"a-rather-long-service-name": {"image": IMAGE_V1, "count": 2}})
+    assert run(cli, desired, "apply").code == 0
+    done = subprocess.run(
+        [sys.executable, "-m", "reconciler", "--state-dir", str(cli.state_dir), "status"],
+        env={**os.environ, "COLUMNS": "80", "NO_COLOR": "1"},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert all(len(line) <= 80 for line in done.stdout.splitlines())
+    lines = done.stdout.splitlines()
+    header = next(line for line in lines if "service" in line and "state" in line)
+    for column in ("service", "state", "image", "running", "active", "standby"):
+        assert column in header
+    assert IMAGE_V1 in done.stdout and "2/2" in done.stdout and "\x1b[" not in done.stdout

@@ -104,8 +104,9 @@ def test_report_shows_failed_generations_and_failed_runs(tmp_path: Path) -> None
         _fill(ledger)
         refused = ledger.start_run(command="apply", commit=None)
         ledger.finish_run(refused, result="refused", counts={}, error="mass destroy <b>guard</b>")
+        why = 'failed: health gate: exit 3: "db" <down>'
         ledger.set_generation_state("production", "api", 2, state=GenerationState.FAILED,
-            at=NOW - timedelta(hours=1), reason='failed: health gate: exit 3: "db" <down>')  # fmt: skip
+                                    at=NOW - timedelta(hours=1), reason=why)  # fmt: skip
         page = build_report(ledger, now=NOW, days=14)
     failed = page[page.index('id="failed-generations"'):page.index('id="failed-runs-section"')]
     assert "production/api" in failed and "g2" in failed and "ami-00000002" in failed

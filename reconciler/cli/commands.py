@@ -31,7 +31,9 @@ from reconciler.cli.common import (
 from reconciler.cli.root import cli
 from reconciler.errors import GuardRefused
 from reconciler.ledger import Ledger
+from reconciler.model import Plan
 from reconciler.statelock import StateLock
+from reconciler.terminal import shown
 
 
 @cli.command()
@@ -87,12 +89,25 @@ def plan(ctx: click.Context, desired_dir: Path, as_json: bool, detailed_exitcode
 @desired_option
 @json_option
 @click.option("--allow-mass-destroy", is_flag=True, help="Override the mass-destroy guard.")
+@click.option("--yes", is_flag=True, help="Do not show the plan and ask first (on a terminal).")
 @click.pass_context
-def apply(ctx: click.Context, desired_dir: Path, as_json: bool, allow_mass_destroy: bool) -> None:
-    """Run one reconcile pass."""
+def apply(
+    ctx: click.Context, desired_dir: Path, as_json: bool, allow_mass_destroy: bool, yes: bool
+) -> None:
+    """Run one reconcile pass. On a terminal, show the plan and ask first (unless --yes)."""
     refuse_libcloud_debug()
+    asked = not yes and not as_json and sys.stdin.isatty() and sys.stdout.isatty()
+    console = Console()
+
+    def confirm(plan: Plan) -> bool:
+        render.print_plan(console, plan, commit=None)
+        return click.confirm("Apply this plan?", default=False)
+
     with domain_errors(), StateLock(ctx.obj["state_dir"]), open_ledger(ctx) as ledger:
-        outcome = engine.apply_pass(desired_dir, ledger, allow_mass_destroy=allow_mass_destroy)
+        outcome = engine.apply_pass(
+            desired_dir, ledger, allow_mass_destroy=allow_mass_destroy,
+            confirm=confirm if asked else None,
+        )  # fmt: skip
     result = outcome.result
     assert result is not None
     if as_json:
@@ -101,17 +116,21 @@ def apply(ctx: click.Context, desired_dir: Path, as_json: bool, allow_mass_destr
                 "run": outcome.run_id,
                 "commit": outcome.desired.commit,
                 "ok": result.ok,
+                "result": outcome.result_name,
                 "counts": result.counts,
                 "failures": result.failures,
+                "held": [hold.as_dict() for hold in outcome.plan.held],
                 "actions": [render.action_to_json(a) for a in outcome.plan.actions],
             }
         )
     else:
-        render.print_plan(Console(), outcome.plan, commit=outcome.desired.commit)
-        done = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items())) or "nothing to do"
-        click.echo(f"Applied (run {outcome.run_id}): {done}")
+        if not (asked and not outcome.plan.empty):  # the plan was shown before the question
+            render.print_plan(console, outcome.plan, commit=outcome.desired.commit)
+        else:
+            render.print_holds(console, [hold.as_dict() for hold in outcome.plan.held])
+        click.echo(render.apply_summary(outcome.run_id, outcome.result_name, result))
     for failure in result.failures:
-        err_console.print(f"[red]failed:[/red] {failure}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]failed:[/red] {shown(failure)}", highlight=False, soft_wrap=True)
     if not result.ok:
         sys.exit(EXIT_ERROR)
 

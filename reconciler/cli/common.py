@@ -190,7 +190,10 @@ def _desired_for_completion(ctx: click.Context) -> Any:
     directory = ctx.params.get("desired_dir") or Path("desired-state")
     try:
         return engine.read_desired(directory)
-    except (ReconcilerError, OSError):
+    # A completion never fails the shell: no suggestions instead.
+    except Exception as exc:
+        if os.environ.get("RECONCILER_DEBUG_COMPLETION"):
+            print(f"completion: {type(exc).__name__}: {exc}", file=sys.stderr)
         return None
 
 
