@@ -86,9 +86,16 @@ def _action_cost(costs: PlanCosts | None, index: int) -> str:
 
 
 def print_plan(
-    console: Console, plan: Plan, *, commit: str | None, costs: PlanCosts | None = None
+    console: Console,
+    plan: Plan,
+    *,
+    commit: str | None,
+    costs: PlanCosts | None = None,
+    uncommitted: int | None = None,
 ) -> None:
     header = f"desired state at {commit[:12]}" if commit else "desired state (not a git checkout)"
+    if uncommitted:
+        header += f" with {uncommitted} uncommitted change(s): not what the daemon applies"
     console.print(f"[bold]Plan[/bold] for {shown(header)}")
     if plan.empty and not plan.held:
         console.print("No changes: the cloud matches the desired state.")

@@ -474,3 +474,17 @@ def test_status_at_80_columns_keeps_every_column(cli: Cli, desired: Desired) -> 
     for column in ("service", "state", "image", "running", "active", "standby"):
         assert column in header
     assert IMAGE_V1 in done.stdout and "2/2" in done.stdout and "\x1b[" not in done.stdout
+
+
+def test_plan_says_when_the_checkout_has_uncommitted_changes(cli: Cli, desired: Desired) -> None:
+    from tests.desired_builder import git_commit
+
+    desired.write({"web": {"image": IMAGE_V1}})
+    sha = git_commit(desired.root, "web v1")
+    clean = run(cli, desired, "plan")
+    assert sha[:12] in clean.stdout and "uncommitted" not in clean.stdout
+    assert json.loads(run(cli, desired, "plan", "--json").stdout)["uncommitted_changes"] == 0
+    desired.write({"web": {"image": IMAGE_V2}})
+    dirty = run(cli, desired, "plan")
+    assert f"{sha[:12]} with 1 uncommitted change(s)" in dirty.stdout
+    assert json.loads(run(cli, desired, "plan", "--json").stdout)["uncommitted_changes"] == 1

@@ -30,6 +30,7 @@ from reconciler.cli.common import (
 )
 from reconciler.cli.root import cli
 from reconciler.errors import GuardRefused
+from reconciler.gitinfo import uncommitted_changes
 from reconciler.ledger import Ledger
 from reconciler.model import Plan
 from reconciler.statelock import StateLock
@@ -64,19 +65,20 @@ def plan(ctx: click.Context, desired_dir: Path, as_json: bool, detailed_exitcode
     refuse_libcloud_debug()
     with open_ledger(ctx) as ledger, domain_errors():
         outcome = engine.plan_pass(desired_dir, ledger)
+    # What the plan was made from is not the commit alone when the checkout has edits.
+    uncommitted = uncommitted_changes(desired_dir) if outcome.desired.commit else None
     if as_json:
-        render.print_json(
-            render.plan_to_json(
-                outcome.plan,
-                commit=outcome.desired.commit,
-                guards=outcome.guards,
-                costs=outcome.costs,
-            )
-        )
+        document = render.plan_to_json(
+            outcome.plan, commit=outcome.desired.commit, guards=outcome.guards,
+            costs=outcome.costs,
+        )  # fmt: skip
+        document["uncommitted_changes"] = uncommitted
+        render.print_json(document)
     else:
         render.print_plan(
-            Console(), outcome.plan, commit=outcome.desired.commit, costs=outcome.costs
-        )
+            Console(), outcome.plan, commit=outcome.desired.commit, costs=outcome.costs,
+            uncommitted=uncommitted,
+        )  # fmt: skip
     if outcome.guards:
         for reason in outcome.guards:
             err_console.print(f"[red]apply would be refused:[/red] {reason}", highlight=False)
