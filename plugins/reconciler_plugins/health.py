@@ -13,13 +13,13 @@ import os
 import shlex
 import socket
 import subprocess
-import urllib.error
-import urllib.request
+import time
 
+from reconciler.errors import TransientError
 from reconciler.extensions import InstanceRef, ProbeResult
+from reconciler.httpclient import exchange
 from reconciler.redact import excerpt
 from reconciler.templates import fill_template
-
 
 BODY_START = 200  # bytes of an unhealthy answer's body kept as its reason
 
@@ -40,16 +40,17 @@ class HttpCheck:
 
     def probe(self, instance: InstanceRef) -> ProbeResult:
         url = _fill(self.target, instance)
-        request = urllib.request.Request(url, headers={"User-Agent": "reconciler-health"})
+        headers = {"User-Agent": "reconciler-health"}
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                ok = 200 <= response.status < 400
-                body = "" if ok else _body_start(response.read(BODY_START))
-                return ProbeResult(ok, f"HTTP {response.status}{body}")
-        except urllib.error.HTTPError as exc:
-            return ProbeResult(False, f"HTTP {exc.code}{_body_start(exc.read(BODY_START))}")
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            return ProbeResult(False, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}")
+            answer = exchange("GET", url, headers=headers,
+                              deadline=time.monotonic() + self.timeout)  # fmt: skip
+        except TransientError as exc:  # no answer: refused, reset, timed out
+            return ProbeResult(False, str(exc))
+        except ValueError as exc:  # not a URL httpx can send
+            return ProbeResult(False, f"invalid URL: {type(exc).__name__}")
+        ok = 200 <= answer.status < 400
+        body = "" if ok else _body_start(answer.body_start[:BODY_START])
+        return ProbeResult(ok, f"HTTP {answer.status}{body}")
 
 
 class TcpCheck:

@@ -11,19 +11,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import http.client
 import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
-import threading
 import time
 from dataclasses import asdict
-from urllib.parse import urlsplit
 
+from reconciler.errors import TransientError
 from reconciler.extensions import Notification, PluginError
+from reconciler.httpclient import HttpRefused, exchange
+from reconciler.retrypolicy import retrying
 
 SIGNATURE_HEADER = "X-Reconciler-Signature"
 ATTEMPTS = 3
@@ -55,59 +54,28 @@ class WebhookNotifier:
         if self._secret:
             headers[SIGNATURE_HEADER] = signature(self._secret, body)
         deadline = time.monotonic() + DEADLINE
-        last = ""
-        for attempt in range(ATTEMPTS):
-            try:
-                status = _post(self.url, body, headers, deadline=deadline)
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                last = type(exc).__name__
-            else:
-                if 200 <= status < 300:
-                    return
-                last = f"HTTP {status}"
-                if 400 <= status < 500 and status != 429:
-                    break  # the receiver refuses this event; retrying will not help
-            pause = 0.5 * 2**attempt
-            if time.monotonic() + pause >= deadline:
-                last += f"; gave up at the {DEADLINE:g}s deadline"
-                break
-            time.sleep(pause)
-        raise PluginError(f"webhook delivery failed: {last}")
+        # The adapters' retry policy: 5xx, 429 and no answer are retried (Retry-After
+        # honoured), within ATTEMPTS and the DEADLINE; another 4xx ends it at once.
+        policy = retrying("webhook", "POST", attempts=ATTEMPTS, seconds=DEADLINE,
+                          event="notifier_retry")  # fmt: skip
+        try:
+            for attempt in policy:
+                with attempt:
+                    _deliver(self.url, body, headers, deadline=deadline)
+        except HttpRefused as exc:
+            raise PluginError(f"webhook delivery failed: {exc}") from None
+        except TransientError as exc:
+            raise PluginError(f"webhook delivery failed: {exc}") from None
 
 
-def _post(url: str, body: bytes, headers: dict[str, str], *, deadline: float) -> int:
-    """POST `body`; the status. The whole exchange ends by `deadline` (monotonic): a
-    socket timeout bounds each read only, and a receiver that trickles a byte at a
-    time would hold it for ever, so a timer shuts the socket down at the deadline."""
-    parts = urlsplit(url)
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError("deadline passed")
-    connection_class = (
-        http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    )
-    connection = connection_class(parts.hostname or "", parts.port, timeout=min(remaining, 10.0))
-
-    def cut() -> None:
-        sock = connection.sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    timer = threading.Timer(remaining, cut)
-    timer.daemon = True
-    timer.start()
-    try:
-        path = parts.path or "/"
-        connection.request("POST", f"{path}?{parts.query}" if parts.query else path, body, headers)
-        response = connection.getresponse()
-        response.read(65536)  # the answer's start; a receiver's essay is not waited for
-        if time.monotonic() >= deadline:
-            raise TimeoutError("deadline passed")
-        return response.status
-    finally:
-        timer.cancel()
-        connection.close()
+def _deliver(url: str, body: bytes, headers: dict[str, str], *, deadline: float) -> None:
+    answer = exchange("POST", url, body=body, headers=headers, deadline=deadline)
+    if 200 <= answer.status < 300:
+        return
+    if answer.status == 429 or answer.status >= 500:
+        raise TransientError(f"HTTP {answer.status}", retry_after=answer.retry_after)
+    # The receiver refuses this event: retrying will not help.
+    raise HttpRefused(f"HTTP {answer.status}", status=answer.status)
 
 
 class CommandNotifier:

@@ -1,8 +1,7 @@
 """How every adapter calls its cloud: bounded retries, counting, and creates sent once.
 
-Owns: tenacity (the only module that imports it), the retry policy all adapters share
-(STYLE point 4: explicit stop and wait, jitter, each retry logged as
-`provider_call_retry`), `OutcomeUnknown`, running one API call (counted for metrics,
+Owns: applying the retry policy all adapters share (`reconciler.retrypolicy`, each
+retry logged as `provider_call_retry`), `OutcomeUnknown`, running one API call (counted for metrics,
 its exception translated by the adapter, retried when transient), and the
 create-with-lookup loop that keeps an unknown outcome from launching twice.
 Must not: import libcloud or know any cloud's errors — each adapter translates its
@@ -18,16 +17,9 @@ from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 import structlog
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
-from tenacity.stop import stop_base
 
 from reconciler.errors import ObservationIncomplete, TransientError
+from reconciler.retrypolicy import Retrying, retrying
 
 log = structlog.get_logger(__name__)
 
@@ -60,58 +52,6 @@ def retry_after_seconds(
     except (TypeError, ValueError, OverflowError):
         return None
     return min(max(seconds, 0.0), RETRY_AFTER_MAX)
-
-
-class _PastBudget(stop_base):
-    """Stop when the time spent (the waits included: `idle_for` sums them) plus the
-    wait ahead reaches the budget: a retry that could only start after it is not made."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-    def __call__(self, state: RetryCallState) -> bool:
-        spent = max(state.seconds_since_start or 0.0, state.idle_for)
-        return spent + state.upcoming_sleep >= self.seconds
-
-
-def retrying(
-    provider: str,
-    action: str,
-    *,
-    attempts: int,
-    seconds: float,
-    sleep: Callable[[float], None] = time.sleep,
-) -> Retrying:
-    """The retry policy for one action: only TransientError is retried, within both
-    `attempts` and `seconds` (so a slow cloud cannot stretch a pass without bound),
-    with jittered exponential waits (so adapters in many threads do not retry in step),
-    each retry logged. A wait the cloud asked for (`TransientError.retry_after`, from
-    Retry-After) is honoured in full, since sooner would only be refused again, and it
-    counts against `seconds`: a wait that would end past the budget ends the retries
-    now instead of sleeping into a certain failure."""
-    backoff = wait_random_exponential(multiplier=0.5, max=10)
-
-    def wait(state: RetryCallState) -> float:
-        seconds = float(backoff(state))
-        error = state.outcome.exception() if state.outcome else None
-        hint = error.retry_after if isinstance(error, TransientError) else None
-        return max(seconds, hint) if hint is not None else seconds
-
-    return Retrying(
-        retry=retry_if_exception_type(TransientError),
-        stop=stop_after_attempt(attempts) | _PastBudget(seconds),
-        wait=wait,
-        sleep=sleep,
-        before_sleep=lambda state: log.warning(
-            "provider_call_retry",
-            provider=provider,
-            action=action,
-            attempt=state.attempt_number,
-            wait_seconds=round(state.upcoming_sleep, 3),
-            error=str(state.outcome.exception()) if state.outcome else None,
-        ),
-        reraise=True,
-    )
 
 
 class ProviderCalls:
