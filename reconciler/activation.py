@@ -16,8 +16,8 @@ from typing import NoReturn
 
 import structlog
 
-from reconciler.applyrun import ApplyRun, HealthGate, RolloutFailed
-from reconciler.errors import Interrupted, ReconcilerError
+from reconciler.applyrun import ApplyRun, HealthGate
+from reconciler.errors import Interrupted, ReconcilerError, RolloutFailed
 from reconciler.model import Action, GenerationState, ObservedInstance, ServiceSpec, Strategy
 from reconciler.notify import Notifications
 from reconciler.providers import ComputeProvider

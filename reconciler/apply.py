@@ -26,11 +26,10 @@ from reconciler.applyrun import (
     ApplyResult,
     ApplyRun,
     HealthGate,
-    RolloutFailed,
     RunningGate,
 )
 from reconciler.bookkeeping import Bookkeeper
-from reconciler.errors import Interrupted, ReconcilerError
+from reconciler.errors import Interrupted, ReconcilerError, RolloutFailed
 from reconciler.launching import Launcher
 from reconciler.ledger import Ledger
 from reconciler.model import Action, ActionKind, DesiredState, ObservedInstance, Plan

@@ -50,10 +50,6 @@ class ApplyResult:
         return not self.failures
 
 
-class RolloutFailed(ReconcilerError):
-    """A batch of new instances did not come up; the service's remaining steps are skipped."""
-
-
 @dataclass(kw_only=True)
 class ApplyRun:
     """One apply's shared state; service groups run in threads, so writes to the

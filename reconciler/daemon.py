@@ -23,9 +23,16 @@ import structlog
 
 from reconciler import engine
 from reconciler.desired import load_desired_state
-from reconciler.desired.files import Refused, directory_inside
-from reconciler.errors import GuardRefused, InvalidDesiredState, Problem, ReconcilerError
-from reconciler.gitsource import FetchFailed, GitSource
+from reconciler.desired.files import directory_inside
+from reconciler.errors import (
+    FetchFailed,
+    GuardRefused,
+    InvalidDesiredState,
+    Problem,
+    ReconcilerError,
+    Refused,
+)
+from reconciler.gitsource import GitSource
 from reconciler.ledger import Ledger
 from reconciler.model import DesiredState
 from reconciler.notify import Notifications

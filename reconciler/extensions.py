@@ -14,16 +14,12 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Protocol
 
-from reconciler.errors import ConfigurationError, ReconcilerError
+from reconciler.errors import ConfigurationError
 
 HEALTH_GROUP = "reconciler.health"
 TRAFFIC_GROUP = "reconciler.traffic"
 NOTIFIER_GROUP = "reconciler.notifiers"
 GROUPS = (HEALTH_GROUP, TRAFFIC_GROUP, NOTIFIER_GROUP)
-
-
-class PluginError(ReconcilerError):
-    """A plugin could not do its job (probe crashed, switch refused, send failed)."""
 
 
 @dataclass(frozen=True)

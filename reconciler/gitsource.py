@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from reconciler.errors import TransientError
+from reconciler.errors import FetchFailed
 from reconciler.redact import redact_urls
 
 # Environment for every git call: fail instead of asking anybody anything.
@@ -42,10 +42,6 @@ def _local_path(remote: str) -> str | None:
     if "://" in remote or (":" in remote.split("/", 1)[0] and not remote.startswith("/")):
         return None  # a URL, or scp-like user@host:path
     return os.path.abspath(remote)
-
-
-class FetchFailed(TransientError):
-    """The remote could not be read this time (down, hung, refused); retry later."""
 
 
 @dataclass(frozen=True)

@@ -17,18 +17,10 @@ from dataclasses import dataclass
 
 import httpx
 
-from reconciler.errors import ReconcilerError, TransientError
+from reconciler.errors import TransientError
 from reconciler.redact import redact_urls
 
 BODY_READ = 65536  # of an answer, at most: a receiver's essay is not waited for
-
-
-class HttpRefused(ReconcilerError):
-    """The server answered, and the answer will not change if asked again (a 4xx)."""
-
-    def __init__(self, message: str, *, status: int) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)

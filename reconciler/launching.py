@@ -17,9 +17,8 @@ from functools import partial
 import structlog
 
 from reconciler.activation import Activator
-from reconciler.applyrun import ApplyRun, HealthGate, RolloutFailed
-from reconciler.errors import Interrupted, ReconcilerError
-from reconciler.extensions import PluginError
+from reconciler.applyrun import ApplyRun, HealthGate
+from reconciler.errors import BootFailed, Interrupted, PluginError, ReconcilerError, RolloutFailed
 from reconciler.model import (
     Action,
     GenerationState,
@@ -31,7 +30,7 @@ from reconciler.model import (
 from reconciler.parallel import LaunchSlots
 from reconciler.providers import ComputeProvider, LaunchRequest, ownership_tags
 from reconciler.rollout import TrafficPort
-from reconciler.waiter import BootFailed, BootWaiter
+from reconciler.waiter import BootWaiter
 
 log = structlog.get_logger(__name__)
 

@@ -16,18 +16,13 @@ from typing import Any
 import structlog
 
 from reconciler import engine
-from reconciler.errors import ReconcilerError
-from reconciler.extensions import PluginError
+from reconciler.errors import NothingToDo, PluginError, ReconcilerError
 from reconciler.ledger import Ledger
 from reconciler.model import DesiredState, GenerationState, ObservedInstance
 from reconciler.notify import Notifications
 from reconciler.rollout import Rollout
 
 log = structlog.get_logger(__name__)
-
-
-class NothingToDo(ReconcilerError):
-    """The requested change does not apply to the service's current state."""
 
 
 DesiredSource = DesiredState | str | Path

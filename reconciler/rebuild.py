@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from reconciler.errors import LedgerError, ReconcilerError
+from reconciler.errors import LedgerError, RebuildRefused
 from reconciler.ledger import LEDGER_FILENAME, Ledger
 from reconciler.ledger.swap import build_directory, swap_in
 from reconciler.model import DesiredState, GenerationState, InstanceState, ObservedInstance
@@ -35,10 +35,6 @@ COST_WARNING = (
     "before this point are gone (costs count from each live instance's launch time)"
 )
 REBUILT = "rebuilt from the cloud's tags"
-
-
-class RebuildRefused(ReconcilerError):
-    """The ledger still records generations; re-run with --yes to set it aside first."""
 
 
 @dataclass

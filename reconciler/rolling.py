@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from reconciler.errors import ReconcilerError
-from reconciler.extensions import PluginError
+from reconciler.errors import PluginError, ReconcilerError
 from reconciler.model import Action, ActionKind, ObservedInstance, Reason
 
 if TYPE_CHECKING:

@@ -16,11 +16,10 @@ from typing import TypeVar
 
 import structlog
 
-from reconciler.errors import Interrupted
+from reconciler.errors import Interrupted, PluginError
 from reconciler.extensions import (
     InstanceRef,
     LoadBalancerPort,
-    PluginError,
     PluginSet,
     TrafficContext,
     load_plugins,

@@ -12,19 +12,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from reconciler.errors import ReconcilerError
-
-
-class StateLocked(ReconcilerError):
-    """Another reconciler process holds the state directory; wait for it or stop it."""
-
-    def __init__(self, message: str, *, holder: str = "unknown") -> None:
-        super().__init__(message)
-        self.holder = holder
-
-
-class StateUnusable(ReconcilerError):
-    """The state directory cannot hold the lock (read-only, not a directory, ...)."""
+from reconciler.errors import StateLocked, StateUnusable
 
 
 class StateLock:

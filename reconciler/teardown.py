@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import structlog
 
 from reconciler.applyrun import ApplyRun
-from reconciler.errors import ReconcilerError
-from reconciler.extensions import PluginError
+from reconciler.errors import PluginError, ReconcilerError
 from reconciler.model import Action, Reason, Strategy
 from reconciler.providers import ComputeProvider
 from reconciler.rollout import TrafficPort

@@ -21,15 +21,11 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from reconciler.errors import ObservationIncomplete, ReconcilerError
+from reconciler.errors import BootFailed, ObservationIncomplete
 from reconciler.model import InstanceState, ObservedInstance
 from reconciler.providers import ComputeProvider
 
 log = structlog.get_logger(__name__)
-
-
-class BootFailed(ReconcilerError):
-    """New instances died while booting or did not run before their deadline."""
 
 
 @dataclass

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from reconciler.errors import (
     ConfigurationError,
+    GceValueError,
     ObservationIncomplete,
     ProviderError,
     TransientError,
@@ -28,7 +29,6 @@ from reconciler.providers.gce import GceProvider
 from reconciler.providers.gce_connection import endpoint_parts, new_token
 from reconciler.providers.gce_labels import (
     METADATA_VALUE_LIMIT,
-    GceValueError,
     decode_value,
     encode_value,
     gce_instance_name,

@@ -12,7 +12,8 @@ import pytest
 import structlog
 from reconciler_plugins import notifiers as builtin
 
-from reconciler.extensions import Notification, PluginError, PluginSet
+from reconciler.errors import PluginError
+from reconciler.extensions import Notification, PluginSet
 from reconciler.model import NotifierSpec
 from reconciler.notify import Notifications
 

@@ -13,14 +13,15 @@ from libcloud.common.exceptions import BaseHTTPError
 from reconciler.errors import (
     ConfigurationError,
     ObservationIncomplete,
+    OutcomeUnknown,
     ProviderError,
+    Throttled,
     TransientError,
 )
 from reconciler.model import InstanceState, ProviderProfile, SecretRef
 from reconciler.providers.base import LaunchRequest, ownership_tags
-from reconciler.providers.calls import OutcomeUnknown
 from reconciler.providers.openstack import OpenStackProvider, build, translate
-from reconciler.providers.openstack_nova import Throttled, normalized_auth_url
+from reconciler.providers.openstack_nova import normalized_auth_url
 from reconciler.providers.registry import build_provider
 from tests.openstack_support import (
     IMAGE_V1,

@@ -488,3 +488,25 @@ def test_plan_says_when_the_checkout_has_uncommitted_changes(cli: Cli, desired: 
     dirty = run(cli, desired, "plan")
     assert f"{sha[:12]} with 1 uncommitted change(s)" in dirty.stdout
     assert json.loads(run(cli, desired, "plan", "--json").stdout)["uncommitted_changes"] == 1
+
+
+def test_every_exception_class_lives_in_errors_py() -> None:
+    """One error hierarchy (issue 15): a new exception class elsewhere fails this."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    builtin_bases = {"Exception", "ValueError", "ConnectionResetError", "RuntimeError",
+                     "OSError", "KeyError", "TypeError", "LookupError"}  # fmt: skip
+    from reconciler import errors
+
+    ours = {name for name, value in vars(errors).items() if isinstance(value, type)}
+    found = []
+    for path in [*root.glob("reconciler/**/*.py"), *root.glob("plugins/**/*.py")]:
+        if path.name == "errors.py" or path.name == "sandbox.py":  # sandbox: a fake network fault
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                bases = {b.id for b in node.bases if isinstance(b, ast.Name)}
+                if bases & (builtin_bases | ours):
+                    found.append(f"{path.relative_to(root)}: {node.name}")
+    assert found == []

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.gitsource import FetchFailed, GitSource
+from reconciler.errors import FetchFailed
+from reconciler.gitsource import GitSource
 from tests.desired_builder import git_commit
 
 TOKEN = "ghp_CANARY7x9TOKEN"

@@ -19,9 +19,9 @@ import subprocess
 import time
 from dataclasses import asdict
 
-from reconciler.errors import TransientError
-from reconciler.extensions import Notification, PluginError
-from reconciler.httpclient import HttpRefused, exchange
+from reconciler.errors import HttpRefused, PluginError, TransientError
+from reconciler.extensions import Notification
+from reconciler.httpclient import exchange
 from reconciler.retrypolicy import retrying
 
 SIGNATURE_HEADER = "X-Reconciler-Signature"

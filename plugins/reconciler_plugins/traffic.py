@@ -14,7 +14,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from reconciler.extensions import InstanceRef, PluginError, TrafficContext
+from reconciler.errors import PluginError
+from reconciler.extensions import InstanceRef, TrafficContext
 
 
 def _addresses(instances: Sequence[InstanceRef], attribute: str) -> str:

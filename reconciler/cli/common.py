@@ -22,9 +22,9 @@ from rich.console import Console
 from reconciler.cli.exitcodes import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, EXIT_REFUSED
 from reconciler.desired import parse_duration
 from reconciler.desired.durations import format_duration
-from reconciler.errors import GuardRefused, InvalidDesiredState, ReconcilerError
+from reconciler.errors import GuardRefused, InvalidDesiredState, ReconcilerError, StateLocked
 from reconciler.ledger import Ledger
-from reconciler.statelock import StateLock, StateLocked
+from reconciler.statelock import StateLock
 from reconciler.terminal import shown
 
 __all__ = ["EXIT_CHANGES", "EXIT_ERROR", "EXIT_OK", "EXIT_REFUSED"]

@@ -203,8 +203,12 @@ def _with_kinds(command: click.Command) -> click.Command:
 @ledger.command()
 @_filters
 @_since
-@click.option("--kind", type=click.Choice(sorted(EVENT_KINDS)), metavar="KIND",
-              help="Only events of this kind (the list is in the help above).")
+@click.option(
+    "--kind",
+    type=click.Choice(sorted(EVENT_KINDS)),
+    metavar="KIND",
+    help="Only events of this kind (the list is in the help above).",
+)
 @click.option("--limit", type=click.IntRange(min=0, max=MAX_LIMIT), default=200,
               show_default=True,
               help="The newest N events (0: all).")  # fmt: skip

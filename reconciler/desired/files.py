@@ -17,6 +17,8 @@ import os
 import stat
 from pathlib import Path
 
+from reconciler.errors import Refused
+
 _KINDS = {
     stat.S_IFDIR: "a directory",
     stat.S_IFIFO: "a FIFO (named pipe)",
@@ -24,10 +26,6 @@ _KINDS = {
     stat.S_IFCHR: "a character device",
     stat.S_IFBLK: "a block device",
 }
-
-
-class Refused(Exception):
-    """This path cannot be read as a desired-state file; the message says why."""
 
 
 def kind_of(mode: int) -> str:

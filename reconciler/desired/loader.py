@@ -15,11 +15,11 @@ from typing import Final
 
 from reconciler.desired.config import Settings, parse_settings
 from reconciler.desired.environment import parse_environment
-from reconciler.desired.files import Refused, directory_inside
+from reconciler.desired.files import directory_inside
 from reconciler.desired.schema import Reporter
 from reconciler.desired.userdata import display_path
 from reconciler.desired.yamlsource import read_yaml_file
-from reconciler.errors import InvalidDesiredState, Problem
+from reconciler.errors import InvalidDesiredState, Problem, Refused
 from reconciler.model import DesiredState, Environment
 
 ENVIRONMENTS_DIR: Final = "environments"

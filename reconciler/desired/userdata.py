@@ -13,9 +13,10 @@ import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Final
 
-from reconciler.desired.files import Refused, read_regular_file
+from reconciler.desired.files import read_regular_file
 from reconciler.desired.schema import Reporter, get_str
 from reconciler.desired.yamlsource import YNode
+from reconciler.errors import Refused
 
 MAX_USER_DATA_BYTES: Final = 16 * 1024
 

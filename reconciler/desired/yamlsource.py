@@ -20,8 +20,8 @@ from yaml.constructor import SafeConstructor
 from yaml.error import Mark
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from reconciler.desired.files import Refused, read_regular_file
-from reconciler.errors import Problem
+from reconciler.desired.files import read_regular_file
+from reconciler.errors import Problem, Refused
 
 MAX_YAML_BYTES: Final = 1024 * 1024
 # Deep nesting is never needed by the schema; the cap keeps the (recursive)

@@ -57,6 +57,7 @@ from libcloud.pricing import get_size_price
 from reconciler.errors import (
     ConfigurationError,
     ObservationIncomplete,
+    OutcomeUnknown,
     ProviderError,
     TransientError,
 )
@@ -81,7 +82,6 @@ from reconciler.providers.base import (
     instance_from_tags,
 )
 from reconciler.providers.calls import (
-    OutcomeUnknown,
     ProviderCalls,
     launch_once,
     retry_after_seconds,

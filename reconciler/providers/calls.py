@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import structlog
 
-from reconciler.errors import ObservationIncomplete, TransientError
+from reconciler.errors import ObservationIncomplete, OutcomeUnknown, TransientError
 from reconciler.retrypolicy import Retrying, retrying
 
 log = structlog.get_logger(__name__)
@@ -29,10 +29,6 @@ T = TypeVar("T")
 Translate = Callable[[Exception, str], Exception]
 # A Retry-After beyond this is not believed: no cloud documents waits of hours.
 RETRY_AFTER_MAX = 300.0
-
-
-class OutcomeUnknown(TransientError):
-    """The request may or may not have taken effect (lost response, 5xx, timeout)."""
 
 
 def retry_after_seconds(

@@ -35,7 +35,7 @@ from libcloud.compute.drivers.ec2 import NAMESPACE, EC2Connection, EC2NodeDriver
 from libcloud.pricing import get_size_price
 from libcloud.utils.xml import findall, findattr, findtext
 
-from reconciler.errors import ObservationIncomplete, ProviderError, TransientError
+from reconciler.errors import ObservationIncomplete, OutcomeUnknown, ProviderError, TransientError
 from reconciler.extensions import LoadBalancerPort
 from reconciler.model import InstanceState, ObservedInstance
 from reconciler.providers.base import (
@@ -46,7 +46,6 @@ from reconciler.providers.base import (
     launched_instance,
 )
 from reconciler.providers.calls import (
-    OutcomeUnknown,
     ProviderCalls,
     launch_once,
     retry_after_seconds,

@@ -15,8 +15,7 @@ from libcloud.loadbalancer.base import Driver as LoadBalancerDriver
 from libcloud.loadbalancer.drivers.elb import NS, ElasticLBDriver, ELBConnection
 from libcloud.utils.xml import findall, findtext
 
-from reconciler.errors import ProviderError, TransientError
-from reconciler.extensions import PluginError
+from reconciler.errors import PluginError, ProviderError, TransientError
 from reconciler.providers.ec2 import _translate
 from reconciler.providers.endpoints import parse_endpoint
 

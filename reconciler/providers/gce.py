@@ -57,8 +57,11 @@ from libcloud.pricing import get_pricing
 
 from reconciler.errors import (
     ConfigurationError,
+    GceValueError,
     ObservationIncomplete,
+    OutcomeUnknown,
     ProviderError,
+    TokenRefused,
     TransientError,
 )
 from reconciler.model import InstanceState, ObservedInstance, ProviderProfile
@@ -68,19 +71,17 @@ from reconciler.providers.base import (
     LaunchRequest,
     launched_instance,
 )
-from reconciler.providers.calls import OutcomeUnknown, ProviderCalls
+from reconciler.providers.calls import ProviderCalls
 from reconciler.providers.credentials import resolve_secret
 from reconciler.providers.gce_connection import (
     GceDriver,
     MemoryToken,
-    TokenRefused,
     endpoint_parts,
     new_token,
 )
 from reconciler.providers.gce_labels import (
     IMAGE_KEY,
     USER_DATA_KEY,
-    GceValueError,
     family_image,
     gce_instance_name,
     image_reference,

@@ -19,16 +19,12 @@ from libcloud.common.google import GoogleBaseError, GoogleServiceAcctAuthConnect
 from libcloud.common.types import LibcloudError, MalformedResponseError
 from libcloud.compute.drivers.gce import GCEConnection, GCENodeDriver, GCEResponse
 
-from reconciler.errors import ProviderError, TransientError
-from reconciler.providers.calls import OutcomeUnknown, retry_after_seconds
+from reconciler.errors import OutcomeUnknown, ProviderError, TransientError
+from reconciler.providers.calls import retry_after_seconds
 from reconciler.providers.endpoints import parse_endpoint
 
 _SCOPES: Final = ["https://www.googleapis.com/auth/compute"]
 _TOKEN_MARGIN: Final = 60.0  # renew a token this many seconds before GCE says it expires
-
-
-class TokenRefused(TransientError):
-    """The API refused our access token (expired or revoked early): fetch a new one."""
 
 
 class MemoryToken:

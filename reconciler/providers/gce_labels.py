@@ -27,6 +27,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, Final
 
+from reconciler.errors import GceValueError
 from reconciler.model import InstanceState, ObservedInstance
 from reconciler.providers.base import (
     TAG_ENV,
@@ -98,10 +99,6 @@ _STATES: Final = {
 # A status this table does not know (a future one): not counted as serving, and
 # reported, rather than guessed to be alive.
 _UNKNOWN_STATE: Final = InstanceState.STOPPED
-
-
-class GceValueError(ValueError):
-    """A tag, label or image reference GCE cannot take (the message names it)."""
 
 
 def encode_value(value: str) -> str:

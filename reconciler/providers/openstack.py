@@ -42,7 +42,9 @@ from libcloud.compute.drivers.openstack import OpenStackNetwork
 from reconciler.errors import (
     ConfigurationError,
     ObservationIncomplete,
+    OutcomeUnknown,
     ProviderError,
+    Throttled,
     TransientError,
 )
 from reconciler.model import ObservedInstance, ProviderProfile
@@ -55,7 +57,6 @@ from reconciler.providers.base import (
     launched_instance,
 )
 from reconciler.providers.calls import (
-    OutcomeUnknown,
     ProviderCalls,
     launch_once,
     retry_after_seconds,
@@ -64,7 +65,6 @@ from reconciler.providers.credentials import resolve_secret
 from reconciler.providers.openstack_connection import make_driver
 from reconciler.providers.openstack_nova import (
     USER_DATA_MAX,
-    Throttled,
     is_uuid,
     metadata_problem,
     next_page,

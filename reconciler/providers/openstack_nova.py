@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from reconciler.errors import ConfigurationError, TransientError
+from reconciler.errors import ConfigurationError
 from reconciler.model import InstanceState
 
 # Nova's own statuses (server "status"), mapped to what planning cares about.
@@ -102,10 +102,6 @@ def next_page(links: Any) -> dict[str, str] | None:
 
 
 # ---------------------------------------------------------------- errors
-
-
-class Throttled(TransientError):
-    """Rejected before execution (429, or Nova's 413 overLimit with Retry-After)."""
 
 
 def request_name(method: str, action: str) -> str:
