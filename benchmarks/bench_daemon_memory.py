@@ -20,9 +20,9 @@ from typing import Any
 
 from _bench import fleet, quiet, rss_mib, sandbox, timed
 
-from reconciler.daemon import Daemon, DaemonSettings
 from reconciler.ledger import Ledger
-from reconciler.systemd import Notifier, Watchdog
+from reconciler.service.daemon import Daemon, DaemonSettings
+from reconciler.service.systemd import Notifier, Watchdog
 from tests.desired_builder import git_commit
 
 EARLY = 10

@@ -28,10 +28,10 @@ from _bench import Requests, fleet, fmt_requests, quiet, sandbox, timed
 from reconciler import accounting, engine
 from reconciler.desired import load_desired_state
 from reconciler.ledger import Ledger
-from reconciler.planner import compute_plan
+from reconciler.planning.planner import compute_plan
 from reconciler.providers import LaunchRequest, ownership_tags
 from reconciler.providers.ec2 import Ec2Provider
-from reconciler.sandbox import SANDBOX_KEY, SANDBOX_SECRET
+from reconciler.providers.sandbox import SANDBOX_KEY, SANDBOX_SECRET
 
 ENVS = ("production", "staging")
 COUNT = 2

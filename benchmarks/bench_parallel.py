@@ -21,7 +21,7 @@ from _bench import Requests, fleet, fmt_requests, quiet, sandbox, timed
 
 from reconciler import engine
 from reconciler.ledger import Ledger
-from reconciler.sandbox import reset_sandbox, set_faults
+from reconciler.providers.sandbox import reset_sandbox, set_faults
 
 LEVELS = (1, 8, 32)
 SPEEDUP_TARGET = 6.0

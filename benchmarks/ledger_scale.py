@@ -22,8 +22,8 @@ from pathlib import Path
 
 from reconciler.ledger import Ledger
 from reconciler.model import InstanceState, ObservedInstance
-from reconciler.orphans import DesiredService, observation_document
-from reconciler.report import build_report
+from reconciler.planning.orphans import DesiredService, observation_document
+from reconciler.present.report import build_report
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 ENVS, SERVICES, PER_GENERATION = 5, 40, 25

@@ -20,10 +20,10 @@ from pathlib import Path
 from _bench import IMAGE_V1, quiet, write_desired
 from rich.console import Console
 
-from reconciler import render
 from reconciler.desired import load_desired_state
 from reconciler.model import LedgerView
-from reconciler.planner import compute_plan
+from reconciler.planning.planner import compute_plan
+from reconciler.present import render
 
 SIZES = (500, 1000, 2000, 5000)
 

@@ -12,10 +12,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from reconciler.costs import Billing, PlanCosts, PriceBook, compute_plan_costs
 from reconciler.ledger import Ledger
 from reconciler.model import DesiredState, ObservedInstance, Plan
-from reconciler.orphans import (
+from reconciler.planning.costs import Billing, PlanCosts, PriceBook, compute_plan_costs
+from reconciler.planning.orphans import (
     DesiredService,
     Observation,
     Orphan,

@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
 
-from reconciler.gitinfo import source_commit
+from reconciler.desired.gitinfo import source_commit
 
 
 @cache

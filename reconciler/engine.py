@@ -11,14 +11,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from reconciler import accounting
-from reconciler.apply import ApplyResult, HealthGate, _never, _nothing, apply_plan
-from reconciler.costs import PlanCosts
+from reconciler.apply.applier import (
+    ApplyResult,
+    HealthGate,
+    apply_plan,
+    never_stop,
+    no_heartbeat,
+)
+from reconciler.apply.gates import Rollout
 from reconciler.desired import load_desired_state
+from reconciler.desired.gitinfo import current_commit
 from reconciler.errors import (
     Declined,
     GuardRefused,
@@ -26,26 +32,34 @@ from reconciler.errors import (
     Problem,
     ReconcilerError,
 )
-from reconciler.extensions import LoadBalancerPort
-from reconciler.gitinfo import current_commit
+from reconciler.extensions.notify import Notifications
 from reconciler.ledger import Ledger
+from reconciler.ledger.holds import (
+    current_freezes,
+    current_pins,
+    recent_replacements,
+    services_down,
+)
 from reconciler.model import (
-    CAPACITY_REDUCING,
     ActionKind,
     DesiredState,
     Freeze,
     HoldReason,
     InstanceState,
     ObservedInstance,
-    Pin,
     Plan,
     Reason,
 )
-from reconciler.notify import Notifications
-from reconciler.planner import compute_plan
+from reconciler.planning.costs import PlanCosts
+from reconciler.planning.guards import (
+    check_guards,
+    replacements_planned,
+    thrashing,
+)
+from reconciler.planning.planner import compute_plan
 from reconciler.providers import ComputeProvider, build_provider
+from reconciler.providers.base import LoadBalancerPort
 from reconciler.recovery import resolve_open_operations
-from reconciler.rollout import Rollout
 
 log = structlog.get_logger(__name__)
 
@@ -181,44 +195,6 @@ def report_odd_instances(
             )  # fmt: skip
 
 
-def static_refusals(desired: DesiredState) -> list[str]:
-    """The guards that need only the desired state: `validate` gives the same verdict
-    as `plan` and `apply` (an empty desired state or environment is refused by all)."""
-    reasons: list[str] = []
-    if not desired.environments:
-        reasons.append("the desired state declares no environments; refusing to act on it")
-    for env in desired.environments:
-        if not env.services:
-            reasons.append(
-                f"environment {env.name} ({env.source_file}) declares no services; "
-                "refusing to prune it (delete the file to decommission the environment)"
-            )
-    return reasons
-
-
-def check_guards(
-    desired: DesiredState,
-    observed: Sequence[ObservedInstance],
-    plan: Plan,
-    *,
-    allow_mass_destroy: bool,
-) -> list[str]:
-    """DESIGN §4 guards; each returned string is a reason to refuse the whole run."""
-    reasons = static_refusals(desired)
-    alive = [i for i in observed if i.alive]
-    reducing = [
-        a for a in plan.actions if a.kind is ActionKind.DESTROY and a.reason in CAPACITY_REDUCING
-    ]
-    limit = desired.policy.max_destroy_fraction
-    if reducing and not allow_mass_destroy and len(reducing) > limit * len(alive):
-        reasons.append(
-            f"plan destroys {len(reducing)} of {len(alive)} running instances without "
-            f"replacement, above max_destroy_fraction {limit}; "
-            "re-run with --allow-mass-destroy if this is intended"
-        )
-    return reasons
-
-
 def plan_pass(desired_dir: str | Path, ledger: Ledger) -> PassOutcome:
     """Read, observe and plan; changes nothing anywhere."""
     desired = read_desired(desired_dir)
@@ -258,8 +234,8 @@ def apply_pass(
     command: str = "apply",
     allow_mass_destroy: bool = False,
     gate: HealthGate | None = None,
-    should_stop: Callable[[], bool] = _never,
-    heartbeat: Callable[[], None] = _nothing,
+    should_stop: Callable[[], bool] = never_stop,
+    heartbeat: Callable[[], None] = no_heartbeat,
     on_call: ApiCallListener | None = None,
     confirm: Callable[[Plan], bool] | None = None,
 ) -> PassOutcome:
@@ -323,7 +299,11 @@ def _apply_run(
         plan = compute_plan(
             desired=desired, observed=observed, ledger=view, now=started, pins=pins, frozen=frozen
         )
-        tripped = detect_thrash(ledger, desired, plan, now=started)
+        planned = replacements_planned(plan)
+        recent = recent_replacements(
+            ledger, planned, now=started, window_seconds=desired.policy.thrash_window
+        )
+        tripped = thrashing(desired, planned, recent)
         for (env, service), detail in tripped.items():
             ledger.record_event(
                 kind="frozen", at=started, run=run_id, env=env, service=service, detail=detail
@@ -493,18 +473,6 @@ def dated_holds(plan: Plan, ledger: Ledger) -> Plan:
     return replace(plan, held=held)
 
 
-def services_down(ledger: Ledger) -> dict[tuple[str, str], datetime]:
-    """Services whose newest down/up event says down, with when they went down."""
-    down: dict[tuple[str, str], datetime] = {}
-    for event in _events_in_order(ledger, "service_down", "service_up"):
-        key = (event["env"], event["service"])
-        if event["kind"] == "service_down":
-            down[key] = datetime.fromisoformat(event["at"])
-        else:
-            down.pop(key, None)
-    return down
-
-
 def load_balancer_ports(
     desired: DesiredState, providers: Mapping[str, ComputeProvider]
 ) -> dict[str, LoadBalancerPort | None]:
@@ -518,96 +486,6 @@ def load_balancer_ports(
         factory = getattr(providers[name], "load_balancers", None)
         ports[name] = factory() if callable(factory) else None
     return ports
-
-
-def current_pins(
-    ledger: Ledger, desired: DesiredState, *, release_stale: bool = False
-) -> dict[tuple[str, str], Pin]:
-    """Services pinned by `rollback` and not released. A pin lapses when a commit
-    changes the service's spec (its fingerprint differs from the one pinned against)."""
-    pins: dict[tuple[str, str], Pin] = {}
-    for event in _events_in_order(ledger, "pinned", "released"):
-        if not event["env"]:
-            continue
-        key = (event["env"], event["service"])
-        if event["kind"] == "released":
-            pins.pop(key, None)
-        else:
-            detail = event["detail"] or {}
-            pins[key] = Pin(
-                env=key[0], service=key[1], generation=int(event["generation"]),
-                fingerprint=str(detail.get("fingerprint", "")),
-                since=datetime.fromisoformat(event["at"]),
-            )  # fmt: skip
-    for key, pin in list(pins.items()):
-        spec = desired.service(*key)
-        if spec is None or spec.fingerprint != pin.fingerprint:
-            del pins[key]
-            if release_stale:
-                ledger.record_event(
-                    kind="released", at=datetime.now(UTC), env=key[0], service=key[1],
-                    generation=pin.generation, detail={"why": "the desired spec changed"},
-                )  # fmt: skip
-    return pins
-
-
-def _events_in_order(ledger: Ledger, *kinds: str) -> list[dict[str, Any]]:
-    rows = [row for kind in kinds for row in ledger.event_rows(kind=kind)]
-    return sorted(rows, key=lambda row: (row["at"], row["id"]))
-
-
-def current_freezes(ledger: Ledger, desired: DesiredState) -> dict[tuple[str, str], Freeze]:
-    """Services a guard froze, with why and since when; a freeze lasts until
-    `unfreeze` or a new commit."""
-    freezes: dict[tuple[str, str], Freeze] = {}
-    for event in _events_in_order(ledger, "frozen", "unfrozen"):
-        key = (event["env"], event["service"])
-        if event["kind"] == "unfrozen":
-            freezes.pop(key, None)
-            continue
-        detail = event["detail"] or {}
-        if detail.get("commit") == desired.commit:
-            since = datetime.fromisoformat(event["at"])
-            freezes[key] = Freeze(str(detail.get("why", "guard")), since)
-        else:
-            freezes.pop(key, None)  # the desired state moved on since
-    return freezes
-
-
-def detect_thrash(
-    ledger: Ledger, desired: DesiredState, plan: Plan, *, now: datetime
-) -> dict[tuple[str, str], dict[str, Any]]:
-    """Services whose replacements (missing/tampered) in the policy window, counting
-    this plan's, exceed `thrash_limit`: something keeps killing them; stop feeding it."""
-    policy = desired.policy
-    planned: dict[tuple[str, str], int] = {}
-    for action in plan.actions:
-        if action.kind is ActionKind.CREATE and action.reason in (Reason.MISSING, Reason.TAMPERED):
-            key = (action.env, action.service)
-            planned[key] = planned.get(key, 0) + 1
-    tripped: dict[tuple[str, str], dict[str, Any]] = {}
-    window_start = now - timedelta(seconds=policy.thrash_window)
-    # Counting restarts after a freeze or an unfreeze: the operator has looked.
-    resets: dict[tuple[str, str], datetime] = {}
-    if planned:
-        for event in _events_in_order(ledger, "frozen", "unfrozen"):
-            resets[(event["env"], event["service"])] = datetime.fromisoformat(event["at"])
-    for key, count in planned.items():
-        since = max(window_start, resets.get(key, window_start))
-        recent = len(
-            ledger.event_rows(kind="instance_replaced", env=key[0], service=key[1], since=since)
-        )
-        if recent + count > policy.thrash_limit:
-            tripped[key] = {
-                "why": f"thrash: {recent} replacements in {policy.thrash_window:.0f}s "
-                f"and {count} more planned, limit {policy.thrash_limit}",
-                "replacements": recent,
-                "planned": count,
-                "limit": policy.thrash_limit,
-                "window_seconds": policy.thrash_window,
-                "commit": desired.commit,
-            }
-    return tripped
 
 
 def _record_vanished(

@@ -40,7 +40,7 @@ class ProviderProfile:
     region: str | None = None
     endpoint: str | None = None
     credentials: Mapping[str, SecretRef] = field(default_factory=dict)
-    # How the provider bills an instance's lifetime (see reconciler.costs):
+    # How the provider bills an instance's lifetime (see reconciler.planning.costs):
     # "per-second" with a minimum (EC2 Linux: 60 s) or "per-hour" rounded up.
     billing: str = "per-second"
     billing_minimum: float = 60.0  # seconds

@@ -4,7 +4,7 @@ Owns: resolving the ledger's open operations (intent/issued) against the cloud a
 start of every apply pass, and settling an activation that was cut between its two
 ledger writes. Must not: plan (the planner decides what to create or destroy), launch
 instances, or run while another process may still be writing operations: the caller
-holds the state lock (`reconciler.statelock`), so every open operation belongs to a
+holds the state lock (`reconciler.service.statelock`), so every open operation belongs to a
 process that has ended (or to an earlier pass of this one, whose workers all returned).
 
 Why a create that never reached the cloud is closed `failed` rather than retried with

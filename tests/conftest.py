@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.sandbox import SandboxServer, fetch_stats, reset_sandbox
+from reconciler.providers.sandbox import SandboxServer, fetch_stats, reset_sandbox
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -2,7 +2,7 @@
 
 Owns: turning compact dicts (the YAML cases, hypothesis strategies) into the model's
 DesiredState / ObservedInstance / LedgerView, and `simulate_apply`, which applies a
-Plan to a fake world exactly as `reconciler.apply` does to the cloud and the ledger.
+Plan to a fake world exactly as `reconciler.apply.applier` does to the cloud and the ledger.
 Must not: touch a cloud, a file or the real ledger; everything here is pure.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from reconciler.fingerprint import compute_fingerprint
+from reconciler.desired.fingerprint import compute_fingerprint
 from reconciler.model import (
     Action,
     ActionKind,
@@ -318,7 +318,7 @@ def simulate_apply(
     fail: Collection[tuple[str, str]] = (),
     stop_after: int | None = None,
 ) -> World:
-    """Apply `plan` as `reconciler.apply.Applier` does, on a copy of `world`.
+    """Apply `plan` as `reconciler.apply.applier.Applier` does, on a copy of `world`.
 
     `fail`: services whose new-generation batches fail the health gate (the batch is
     compensated, the generation marked failed, the service's remaining actions skipped).

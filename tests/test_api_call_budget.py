@@ -13,7 +13,7 @@ from typing import Any
 
 from reconciler import engine
 from reconciler.ledger import Ledger
-from reconciler.sandbox import SandboxServer, fetch_stats
+from reconciler.providers.sandbox import SandboxServer, fetch_stats
 from tests.desired_builder import IMAGE_V1, write_desired
 
 SERVICES, COUNT = 50, 2

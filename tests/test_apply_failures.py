@@ -12,7 +12,7 @@ from pathlib import Path
 from reconciler import engine
 from reconciler.ledger import Ledger
 from reconciler.model import ObservedInstance, ServiceSpec
-from reconciler.sandbox import SandboxServer, fetch_stats
+from reconciler.providers.sandbox import SandboxServer, fetch_stats
 from tests.desired_builder import IMAGE_V1, IMAGE_V2, write_desired
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from reconciler.sandbox import SandboxServer, fetch_stats
+from reconciler.providers.sandbox import SandboxServer, fetch_stats
 from tests.bluegreen_support import HealthServer, WebhookReceiver
 from tests.conftest import Cli
 from tests.desired_builder import IMAGE_V1, IMAGE_V2, write_desired
@@ -269,7 +269,7 @@ def test_plugin_discovery_lists_installed_and_broken_plugins(tmp_path: Path) -> 
         "[reconciler.notifiers]\nbroken = extra_plugin_missing:Nope\n"
     )
     (site / "extra_plugin.py").write_text(
-        "from reconciler.extensions import ProbeResult\n"
+        "from reconciler.extensions.api import ProbeResult\n"
         "class AlwaysOk:\n"
         "    def __init__(self, target, *, timeout):\n"
         "        self.target = target\n"
@@ -295,7 +295,7 @@ def test_load_balancer_members_follow_the_active_generation(
     from libcloud.loadbalancer.base import Algorithm
 
     from reconciler.providers.elb import ElbBalancers, _EndpointElbDriver
-    from reconciler.sandbox import SANDBOX_KEY, SANDBOX_SECRET
+    from reconciler.providers.sandbox import SANDBOX_KEY, SANDBOX_SECRET
 
     # Operators own the load balancer; the test creates it the way they would.
     _EndpointElbDriver(SANDBOX_KEY, SANDBOX_SECRET, "us-east-1", sandbox.endpoint).create_balancer(
@@ -342,7 +342,7 @@ def _serving_watcher(endpoint: str, balancer: str) -> tuple[list[int], Any]:
     import threading
 
     from reconciler.providers.elb import ElbBalancers
-    from reconciler.sandbox import SANDBOX_KEY, SANDBOX_SECRET
+    from reconciler.providers.sandbox import SANDBOX_KEY, SANDBOX_SECRET
 
     balancers = ElbBalancers(
         key=SANDBOX_KEY, secret=SANDBOX_SECRET, region="us-east-1", endpoint=endpoint
@@ -384,7 +384,7 @@ def fleet_lb(sandbox: SandboxServer) -> None:
     from libcloud.loadbalancer.base import Algorithm
 
     from reconciler.providers.elb import _EndpointElbDriver
-    from reconciler.sandbox import SANDBOX_KEY, SANDBOX_SECRET
+    from reconciler.providers.sandbox import SANDBOX_KEY, SANDBOX_SECRET
 
     _EndpointElbDriver(SANDBOX_KEY, SANDBOX_SECRET, "us-east-1", sandbox.endpoint).create_balancer(
         "fleet-lb", 80, "http", Algorithm.ROUND_ROBIN, []
@@ -421,7 +421,7 @@ def test_rolling_failure_rolls_the_finished_batches_back(
     cli: Cli, tmp_path: Path, sandbox: SandboxServer, health: HealthServer, fleet_lb: None
 ) -> None:
     from reconciler.providers.elb import ElbBalancers
-    from reconciler.sandbox import SANDBOX_KEY, SANDBOX_SECRET
+    from reconciler.providers.sandbox import SANDBOX_KEY, SANDBOX_SECRET
 
     root = tmp_path / "desired"
     _rolling_fleet(root, sandbox.endpoint, health, IMAGE_V1)

@@ -12,7 +12,7 @@ from libcloud.compute.base import Node
 from libcloud.compute.drivers.ec2 import EC2NodeDriver
 
 from reconciler.providers.endpoints import parse_endpoint
-from reconciler.sandbox import SANDBOX_KEY, SANDBOX_SECRET, SandboxServer, fetch_stats
+from reconciler.providers.sandbox import SANDBOX_KEY, SANDBOX_SECRET, SandboxServer, fetch_stats
 from tests.conftest import Cli, mutating_calls
 from tests.desired_builder import IMAGE_V1, IMAGE_V2, git_commit, write_desired
 

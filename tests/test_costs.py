@@ -12,13 +12,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.costs import (
-    Billing,
-    PriceBook,
-    billed_seconds,
-    compute_plan_costs,
-    instance_cost,
-)
 from reconciler.ledger import Ledger
 from reconciler.model import (
     Action,
@@ -32,6 +25,13 @@ from reconciler.model import (
     Reason,
     ServiceSpec,
     Strategy,
+)
+from reconciler.planning.costs import (
+    Billing,
+    PriceBook,
+    billed_seconds,
+    compute_plan_costs,
+    instance_cost,
 )
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from reconciler.ledger import Ledger
-from reconciler.sandbox import SandboxServer, fetch_stats, reset_sandbox
+from reconciler.providers.sandbox import SandboxServer, fetch_stats, reset_sandbox
 from tests.conftest import Cli
 from tests.desired_builder import IMAGE_V1, IMAGE_V2, git_commit, write_desired
 from tests.test_cli_e2e import live_nodes

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from reconciler.ledger import Ledger
-from reconciler.sandbox import SandboxServer
+from reconciler.providers.sandbox import SandboxServer
 from tests.daemon_support import (
     DaemonProcess,
     HangingServer,

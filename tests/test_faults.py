@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 from reconciler.errors import ObservationIncomplete, ProviderError
 from reconciler.providers.base import LaunchRequest, ownership_tags
 from reconciler.providers.ec2 import Ec2Provider
-from reconciler.sandbox import (
+from reconciler.providers.sandbox import (
     SANDBOX_KEY,
     SANDBOX_SECRET,
     SandboxServer,

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from reconciler.ledger import Ledger
-from reconciler.sandbox import SandboxServer
+from reconciler.providers.sandbox import SandboxServer
 from tests.conftest import mutating_calls
 from tests.daemon_support import GIT_ENV, DaemonProcess, wait_for
 from tests.desired_builder import git_commit

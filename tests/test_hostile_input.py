@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.sandbox import SandboxServer, clear_faults, reset_sandbox, set_faults
+from reconciler.providers.sandbox import SandboxServer, clear_faults, reset_sandbox, set_faults
 from tests.conftest import Cli, CliResult, mutating_calls
 from tests.desired_builder import IMAGE_V1, write_desired
 from tests.hostile_corpus import BASE, Case, build_case, load_cases

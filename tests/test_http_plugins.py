@@ -15,7 +15,7 @@ from reconciler_plugins.health import HttpCheck
 from reconciler_plugins.notifiers import WebhookNotifier
 
 from reconciler.errors import PluginError
-from reconciler.extensions import InstanceRef, Notification
+from reconciler.extensions.api import InstanceRef, Notification
 
 NOTE = Notification(kind="run-failed", text="run 7 failed")
 REF = InstanceRef(id="i-1", name="prod-web-g1-1", env="prod", service="web", generation=1,

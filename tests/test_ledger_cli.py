@@ -18,10 +18,11 @@ import pytest
 from libcloud.compute.base import NodeImage, NodeSize
 from libcloud.pricing import get_size_price
 
-from reconciler import engine, render
+from reconciler import engine
 from reconciler.ledger import Ledger
 from reconciler.model import GenerationState
-from reconciler.sandbox import SandboxServer
+from reconciler.present import render
+from reconciler.providers.sandbox import SandboxServer
 from tests.conftest import Cli
 from tests.desired_builder import IMAGE_V1, IMAGE_V2, git_commit, write_desired
 from tests.test_cli_e2e import live_nodes, raw_driver

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from reconciler.ledger import Ledger
-from reconciler.metrics import Metrics
+from reconciler.service.metrics import Metrics
 
 KIT = Path(__file__).resolve().parents[1] / "monitoring"
 RULES = KIT / "prometheus" / "reconciler-alerts.yml"

@@ -13,9 +13,9 @@ import structlog
 from reconciler_plugins import notifiers as builtin
 
 from reconciler.errors import PluginError
-from reconciler.extensions import Notification, PluginSet
+from reconciler.extensions.api import Notification, PluginSet
+from reconciler.extensions.notify import Notifications
 from reconciler.model import NotifierSpec
-from reconciler.notify import Notifications
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from prometheus_client import generate_latest
 
 from reconciler import engine
 from reconciler.ledger import Ledger
-from reconciler.metrics import Metrics
-from reconciler.sandbox import SandboxServer
+from reconciler.providers.sandbox import SandboxServer
+from reconciler.service.metrics import Metrics
 from tests.bluegreen_support import WebhookReceiver
 from tests.conftest import Cli
 from tests.daemon_support import DaemonProcess, Remote, wait_for
@@ -279,7 +279,8 @@ def test_a_request_nobody_takes_is_withdrawn(cli: Cli, desired: Desired) -> None
     assert run(cli, desired, "validate").code == 0
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from reconciler.statelock import StateLock;"
+         "import sys, time; from pathlib import Path;"
+         " from reconciler.service.statelock import StateLock;"
          f" StateLock(Path({str(cli.state_dir)!r})).acquire(); print('held', flush=True);"
          " time.sleep(120)"],
         stdout=subprocess.PIPE, text=True,
@@ -391,7 +392,7 @@ def _on_a_terminal(
 def test_apply_on_a_terminal_shows_the_plan_and_asks(
     cli: Cli, desired: Desired, sandbox: SandboxServer
 ) -> None:
-    from reconciler.sandbox import fetch_stats
+    from reconciler.providers.sandbox import fetch_stats
 
     desired.write({"web": {"image": IMAGE_V1}})
     code, screen = _on_a_terminal(cli, ["apply", "--desired", str(desired.root)], "n")

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from reconciler.costs import Billing
 from reconciler.model import GenerationRecord, GenerationState, InstanceState, ObservedInstance
-from reconciler.orphans import (
+from reconciler.planning.costs import Billing
+from reconciler.planning.orphans import (
     DesiredService,
     Observation,
     classify_orphans,

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from planner_support import World, build_case, compact_action, simulate_apply
 
-from reconciler.planner import compute_plan
+from reconciler.planning.planner import compute_plan
 
 CASES = sorted((Path(__file__).parent / "plan_cases").glob("*.yaml"))
 REQUIRED = {"description", "now", "desired", "expected"}

@@ -37,7 +37,7 @@ from reconciler.model import (
     Reason,
     Strategy,
 )
-from reconciler.planner import compute_plan
+from reconciler.planning.planner import compute_plan
 
 ENVS = ("production", "staging", "dev")
 SERVICES = ("web", "api", "db")

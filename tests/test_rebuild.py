@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from reconciler.ledger import Ledger
-from reconciler.sandbox import SandboxServer
+from reconciler.providers.sandbox import SandboxServer
 from tests.conftest import Cli, mutating_calls
 from tests.desired_builder import IMAGE_V1, IMAGE_V2, git_commit, write_desired
 

@@ -19,8 +19,8 @@ from reconciler import engine
 from reconciler.ledger import Ledger
 from reconciler.model import GenerationState, ObservedInstance
 from reconciler.providers import ComputeProvider, LaunchRequest, ownership_tags
+from reconciler.providers.sandbox import SandboxServer, fetch_stats
 from reconciler.recovery import ADOPTED, NEVER_LAUNCHED, resolve_open_operations
-from reconciler.sandbox import SandboxServer, fetch_stats
 from tests.desired_builder import IMAGE_V1, IMAGE_V2, write_desired
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import FetchFailed
-from reconciler.gitsource import GitSource
+from reconciler.service.gitsource import GitSource
 from tests.desired_builder import git_commit
 
 TOKEN = "ghp_CANARY7x9TOKEN"

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.formatting import money
 from reconciler.ledger import Ledger
 from reconciler.model import GenerationState
-from reconciler.orphans import DesiredService, observation_document
-from reconciler.report import build_report
+from reconciler.planning.orphans import DesiredService, observation_document
+from reconciler.present.formatting import money
+from reconciler.present.report import build_report
 from tests.test_orphans import node
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -200,7 +200,7 @@ def _demo_fleet(ledger: Ledger, now: datetime, *, old: bool = True) -> None:
 
 
 def test_report_total_equals_ledger_cost_since_30_days(tmp_path: Path) -> None:
-    from reconciler.report import gather_report
+    from reconciler.present.report import gather_report
 
     with Ledger.open(tmp_path / "state") as ledger:
         _demo_fleet(ledger, NOW)

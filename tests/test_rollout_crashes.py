@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from reconciler import engine
+from reconciler.apply.gates import Rollout
 from reconciler.desired import load_desired_state
 from reconciler.errors import InvalidDesiredState
-from reconciler.extensions import InstanceRef, PluginSet, ProbeResult
+from reconciler.extensions.api import InstanceRef, PluginSet, ProbeResult
 from reconciler.ledger import Ledger
 from reconciler.model import ObservedInstance, ServiceSpec
-from reconciler.rollout import Rollout
-from reconciler.sandbox import SandboxServer, clear_faults, fetch_stats, set_faults
+from reconciler.providers.sandbox import SandboxServer, clear_faults, fetch_stats, set_faults
 from tests.desired_builder import IMAGE_V1, IMAGE_V2, write_desired
 
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from reconciler.sandbox import fetch_stats
+from reconciler.providers.sandbox import fetch_stats
 from tests.conftest import REPO
 from tests.desired_builder import IMAGE_V1, write_desired
 

@@ -25,7 +25,7 @@ import pytest
 
 from reconciler.desired import load_desired_state
 from reconciler.providers.credentials import resolve_secret
-from reconciler.systemd import Notifier, Watchdog
+from reconciler.service.systemd import Notifier, Watchdog
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "reconciler.service"

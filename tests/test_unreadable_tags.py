@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from libcloud.compute.base import NodeImage, NodeSize
 
-from reconciler.sandbox import SandboxServer
+from reconciler.providers.sandbox import SandboxServer
 from tests.conftest import Cli, mutating_calls
 from tests.desired_builder import IMAGE_V1, write_desired
 from tests.test_cli_e2e import live_nodes, raw_driver

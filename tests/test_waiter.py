@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from reconciler.apply.waiter import BootWaiter
 from reconciler.errors import BootFailed, ObservationIncomplete
 from reconciler.model import InstanceState, ObservedInstance
-from reconciler.waiter import BootWaiter
 
 
 def _instance(instance_id: str, state: InstanceState, provider: str = "cloud") -> ObservedInstance:

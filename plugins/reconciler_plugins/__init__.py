@@ -1,5 +1,5 @@
 """reconciler's built-in plugins, registered through the same entry points as any other.
 
 Health checks (`http`, `tcp`, `command`), traffic switches (`command`, `libcloud-lb`)
-and notifiers (`webhook`, `command`). See `reconciler.extensions` for the API.
+and notifiers (`webhook`, `command`). See `reconciler.extensions.api` for the API.
 """

@@ -19,7 +19,7 @@ from reconciler.errors import TransientError
 from reconciler.extensions import InstanceRef, ProbeResult
 from reconciler.httpclient import exchange
 from reconciler.redact import excerpt
-from reconciler.templates import fill_template
+from reconciler.desired.templates import fill_template
 
 BODY_START = 200  # bytes of an unhealthy answer's body kept as its reason
 

@@ -11,7 +11,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from reconciler import engine, render
+from reconciler import engine
 from reconciler.cli.common import (
     EXIT_CHANGES,
     EXIT_ERROR,
@@ -29,12 +29,14 @@ from reconciler.cli.common import (
     refuse_libcloud_debug,
 )
 from reconciler.cli.root import cli
+from reconciler.desired.gitinfo import uncommitted_changes
 from reconciler.errors import GuardRefused
-from reconciler.gitinfo import uncommitted_changes
 from reconciler.ledger import Ledger
 from reconciler.model import Plan
-from reconciler.statelock import StateLock
-from reconciler.terminal import shown
+from reconciler.planning.guards import static_refusals
+from reconciler.present import render
+from reconciler.present.terminal import shown
+from reconciler.service.statelock import StateLock
 
 
 @cli.command()
@@ -44,7 +46,7 @@ def validate(desired_dir: Path) -> None:
     refuse it (an environment without services, no environments at all)."""
     with domain_errors():
         desired = engine.read_desired(desired_dir)
-        refusals = engine.static_refusals(desired)
+        refusals = static_refusals(desired)
         if refusals:
             raise GuardRefused(refusals)
     services = len(desired.services())
@@ -198,9 +200,9 @@ def daemon(
     metrics_addr: str | None,
 ) -> None:
     """Follow a git branch and reconcile on an interval (the systemd service)."""
-    from reconciler.daemon import Daemon, DaemonSettings
-    from reconciler.metrics import Metrics
-    from reconciler.systemd import Notifier, Watchdog
+    from reconciler.service.daemon import Daemon, DaemonSettings
+    from reconciler.service.metrics import Metrics
+    from reconciler.service.systemd import Notifier, Watchdog
 
     refuse_libcloud_debug()
     settings = DaemonSettings(
@@ -313,7 +315,7 @@ def rollback(
 
     Works while the daemon runs: the request is recorded in the ledger and the daemon
     acts on it between operations (it uses its own checkout of the desired state)."""
-    from reconciler import operator
+    from reconciler.ops import operator
 
     refuse_libcloud_debug()
     if not yes:
@@ -336,7 +338,7 @@ def rollback(
 @click.pass_context
 def release(ctx: click.Context, env: str, service: str, desired_dir: Path, wait: float) -> None:
     """Drop a rollback pin: git is the truth again."""
-    from reconciler import operator
+    from reconciler.ops import operator
 
     act_or_request(
         ctx, "release", env, service, wait=wait,
@@ -351,7 +353,7 @@ def release(ctx: click.Context, env: str, service: str, desired_dir: Path, wait:
 @click.pass_context
 def retry(ctx: click.Context, env: str, service: str, wait: float) -> None:
     """Allow a failed spec to be tried again."""
-    from reconciler import operator
+    from reconciler.ops import operator
 
     act_or_request(
         ctx, "retry", env, service, wait=wait,
@@ -369,7 +371,7 @@ def unfreeze(
     ctx: click.Context, env: str, service: str | None, desired_dir: Path, wait: float
 ) -> None:
     """Lift a freeze set by a guard (the thrash detector) on ENV or one SERVICE."""
-    from reconciler import operator
+    from reconciler.ops import operator
 
     act_or_request(
         ctx, "unfreeze", env, service, wait=wait,
@@ -381,7 +383,7 @@ def unfreeze(
 @json_option
 def plugins(as_json: bool) -> None:
     """Installed health, traffic and notifier plugins (and any that failed to load)."""
-    from reconciler.extensions import load_plugins
+    from reconciler.extensions.api import load_plugins
 
     found = load_plugins()
     rows = [
@@ -413,7 +415,7 @@ def plugins(as_json: bool) -> None:
 @click.pass_context
 def sandbox(ctx: click.Context, port: int) -> None:
     """Serve a local EC2-compatible endpoint (moto) for trying reconciler out."""
-    from reconciler.sandbox import SandboxServer
+    from reconciler.providers.sandbox import SandboxServer
 
     try:
         server = SandboxServer(port, log_requests=ctx.obj["verbose"])
@@ -430,7 +432,7 @@ def sandbox(ctx: click.Context, port: int) -> None:
 @click.pass_context
 def demo(ctx: click.Context, desired_dir: Path, fast: bool) -> None:
     """The guided tour: three passes on the built-in sandbox."""
-    from reconciler.demo import run_demo
+    from reconciler.devtools.demo import run_demo
     from reconciler.logs import configure_logging
 
     if not ctx.obj["verbose"]:

@@ -24,8 +24,8 @@ from reconciler.desired import parse_duration
 from reconciler.desired.durations import format_duration
 from reconciler.errors import GuardRefused, InvalidDesiredState, ReconcilerError, StateLocked
 from reconciler.ledger import Ledger
-from reconciler.statelock import StateLock
-from reconciler.terminal import shown
+from reconciler.present.terminal import shown
+from reconciler.service.statelock import StateLock
 
 __all__ = ["EXIT_CHANGES", "EXIT_ERROR", "EXIT_OK", "EXIT_REFUSED"]
 

@@ -18,7 +18,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from reconciler import accounting, engine, render
+from reconciler import accounting, engine
 from reconciler.cli.common import (
     F,
     desired_option,
@@ -32,10 +32,11 @@ from reconciler.cli.root import cli
 from reconciler.desired import parse_duration
 from reconciler.ledger import Ledger
 from reconciler.ledger.events import EVENT_KINDS
-from reconciler.orphans import desired_services
-from reconciler.rebuild import rebuild_ledger
-from reconciler.report import build_report, tables
-from reconciler.statelock import StateLock
+from reconciler.ops.rebuild import rebuild_ledger
+from reconciler.planning.orphans import desired_services
+from reconciler.present import render
+from reconciler.present.report import build_report, tables
+from reconciler.service.statelock import StateLock
 
 
 @cli.group()

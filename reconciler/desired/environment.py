@@ -15,6 +15,7 @@ from typing import Final, TypeVar
 
 from reconciler.desired.config import Settings
 from reconciler.desired.fields import SHARED_KEYS, ServiceFields, parse_service_fields
+from reconciler.desired.fingerprint import compute_fingerprint
 from reconciler.desired.schema import (
     Reporter,
     check_keys,
@@ -25,7 +26,6 @@ from reconciler.desired.schema import (
     require,
 )
 from reconciler.desired.yamlsource import YamlDocument, YMap
-from reconciler.fingerprint import compute_fingerprint
 from reconciler.model import (
     IDENTITY_NAME,
     Environment,

@@ -25,10 +25,10 @@ from reconciler.desired.schema import (
     get_str,
     join,
 )
+from reconciler.desired.templates import command_problem, template_problem
 from reconciler.desired.userdata import read_user_data
 from reconciler.desired.yamlsource import YMap, YNode
 from reconciler.model import HealthSpec, Strategy, TrafficSpec
-from reconciler.templates import command_problem, template_problem
 
 SHARED_KEYS: Final = (
     "size",

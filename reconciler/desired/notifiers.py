@@ -20,9 +20,9 @@ from reconciler.desired.schema import (
     get_str,
     join,
 )
+from reconciler.desired.templates import command_problem
 from reconciler.desired.yamlsource import YNode, YSeq
 from reconciler.model import NotifierSpec, SecretRef
-from reconciler.templates import command_problem
 
 NOTIFIER_KINDS: Final = ("webhook", "command")
 NOTIFIER_KEYS: Final = (*NOTIFIER_KINDS, "secret", "events", "timeout")

@@ -1,4 +1,4 @@
-"""Instance cost in SQL: the billing rules of `reconciler.costs`, evaluated by SQLite.
+"""Instance cost in SQL: the billing rules of `reconciler.planning.costs`, evaluated by SQLite.
 
 Owns: the SQL that prices instance rows and the cost listings built on it: by env,
 service, generation or day, and the "safety net" (standby time and failed
@@ -7,7 +7,7 @@ generation, kept current by triggers (see `rollup_triggers`); only instances sti
 running are priced at query time. Windowed listings read just the instances whose
 billed time can reach the window (the `instances_ended` index). Must not: write, take
 locks or open transactions (`Ledger` calls these under its lock). Tests compare these
-figures with `reconciler.costs.instance_cost` for the same rows.
+figures with `reconciler.planning.costs.instance_cost` for the same rows.
 """
 
 from __future__ import annotations

@@ -36,12 +36,12 @@ from libcloud.pricing import get_size_price
 from libcloud.utils.xml import findall, findattr, findtext
 
 from reconciler.errors import ObservationIncomplete, OutcomeUnknown, ProviderError, TransientError
-from reconciler.extensions import LoadBalancerPort
 from reconciler.model import InstanceState, ObservedInstance
 from reconciler.providers.base import (
     TAG_OP,
     TAG_OWNER,
     LaunchRequest,
+    LoadBalancerPort,
     instance_from_tags,
     launched_instance,
 )
@@ -92,7 +92,7 @@ def _first(values: list[str] | None) -> str | None:
     return values[0] if values else None
 
 
-def _translate(exc: Exception, action: str) -> Exception:
+def translate_ec2_error(exc: Exception, action: str) -> Exception:
     """Our error for a libcloud/requests failure; messages carry no credentials (nor
     request URLs, headers or bodies: only the cloud's error code and message)."""
     if isinstance(exc, TransientError | ProviderError):
@@ -153,7 +153,7 @@ class Ec2Provider:
         self._local = threading.local()
         self._calls = ProviderCalls(
             name,
-            translate=_translate,
+            translate=translate_ec2_error,
             attempts=retry_attempts,
             seconds=retry_seconds,
             on_call=on_call,

@@ -16,7 +16,7 @@ from libcloud.loadbalancer.drivers.elb import NS, ElasticLBDriver, ELBConnection
 from libcloud.utils.xml import findall, findtext
 
 from reconciler.errors import PluginError, ProviderError, TransientError
-from reconciler.providers.ec2 import _translate
+from reconciler.providers.ec2 import translate_ec2_error
 from reconciler.providers.endpoints import parse_endpoint
 
 _MEMBERS = "DescribeLoadBalancersResult/LoadBalancerDescriptions/member/Instances/member"
@@ -53,7 +53,7 @@ class ElbBalancers:
         try:
             return self._driver.connection.request("/", params=params).object
         except Exception as exc:  # translated at this edge, like the EC2 adapter
-            error = _translate(exc, what)
+            error = translate_ec2_error(exc, what)
             if isinstance(error, (ProviderError, TransientError)):
                 raise PluginError(f"load balancer: {error}") from None
             raise

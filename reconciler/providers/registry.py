@@ -26,7 +26,7 @@ def build_provider(
     """The adapter for `profile`; `on_call(provider, action)` hears every API request."""
     if profile.driver == "sandbox":
         from reconciler.providers.ec2 import Ec2Provider
-        from reconciler.sandbox import SANDBOX_KEY, SANDBOX_SECRET, in_process_endpoint
+        from reconciler.providers.sandbox import SANDBOX_KEY, SANDBOX_SECRET, in_process_endpoint
 
         endpoint = profile.endpoint or in_process_endpoint()
         return _with_load_balancers(

@@ -18,10 +18,10 @@ from reconciler.errors import PluginError, ReconcilerError
 from reconciler.model import Action, ActionKind, ObservedInstance, Reason
 
 if TYPE_CHECKING:
-    from reconciler.applyrun import ApplyRun, HealthGate
-    from reconciler.launching import Launcher
-    from reconciler.rollout import TrafficPort
-    from reconciler.teardown import Teardown
+    from reconciler.apply.gates import TrafficPort
+    from reconciler.apply.launching import Launcher
+    from reconciler.apply.run import ApplyRun, HealthGate
+    from reconciler.apply.teardown import Teardown
 
 log = structlog.get_logger(__name__)
 

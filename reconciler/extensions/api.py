@@ -15,6 +15,7 @@ from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 from reconciler.errors import ConfigurationError
+from reconciler.providers.base import LoadBalancerPort as LoadBalancerPort
 
 HEALTH_GROUP = "reconciler.health"
 TRAFFIC_GROUP = "reconciler.traffic"
@@ -63,18 +64,6 @@ class HealthCheck(Protocol):
 
 class HealthCheckFactory(Protocol):
     def __call__(self, target: str, *, timeout: float) -> HealthCheck: ...
-
-
-class LoadBalancerPort(Protocol):
-    """What the `libcloud-lb` switch needs from the provider adapter."""
-
-    def members(self, balancer: str) -> set[str]: ...
-
-    def attach(self, balancer: str, instance_ids: Sequence[str]) -> None: ...
-
-    def detach(self, balancer: str, instance_ids: Sequence[str]) -> None: ...
-
-    def in_service(self, balancer: str) -> set[str]: ...
 
 
 @dataclass(frozen=True)

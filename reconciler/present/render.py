@@ -15,11 +15,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from reconciler.applyrun import ApplyResult
-from reconciler.costs import HOURS_PER_MONTH, PlanCosts
-from reconciler.formatting import human_time, money
+from reconciler.apply.run import ApplyResult
 from reconciler.model import Action, ActionKind, Plan
-from reconciler.terminal import shown
+from reconciler.planning.costs import HOURS_PER_MONTH, PlanCosts
+from reconciler.present.formatting import human_time, money
+from reconciler.present.terminal import shown
 
 _SYMBOL = {
     ActionKind.CREATE: "+",

@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from reconciler.ledger import Ledger
-from reconciler.report.data import gather_report
-from reconciler.report.html import render_report
+from reconciler.present.report.data import gather_report
+from reconciler.present.report.html import render_report
 
 
 def build_report(ledger: Ledger, *, now: datetime, days: int = 30) -> str:

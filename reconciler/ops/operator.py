@@ -16,11 +16,12 @@ from typing import Any
 import structlog
 
 from reconciler import engine
+from reconciler.apply.gates import Rollout
 from reconciler.errors import NothingToDo, PluginError, ReconcilerError
+from reconciler.extensions.notify import Notifications
 from reconciler.ledger import Ledger
+from reconciler.ledger.holds import current_freezes, current_pins
 from reconciler.model import DesiredState, GenerationState, ObservedInstance
-from reconciler.notify import Notifications
-from reconciler.rollout import Rollout
 
 log = structlog.get_logger(__name__)
 
@@ -92,7 +93,7 @@ def rollback(desired_dir: DesiredSource, ledger: Ledger, env: str, service: str)
 
 def release(ledger: Ledger, desired_dir: DesiredSource, env: str, service: str) -> str:
     desired = _desired(desired_dir)
-    pins = engine.current_pins(ledger, desired)
+    pins = current_pins(ledger, desired)
     pin = pins.get((env, service))
     if pin is None:
         raise NothingToDo(f"{env}/{service} is not pinned")
@@ -127,7 +128,7 @@ def retry(ledger: Ledger, env: str, service: str) -> str:
 def unfreeze(ledger: Ledger, desired_dir: DesiredSource, env: str, service: str | None) -> str:
     """Lift the freezes a guard set on `env` (or one service of it)."""
     desired = _desired(desired_dir)
-    frozen = engine.current_freezes(ledger, desired)
+    frozen = current_freezes(ledger, desired)
     lifted = sorted(k for k in frozen if k[0] == env and service in (None, k[1]))
     if not lifted:
         in_git = [

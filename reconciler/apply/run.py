@@ -16,10 +16,10 @@ from datetime import datetime
 from threading import Lock
 from typing import Protocol
 
+from reconciler.apply.progress import ProgressHook
 from reconciler.errors import Interrupted, ReconcilerError
 from reconciler.ledger import Ledger
 from reconciler.model import Action, DesiredState, ObservedInstance, ServiceSpec
-from reconciler.progress import ProgressHook
 from reconciler.providers import ComputeProvider
 
 

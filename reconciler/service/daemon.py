@@ -32,12 +32,12 @@ from reconciler.errors import (
     ReconcilerError,
     Refused,
 )
-from reconciler.gitsource import GitSource
+from reconciler.extensions.notify import Notifications
 from reconciler.ledger import Ledger
 from reconciler.model import DesiredState
-from reconciler.notify import Notifications
-from reconciler.operator import answer_requests
-from reconciler.systemd import Notifier, Watchdog
+from reconciler.ops.operator import answer_requests
+from reconciler.service.gitsource import GitSource
+from reconciler.service.systemd import Notifier, Watchdog
 
 log = structlog.get_logger(__name__)
 

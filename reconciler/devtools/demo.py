@@ -16,10 +16,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from reconciler import engine, render
+from reconciler import engine
 from reconciler.ledger import Ledger
 from reconciler.model import ObservedInstance
-from reconciler.sandbox import in_process_endpoint
+from reconciler.present import render
+from reconciler.providers.sandbox import in_process_endpoint
 
 _GIT_ENV = {
     "GIT_AUTHOR_NAME": "reconciler demo",

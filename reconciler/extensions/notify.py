@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from reconciler.errors import ReconcilerError
-from reconciler.extensions import Notification, PluginSet, load_plugins
+from reconciler.extensions.api import Notification, PluginSet, load_plugins
 from reconciler.model import NotifierSpec
 from reconciler.providers.credentials import resolve_secret
 

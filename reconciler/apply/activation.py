@@ -16,13 +16,13 @@ from typing import NoReturn
 
 import structlog
 
-from reconciler.applyrun import ApplyRun, HealthGate
+from reconciler.apply.gates import TrafficPort
+from reconciler.apply.run import ApplyRun, HealthGate
+from reconciler.apply.teardown import Teardown
 from reconciler.errors import Interrupted, ReconcilerError, RolloutFailed
+from reconciler.extensions.notify import Notifications
 from reconciler.model import Action, GenerationState, ObservedInstance, ServiceSpec, Strategy
-from reconciler.notify import Notifications
 from reconciler.providers import ComputeProvider
-from reconciler.rollout import TrafficPort
-from reconciler.teardown import Teardown
 
 log = structlog.get_logger(__name__)
 

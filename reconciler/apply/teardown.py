@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import structlog
 
-from reconciler.applyrun import ApplyRun
+from reconciler.apply.gates import TrafficPort
+from reconciler.apply.run import ApplyRun
 from reconciler.errors import PluginError, ReconcilerError
 from reconciler.model import Action, Reason, Strategy
 from reconciler.providers import ComputeProvider
-from reconciler.rollout import TrafficPort
 
 log = structlog.get_logger(__name__)
 

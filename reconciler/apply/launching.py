@@ -16,8 +16,11 @@ from functools import partial
 
 import structlog
 
-from reconciler.activation import Activator
-from reconciler.applyrun import ApplyRun, HealthGate
+from reconciler.apply.activation import Activator
+from reconciler.apply.gates import TrafficPort
+from reconciler.apply.parallel import LaunchSlots
+from reconciler.apply.run import ApplyRun, HealthGate
+from reconciler.apply.waiter import BootWaiter
 from reconciler.errors import BootFailed, Interrupted, PluginError, ReconcilerError, RolloutFailed
 from reconciler.model import (
     Action,
@@ -27,10 +30,7 @@ from reconciler.model import (
     ServiceSpec,
     Strategy,
 )
-from reconciler.parallel import LaunchSlots
 from reconciler.providers import ComputeProvider, LaunchRequest, ownership_tags
-from reconciler.rollout import TrafficPort
-from reconciler.waiter import BootWaiter
 
 log = structlog.get_logger(__name__)
 

@@ -16,9 +16,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from reconciler.formatting import human_time, money
-from reconciler.orphans import ADVICE
-from reconciler.terminal import shown
+from reconciler.planning.orphans import ADVICE
+from reconciler.present.formatting import human_time, money
+from reconciler.present.terminal import shown
 
 COST_KEYS: dict[str, tuple[str, ...]] = {
     "env": ("env",),

@@ -21,25 +21,25 @@ from datetime import UTC, datetime
 
 import structlog
 
-from reconciler.activation import Activator
-from reconciler.applyrun import (
+from reconciler.apply.activation import Activator
+from reconciler.apply.bookkeeping import Bookkeeper
+from reconciler.apply.gates import TrafficPort
+from reconciler.apply.launching import Launcher
+from reconciler.apply.parallel import LaunchSlots
+from reconciler.apply.progress import NoProgress, ProgressHook, progress_for
+from reconciler.apply.rolling import roll_back_batches
+from reconciler.apply.run import (
     ApplyResult,
     ApplyRun,
     HealthGate,
     RunningGate,
 )
-from reconciler.bookkeeping import Bookkeeper
+from reconciler.apply.teardown import Teardown
 from reconciler.errors import Interrupted, ReconcilerError, RolloutFailed
-from reconciler.launching import Launcher
+from reconciler.extensions.notify import Notifications, Silent
 from reconciler.ledger import Ledger
 from reconciler.model import Action, ActionKind, DesiredState, ObservedInstance, Plan
-from reconciler.notify import Notifications, Silent
-from reconciler.parallel import LaunchSlots
-from reconciler.progress import NoProgress, ProgressHook, progress_for
 from reconciler.providers import ComputeProvider
-from reconciler.rolling import roll_back_batches
-from reconciler.rollout import TrafficPort
-from reconciler.teardown import Teardown
 
 __all__ = [
     "Applier",
@@ -59,11 +59,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _never() -> bool:
+def never_stop() -> bool:
+    """The default `should_stop`: run to the end."""
     return False
 
 
-def _nothing() -> None:
+def no_heartbeat() -> None:
+    """The default `heartbeat`: nobody is watching."""
     return None
 
 
@@ -77,8 +79,8 @@ class Applier:
     gate: HealthGate = field(default_factory=RunningGate)
     now: Callable[[], datetime] = utcnow
     sleep: Callable[[float], None] = time.sleep
-    should_stop: Callable[[], bool] = _never
-    heartbeat: Callable[[], None] = _nothing
+    should_stop: Callable[[], bool] = never_stop
+    heartbeat: Callable[[], None] = no_heartbeat
     traffic: TrafficPort = field(default_factory=TrafficPort)
     notifications: Notifications = field(default_factory=Silent)
     result: ApplyResult = field(default_factory=ApplyResult)
@@ -187,8 +189,8 @@ def apply_plan(
     ledger: Ledger,
     run_id: int,
     gate: HealthGate | None = None,
-    should_stop: Callable[[], bool] = _never,
-    heartbeat: Callable[[], None] = _nothing,
+    should_stop: Callable[[], bool] = never_stop,
+    heartbeat: Callable[[], None] = no_heartbeat,
     traffic: TrafficPort | None = None,
     notifications: Notifications | None = None,
     progress: ProgressHook | None = None,

@@ -17,7 +17,7 @@ from typing import TypeVar
 import structlog
 
 from reconciler.errors import Interrupted, PluginError
-from reconciler.extensions import (
+from reconciler.extensions.api import (
     InstanceRef,
     LoadBalancerPort,
     PluginSet,

@@ -16,10 +16,10 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
-from reconciler.formatting import human_time, money
-from reconciler.report.data import ReportData
-from reconciler.report.svg import cost_chart, timeline
-from reconciler.report.tables import age
+from reconciler.present.formatting import human_time, money
+from reconciler.present.report.data import ReportData
+from reconciler.present.report.svg import cost_chart, timeline
+from reconciler.present.report.tables import age
 
 CSS = """
 :root { color-scheme: light; --ink: #1f2937; --muted: #6b7280; --line: #e5e7eb; }
@@ -70,7 +70,7 @@ KEYS = (("creating", "#93c5fd"), ("active", "#16a34a"), ("standby", "#f59e0b"),
         ("failed", "#dc2626"))  # fmt: skip
 
 _TEMPLATES = Environment(
-    loader=PackageLoader("reconciler.report", "templates"),
+    loader=PackageLoader("reconciler.present.report", "templates"),
     autoescape=select_autoescape(default=True, default_for_string=True),
     undefined=StrictUndefined,
     trim_blocks=True,

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from reconciler.costs import Billing, instance_cost
 from reconciler.model import (
     DesiredState,
     GenerationRecord,
@@ -22,6 +21,7 @@ from reconciler.model import (
     InstanceState,
     ObservedInstance,
 )
+from reconciler.planning.costs import Billing, instance_cost
 
 UNDECLARED = "undeclared"
 STANDBY_EXPIRED = "standby-expired"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reconciler.applyrun import ApplyRun
+from reconciler.apply.run import ApplyRun
 from reconciler.model import Action, GenerationState, Reason
 
 

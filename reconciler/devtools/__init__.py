@@ -1,0 +1,1 @@
+"""For trying reconciler out: the sandbox EC2 endpoint (`sandbox`) and the demo."""

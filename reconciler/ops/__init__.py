@@ -1,0 +1,2 @@
+"""Operator commands outside the loop: rollback, release, retry, unfreeze and their
+requests to a running daemon (`operator`), and rebuilding the ledger (`rebuild`)."""
