@@ -30,7 +30,7 @@ from reconciler.desired import load_desired_state
 from reconciler.ledger import Ledger
 from reconciler.planning.planner import compute_plan
 from reconciler.providers import LaunchRequest, ownership_tags
-from reconciler.providers.ec2 import Ec2Provider
+from reconciler.providers.ec2.adapter import Ec2Provider
 from reconciler.providers.sandbox import SANDBOX_KEY, SANDBOX_SECRET
 
 ENVS = ("production", "staging")

@@ -36,7 +36,7 @@ NOOP_REQUEST_TARGET = 3
 
 def _terminate(endpoint: str, ids: list[str]) -> None:
     """Out-of-band terminations, as an operator or the cloud would do them."""
-    from reconciler.providers.ec2 import Ec2Provider
+    from reconciler.providers.ec2.adapter import Ec2Provider
     from reconciler.providers.sandbox import SANDBOX_KEY, SANDBOX_SECRET
 
     raw = Ec2Provider(

@@ -13,8 +13,8 @@ from libcloud.pricing import get_size_price
 
 from reconciler.errors import ObservationIncomplete, ProviderError, TransientError
 from reconciler.model import InstanceState
-from reconciler.providers.azure import AzureProvider, _translate
-from reconciler.providers.azure_resources import (
+from reconciler.providers.azure.adapter import AzureProvider, _translate
+from reconciler.providers.azure.resources import (
     image_of,
     image_reference,
     instance_state,

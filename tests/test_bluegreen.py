@@ -294,7 +294,7 @@ def test_load_balancer_members_follow_the_active_generation(
 ) -> None:
     from libcloud.loadbalancer.base import Algorithm
 
-    from reconciler.providers.elb import ElbBalancers, _EndpointElbDriver
+    from reconciler.providers.ec2.elb import ElbBalancers, _EndpointElbDriver
     from reconciler.providers.sandbox import SANDBOX_KEY, SANDBOX_SECRET
 
     # Operators own the load balancer; the test creates it the way they would.
@@ -341,7 +341,7 @@ def _serving_watcher(endpoint: str, balancer: str) -> tuple[list[int], Any]:
     """Samples, until stopped, how many balancer members are running instances."""
     import threading
 
-    from reconciler.providers.elb import ElbBalancers
+    from reconciler.providers.ec2.elb import ElbBalancers
     from reconciler.providers.sandbox import SANDBOX_KEY, SANDBOX_SECRET
 
     balancers = ElbBalancers(
@@ -383,7 +383,7 @@ def _rolling_fleet(root: Path, endpoint: str, health: HealthServer, image: str) 
 def fleet_lb(sandbox: SandboxServer) -> None:
     from libcloud.loadbalancer.base import Algorithm
 
-    from reconciler.providers.elb import _EndpointElbDriver
+    from reconciler.providers.ec2.elb import _EndpointElbDriver
     from reconciler.providers.sandbox import SANDBOX_KEY, SANDBOX_SECRET
 
     _EndpointElbDriver(SANDBOX_KEY, SANDBOX_SECRET, "us-east-1", sandbox.endpoint).create_balancer(
@@ -420,7 +420,7 @@ def test_rolling_batches_keep_capacity_and_finish_on_the_new_generation(
 def test_rolling_failure_rolls_the_finished_batches_back(
     cli: Cli, tmp_path: Path, sandbox: SandboxServer, health: HealthServer, fleet_lb: None
 ) -> None:
-    from reconciler.providers.elb import ElbBalancers
+    from reconciler.providers.ec2.elb import ElbBalancers
     from reconciler.providers.sandbox import SANDBOX_KEY, SANDBOX_SECRET
 
     root = tmp_path / "desired"
@@ -440,7 +440,7 @@ def test_rolling_failure_rolls_the_finished_batches_back(
     assert sorted(n.extra["tags"]["Name"] for n in nodes) == [
         f"prod-fleet-g1-{n}" for n in range(1, 7)
     ]
-    from reconciler.providers.ec2 import Ec2Provider
+    from reconciler.providers.ec2.adapter import Ec2Provider
 
     adapter = Ec2Provider(
         "cloud", key=SANDBOX_KEY, secret=SANDBOX_SECRET, region="us-east-1",

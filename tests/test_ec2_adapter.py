@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from reconciler.model import InstanceState
 from reconciler.providers.base import LaunchRequest, ownership_tags
-from reconciler.providers.ec2 import Ec2Provider
+from reconciler.providers.ec2.adapter import Ec2Provider
 from reconciler.providers.sandbox import SANDBOX_KEY, SANDBOX_SECRET, SandboxServer, fetch_stats
 from tests.desired_builder import IMAGE_V1
 

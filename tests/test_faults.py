@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 
 from reconciler.errors import ObservationIncomplete, ProviderError
 from reconciler.providers.base import LaunchRequest, ownership_tags
-from reconciler.providers.ec2 import Ec2Provider
+from reconciler.providers.ec2.adapter import Ec2Provider
 from reconciler.providers.sandbox import (
     SANDBOX_KEY,
     SANDBOX_SECRET,

@@ -25,9 +25,9 @@ from reconciler.errors import (
 )
 from reconciler.model import InstanceState, ProviderProfile, SecretRef
 from reconciler.providers.base import LaunchRequest, ownership_tags
-from reconciler.providers.gce import GceProvider
-from reconciler.providers.gce_connection import endpoint_parts, new_token
-from reconciler.providers.gce_labels import (
+from reconciler.providers.gce.adapter import GceProvider
+from reconciler.providers.gce.connection import endpoint_parts, new_token
+from reconciler.providers.gce.labels import (
     METADATA_VALUE_LIMIT,
     decode_value,
     encode_value,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.providers.gce_labels import tags_from
+from reconciler.providers.gce.labels import tags_from
 from tests.conftest import Cli
 from tests.desired_builder import git_commit
 from tests.fakecloud import serving

@@ -20,8 +20,8 @@ from reconciler.errors import (
 )
 from reconciler.model import InstanceState, ProviderProfile, SecretRef
 from reconciler.providers.base import LaunchRequest, ownership_tags
-from reconciler.providers.openstack import OpenStackProvider, build, translate
-from reconciler.providers.openstack_nova import normalized_auth_url
+from reconciler.providers.openstack.adapter import OpenStackProvider, build, translate
+from reconciler.providers.openstack.nova import normalized_auth_url
 from reconciler.providers.registry import build_provider
 from tests.openstack_support import (
     IMAGE_V1,

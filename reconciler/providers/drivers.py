@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from reconciler.providers import gce_labels
+from reconciler.providers.gce import labels as gce_labels
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from reconciler.providers.credentials import resolve_secret
 from reconciler.providers.hostpolicy import check_endpoint
 
 if TYPE_CHECKING:
-    from reconciler.providers.ec2 import Ec2Provider
+    from reconciler.providers.ec2.adapter import Ec2Provider
 
 
 def build_provider(
@@ -25,7 +25,7 @@ def build_provider(
 ) -> ComputeProvider:
     """The adapter for `profile`; `on_call(provider, action)` hears every API request."""
     if profile.driver == "sandbox":
-        from reconciler.providers.ec2 import Ec2Provider
+        from reconciler.providers.ec2.adapter import Ec2Provider
         from reconciler.providers.sandbox import SANDBOX_KEY, SANDBOX_SECRET, in_process_endpoint
 
         endpoint = profile.endpoint or in_process_endpoint()
@@ -49,7 +49,7 @@ def build_provider(
     if profile.options.get("auth_url"):
         check_endpoint(str(profile.options["auth_url"]), where=f"providers.{profile.name}.auth_url")
     if profile.driver == "ec2":
-        from reconciler.providers.ec2 import Ec2Provider
+        from reconciler.providers.ec2.adapter import Ec2Provider
 
         try:
             key_ref, secret_ref = profile.credentials["key"], profile.credentials["secret"]
@@ -75,15 +75,15 @@ def build_provider(
     # Imported when used: an operator on one cloud never loads the others' drivers.
     # Each module's build() resolves its own credentials.
     if profile.driver == "gce":
-        from reconciler.providers import gce
+        from reconciler.providers.gce import adapter as gce
 
         return gce.build(profile, on_call=on_call)
     if profile.driver == "azure":
-        from reconciler.providers import azure
+        from reconciler.providers.azure import adapter as azure
 
         return azure.build(profile, on_call=on_call)
     if profile.driver == "openstack":
-        from reconciler.providers import openstack
+        from reconciler.providers.openstack import adapter as openstack
 
         return openstack.build(profile, on_call=on_call)
     raise ConfigurationError(f"provider {profile.name}: no adapter for driver {profile.driver!r}")
@@ -93,7 +93,7 @@ def _with_load_balancers(
     provider: Ec2Provider, *, key: str, secret: str, endpoint: str | None
 ) -> Ec2Provider:
     """Give an EC2 provider its classic-ELB port, built only when a service uses one."""
-    from reconciler.providers.elb import ElbBalancers
+    from reconciler.providers.ec2.elb import ElbBalancers
 
     provider.lb_factory = partial(
         ElbBalancers, key=key, secret=secret, region=provider.region, endpoint=endpoint

@@ -16,7 +16,7 @@ from libcloud.loadbalancer.drivers.elb import NS, ElasticLBDriver, ELBConnection
 from libcloud.utils.xml import findall, findtext
 
 from reconciler.errors import PluginError, ProviderError, TransientError
-from reconciler.providers.ec2 import translate_ec2_error
+from reconciler.providers.ec2.adapter import translate_ec2_error
 from reconciler.providers.endpoints import parse_endpoint
 
 _MEMBERS = "DescribeLoadBalancersResult/LoadBalancerDescriptions/member/Instances/member"

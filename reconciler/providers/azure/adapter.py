@@ -62,8 +62,8 @@ from reconciler.errors import (
     TransientError,
 )
 from reconciler.model import ObservedInstance, ProviderProfile
-from reconciler.providers.azure_connection import AzureDriver
-from reconciler.providers.azure_resources import (
+from reconciler.providers.azure.connection import AzureDriver
+from reconciler.providers.azure.resources import (
     action_name,
     addresses,
     encoded,

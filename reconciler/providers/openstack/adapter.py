@@ -62,8 +62,8 @@ from reconciler.providers.calls import (
     retry_after_seconds,
 )
 from reconciler.providers.credentials import resolve_secret
-from reconciler.providers.openstack_connection import make_driver
-from reconciler.providers.openstack_nova import (
+from reconciler.providers.openstack.connection import make_driver
+from reconciler.providers.openstack.nova import (
     USER_DATA_MAX,
     is_uuid,
     metadata_problem,

@@ -73,13 +73,13 @@ from reconciler.providers.base import (
 )
 from reconciler.providers.calls import ProviderCalls
 from reconciler.providers.credentials import resolve_secret
-from reconciler.providers.gce_connection import (
+from reconciler.providers.gce.connection import (
     GceDriver,
     MemoryToken,
     endpoint_parts,
     new_token,
 )
-from reconciler.providers.gce_labels import (
+from reconciler.providers.gce.labels import (
     IMAGE_KEY,
     USER_DATA_KEY,
     family_image,

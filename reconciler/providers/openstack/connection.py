@@ -22,7 +22,7 @@ from libcloud.compute.drivers.openstack import (
 )
 from libcloud.utils.retry import Retry
 
-from reconciler.providers.openstack_nova import Listener, request_name
+from reconciler.providers.openstack.nova import Listener, request_name
 
 
 class _NoRetry(Retry):

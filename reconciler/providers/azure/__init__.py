@@ -1,0 +1,1 @@
+"""Azure: the adapter, its connection and the resources a VM needs."""

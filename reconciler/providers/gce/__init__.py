@@ -1,0 +1,1 @@
+"""Google Compute Engine: the adapter, its connection (token, requests) and its label mapping."""

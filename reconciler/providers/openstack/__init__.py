@@ -1,0 +1,1 @@
+"""OpenStack: the adapter, its connection (Keystone, catalog) and Nova's calls."""
