@@ -22,9 +22,9 @@ test: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
-# More SIGKILL trials than the default suite's 10 (tests/test_crash_safety.py).
+# More SIGKILL trials than the default suite's 10 (tests/apply/test_crash_safety.py).
 soak: $(STAMP)
-	SOAK_TRIALS=200 $(BIN)/python -m pytest -q tests/test_crash_safety.py
+	SOAK_TRIALS=200 $(BIN)/python -m pytest -q tests/apply/test_crash_safety.py
 
 # The unit under a real systemd in systemd-nspawn (root; minutes; see the script).
 systemd-check: $(STAMP)

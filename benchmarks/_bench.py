@@ -26,7 +26,7 @@ if str(REPO) not in sys.path:
 import structlog  # noqa: E402
 
 from reconciler.providers.sandbox import SandboxServer, fetch_stats  # noqa: E402
-from tests.desired_builder import IMAGE_V1, IMAGE_V2, write_desired  # noqa: E402
+from tests.support.desired_builder import IMAGE_V1, IMAGE_V2, write_desired  # noqa: E402
 
 __all__ = ["IMAGE_V1", "IMAGE_V2"]
 

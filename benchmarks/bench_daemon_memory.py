@@ -23,7 +23,7 @@ from _bench import fleet, quiet, rss_mib, sandbox, timed
 from reconciler.ledger import Ledger
 from reconciler.service.daemon import Daemon, DaemonSettings
 from reconciler.service.systemd import Notifier, Watchdog
-from tests.desired_builder import git_commit
+from tests.support.desired_builder import git_commit
 
 EARLY = 10
 GROWTH_TARGET = 0.10

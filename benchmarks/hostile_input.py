@@ -1,4 +1,4 @@
-"""Time the desired-state loader on every hostile-input case (tests/hostile/cases).
+"""Time the desired-state loader on every hostile-input case (tests/support/hostile/cases).
 
 The bar is "each bad input is rejected within a second"; the test suite does not assert
 timings, so this script prints them: the slowest of a few in-process loads per case.
@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reconciler.desired import load_desired_state
 from reconciler.errors import InvalidDesiredState
-from tests.hostile_corpus import build_case, load_cases
+from tests.support.hostile_corpus import build_case, load_cases
 
 REPEATS = 5
 BAR_SECONDS = 1.0

@@ -1,0 +1,91 @@
+"""The EC2 adapter against the sandbox: pagination, state mapping, tags, idempotency."""
+
+from __future__ import annotations
+
+from reconciler.model import InstanceState
+from reconciler.providers.base import LaunchRequest, ownership_tags
+from reconciler.providers.ec2.adapter import Ec2Provider
+from reconciler.providers.sandbox import SANDBOX_KEY, SANDBOX_SECRET, SandboxServer, fetch_stats
+from tests.support.desired_builder import IMAGE_V1
+
+
+def provider(endpoint: str, **options: int) -> Ec2Provider:
+    return Ec2Provider(
+        "cloud",
+        key=SANDBOX_KEY,
+        secret=SANDBOX_SECRET,
+        region="us-east-1",
+        endpoint=endpoint,
+        **options,
+    )
+
+
+def launch(p: Ec2Provider, *, owner: str, slot: int, op: str, service: str = "web") -> str:
+    tags = ownership_tags(
+        owner=owner,
+        env="prod",
+        service=service,
+        generation=1,
+        fingerprint="f" * 16,
+        op=op,
+        slot=slot,
+    )
+    request = LaunchRequest(name=tags["Name"], image=IMAGE_V1, size="t3.micro", tags=tags, op=op)
+    return p.create_instance(request).id
+
+
+def test_listing_follows_next_token_to_the_last_page(sandbox: SandboxServer) -> None:
+    p = provider(sandbox.endpoint, page_size=25)
+    ids = {launch(p, owner="acme", slot=n, op=f"op{n}") for n in range(1, 131)}
+    launch(p, owner="other", slot=1, op="foreign")
+    calls_before = fetch_stats(sandbox.endpoint)["calls"].get("DescribeInstances", 0)
+
+    seen = p.list_owned("acme")
+
+    pages = fetch_stats(sandbox.endpoint)["calls"]["DescribeInstances"] - calls_before
+    assert {i.id for i in seen} == ids
+    assert pages == 6  # 130 instances at 25 a page
+    assert all(i.tags["reconciler:owner"] == "acme" for i in seen)
+
+
+def test_observed_instances_carry_identity_and_state(sandbox: SandboxServer) -> None:
+    p = provider(sandbox.endpoint)
+    keep = launch(p, owner="acme", slot=1, op="a")
+    gone = launch(p, owner="acme", slot=2, op="b")
+    p.destroy_instance(gone)
+    p.destroy_instance(gone)  # destroying what is already gone is not an error
+
+    seen = {i.id: i for i in p.list_owned("acme")}
+
+    assert seen[keep].state in (InstanceState.PENDING, InstanceState.RUNNING)
+    assert seen[gone].state is InstanceState.GONE
+    assert (seen[keep].env, seen[keep].service, seen[keep].generation, seen[keep].slot) == (
+        "prod",
+        "web",
+        1,
+        1,
+    )
+    assert seen[keep].op == "a" and seen[keep].image == IMAGE_V1 and seen[keep].size == "t3.micro"
+    assert p.find_by_op("acme", "a") is not None
+    assert p.find_by_op("acme", "b") is None  # terminated instances do not count
+
+
+def test_price_comes_from_libcloud_pricing_data(sandbox: SandboxServer) -> None:
+    p = provider(sandbox.endpoint)
+    assert p.price_per_hour("t3.micro") == 0.0104
+    assert p.price_per_hour("no-such.size") is None
+
+
+def test_an_image_name_is_resolved_to_its_ami_once(sandbox: SandboxServer) -> None:
+    p = provider(sandbox.endpoint)
+    name = "Windows_Server-2016-English-Nano-Base-2017.10.13"  # one of moto's stock AMIs
+    assert p.resolve_image(name) == "ami-03cf127a"
+    assert p.resolve_image(name) == "ami-03cf127a"
+    assert fetch_stats(sandbox.endpoint)["calls"]["DescribeImages"] == 1
+    assert p.resolve_image("ami-12c6146b") == "ami-12c6146b"
+    import pytest
+
+    from reconciler.errors import ProviderError
+
+    with pytest.raises(ProviderError, match="no image named 'no-such-image'"):
+        p.resolve_image("no-such-image")
