@@ -1,6 +1,6 @@
 """Hostile desired states through the CLI, against a sandbox that already runs a fleet.
 
-Every case in tests/hostile/cases (see tests/hostile_corpus.py) is applied with
+Every case in tests/support/hostile/cases (see tests/support/hostile_corpus.py) is applied with
 `reconciler apply`: it must exit 1 (3 for the empty-state guards), print one problem
 (two for the YAML bomb: its anchors and its aliases) naming its file, line and key,
 echo no secret, and make zero mutating API calls. Timings are printed by
