@@ -15,6 +15,7 @@ from reconciler import engine
 from reconciler.cli.common import (
     EXIT_CHANGES,
     EXIT_ERROR,
+    EXIT_OK,
     EXIT_REFUSED,
     act_or_request,
     complete_env,
@@ -200,7 +201,7 @@ def daemon(
     metrics_addr: str | None,
 ) -> None:
     """Follow a git branch and reconcile on an interval (the systemd service)."""
-    from reconciler.service.daemon import Daemon, DaemonSettings
+    from reconciler.service.daemon import Daemon, DaemonSettings, Verdict
     from reconciler.service.metrics import Metrics
     from reconciler.service.systemd import Notifier, Watchdog
 
@@ -222,8 +223,8 @@ def daemon(
             on_call=metrics.api_call if metrics else None,
         )  # fmt: skip
         runner.install_signal_handlers()
-        code = runner.run()
-    sys.exit(code)
+        verdict = runner.run()
+    sys.exit({Verdict.OK: EXIT_OK, Verdict.REFUSED: EXIT_REFUSED}.get(verdict, EXIT_ERROR))
 
 
 @cli.command()

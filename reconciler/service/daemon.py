@@ -15,6 +15,7 @@ import signal
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 from typing import Protocol
@@ -41,7 +42,15 @@ from reconciler.service.systemd import Notifier, Watchdog
 
 log = structlog.get_logger(__name__)
 
-EXIT_OK, EXIT_ERROR, EXIT_REFUSED = 0, 1, 3
+
+
+class Verdict(StrEnum):
+    """How a pass (or a `--once` daemon) ended; the CLI turns it into an exit code."""
+
+    OK = "ok"
+    FAILED = "failed"
+    REFUSED = "refused"
+
 MAX_BACKOFF = 600.0
 SLEEP_SLICE = 0.25
 
@@ -157,15 +166,15 @@ class Daemon:
                 return
             time.sleep(min(SLEEP_SLICE, remaining))
 
-    def run(self) -> int:
-        """Until stopped (or one pass with --once); returns the process exit code."""
+    def run(self) -> Verdict:
+        """Until stopped (or one pass with --once); how it ended (the CLI picks the exit code)."""
         self._restore_last_good()
         self.notifier.ready(status=self._describe_start())
         log.info("daemon_ready", repo=self.settings.repo, branch=self.settings.branch)
-        code = EXIT_OK
+        verdict = Verdict.OK
         while not self.stop_requested:
             self._answer_requests()
-            code = self.run_pass()
+            verdict = self.run_pass()
             if self.settings.once:
                 break
             if not self.stop_requested:
@@ -173,7 +182,7 @@ class Daemon:
             self._sleep(self._next_delay())
         self.notifier.stopping(status="stopping")
         log.info("daemon_stopped")
-        return code if self.settings.once else EXIT_OK
+        return verdict if self.settings.once else Verdict.OK
 
     def _describe_start(self) -> str:
         if self.good is None:
@@ -206,7 +215,7 @@ class Daemon:
 
     # ------------------------------------------------------------ one pass
 
-    def run_pass(self) -> int:
+    def run_pass(self) -> Verdict:
         self.pass_requested = False
         self.watchdog.beat()
         started = time.monotonic()
@@ -217,7 +226,7 @@ class Daemon:
             log.warning("fetch_failed", error=str(exc), failures=self.fetch_failures)
             self.notifier.status(f"git fetch failed ({self.fetch_failures}x): {exc}")
             self._finished("skipped", started, None)
-            return EXIT_ERROR
+            return Verdict.FAILED
         self.fetch_failures = 0
         if head != self.seen:
             self.seen = head
@@ -226,7 +235,7 @@ class Daemon:
             log.warning("no_valid_desired_state", head=head)
             self.notifier.status(f"no valid desired state yet (head {head[:12]})")
             self._finished("skipped", started, None)
-            return EXIT_ERROR
+            return Verdict.FAILED
         return self._apply(started)
 
     def _consider(self, head: str) -> None:
@@ -306,7 +315,7 @@ class Daemon:
                 "(a bug in reconciler: the log has the details)",
             )]) from exc  # fmt: skip
 
-    def _apply(self, started: float) -> int:
+    def _apply(self, started: float) -> Verdict:
         assert self.good is not None
         outcome: engine.PassOutcome | None = None
         try:
@@ -322,19 +331,19 @@ class Daemon:
         except GuardRefused as exc:
             self.notifier.status(f"refused by a guard: {exc}")
             self._finished("refused", started, None)
-            return EXIT_REFUSED
+            return Verdict.REFUSED
         except ReconcilerError as exc:
             log.error("pass_failed", error=str(exc))
             self.notifier.status(f"pass failed: {exc}")
             self._finished("failed", started, None)
-            return EXIT_ERROR
+            return Verdict.FAILED
         # The loop's last line of defence: a bug in one pass is logged with its traceback
         # and shown, and the next pass runs; only a stop signal ends the daemon.
         except Exception as exc:
             log.exception("pass_crashed", error_type=type(exc).__name__)
             self.notifier.status(f"pass crashed: unexpected {type(exc).__name__} (see the log)")
             self._finished("failed", started, None)
-            return EXIT_ERROR
+            return Verdict.FAILED
         result = outcome.result
         assert result is not None
         summary = ", ".join(f"{n} {k}" for k, n in sorted(result.counts.items())) or "no changes"
@@ -342,7 +351,7 @@ class Daemon:
         state = outcome.result_name or ("failed" if not result.ok else "changes")
         self.notifier.status(f"run {outcome.run_id} {state} at {self.good.sha[:12]}: {summary}")
         self._finished(state, started, outcome)
-        return EXIT_OK if result.ok else EXIT_ERROR
+        return Verdict.OK if result.ok else Verdict.FAILED
 
     def _finished(self, result: str, started: float, outcome: engine.PassOutcome | None) -> None:
         if self.observer is not None:
