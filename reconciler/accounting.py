@@ -25,6 +25,7 @@ from reconciler.planning.orphans import (
     observation_from_document,
 )
 from reconciler.providers import ComputeProvider
+from reconciler.providers.base import instance_price
 
 
 def plan_costs(
@@ -38,10 +39,9 @@ def plan_costs(
     """The plan's monthly run-rate change and overlap cost, priced like `apply` prices."""
     specs: dict[tuple[str, str], float | None] = {}
     for spec in desired.services():
-        price = spec.price_per_hour
-        if price is None and spec.provider in providers:
-            price = providers[spec.provider].price_per_hour(spec.size)
-        specs[spec.key] = price
+        specs[spec.key] = instance_price(
+            spec.price_per_hour, providers.get(spec.provider), spec.size
+        )
     alive = [i.id for i in observed if i.alive]
     rows = ledger.instance_rows_by_id(alive)
     recorded = {node: row.get("price_per_hour") for node, row in rows.items()}

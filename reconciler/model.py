@@ -230,7 +230,13 @@ class GenerationRecord:
     @property
     def failed(self) -> bool:
         """Whether this generation failed (its state may have moved on to destroyed)."""
-        return self.state is GenerationState.FAILED or (self.reason or "").startswith("failed")
+        return generation_failed(self.state, self.reason)
+
+
+def generation_failed(state: str, reason: str | None) -> bool:
+    """The one rule for a failed generation: state `failed`, or a reason saying it
+    failed once its instances are gone (ledger/costsql.py states it again in SQL)."""
+    return state == GenerationState.FAILED.value or (reason or "").startswith("failed")
 
 
 @dataclass(frozen=True)

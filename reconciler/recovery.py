@@ -33,6 +33,7 @@ from reconciler.model import (
     ObservedInstance,
 )
 from reconciler.providers import ComputeProvider
+from reconciler.providers.base import instance_price
 
 log = structlog.get_logger(__name__)
 
@@ -117,9 +118,9 @@ def _resolve_create(
         found = providers[name].find_by_op(desired.owner, op["id"])
         if found is None:
             continue
-        price = spec.price_per_hour if spec is not None else None
-        if price is None:
-            price = providers[name].price_per_hour(found.size)
+        price = instance_price(
+            spec.price_per_hour if spec else None, providers[name], found.size
+        )
         ledger.record_instance(
             id=found.id,
             provider=found.provider,

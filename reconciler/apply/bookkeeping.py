@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from reconciler.apply.run import ApplyRun
 from reconciler.model import Action, GenerationState, Reason
+from reconciler.providers.base import instance_price
 
 
 @dataclass(kw_only=True)
@@ -65,9 +66,10 @@ class Bookkeeper:
         spec = run.desired.service(action.env, action.service)
         for instance in members:
             # Priced as a launch would be, so adopted instances do not cost nothing.
-            price = spec.price_per_hour if spec is not None else None
-            if price is None and instance.provider in run.providers:
-                price = run.providers[instance.provider].price_per_hour(instance.size)
+            price = instance_price(
+                spec.price_per_hour if spec else None,
+                run.providers.get(instance.provider), instance.size,
+            )  # fmt: skip
             run.ledger.record_instance(
                 id=instance.id,
                 provider=instance.provider,

@@ -31,6 +31,7 @@ from reconciler.model import (
     Strategy,
 )
 from reconciler.providers import ComputeProvider, LaunchRequest, ownership_tags
+from reconciler.providers.base import instance_price
 
 log = structlog.get_logger(__name__)
 
@@ -194,9 +195,7 @@ class Launcher:
             run.ledger.mark_operation(op, state="failed", at=run.now(), detail=str(exc))
             raise
         run.ledger.mark_operation(op, state="issued", at=run.now(), instance_id=instance.id)
-        price = spec.price_per_hour
-        if price is None:
-            price = provider.price_per_hour(spec.size)
+        price = instance_price(spec.price_per_hour, provider, spec.size)
         run.ledger.record_instance(
             id=instance.id,
             provider=spec.provider,

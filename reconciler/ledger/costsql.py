@@ -311,6 +311,7 @@ def _cost_by_day(db: Database, params: dict[str, float]) -> list[dict[str, Any]]
     return list(db.query(sql, params))
 
 
+# model.generation_failed, in SQL.
 _FAILED = "(g.state = 'failed' OR COALESCE(g.reason, '') LIKE 'failed%')"
 _RETIRED = "(julianday(g.retired_at) - 2440587.5) * 86400.0"
 

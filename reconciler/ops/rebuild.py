@@ -27,6 +27,7 @@ from reconciler.ledger import LEDGER_FILENAME, Ledger
 from reconciler.ledger.swap import build_directory, swap_in
 from reconciler.model import DesiredState, GenerationState, InstanceState, ObservedInstance
 from reconciler.providers import ComputeProvider
+from reconciler.providers.base import instance_price
 
 log = structlog.get_logger(__name__)
 
@@ -133,9 +134,10 @@ def _write(
                 # Retired now: its hot-spare time starts with the rebuild.
                 ledger.set_generation_state(env, service, number, state=state, at=now)
             for instance in present:
-                price = spec.price_per_hour if spec is not None else None
-                if price is None:
-                    price = providers[instance.provider].price_per_hour(instance.size)
+                price = instance_price(
+                    spec.price_per_hour if spec else None,
+                    providers[instance.provider], instance.size,
+                )  # fmt: skip
                 ledger.record_instance(
                     id=instance.id, provider=instance.provider, env=env, service=service,
                     generation=number, slot=instance.slot, name=instance.name,

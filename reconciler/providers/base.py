@@ -205,3 +205,14 @@ class LoadBalancerPort(Protocol):
     def detach(self, balancer: str, instance_ids: Sequence[str]) -> None: ...
 
     def in_service(self, balancer: str) -> set[str]: ...
+
+
+def instance_price(
+    spec_price: float | None, provider: ComputeProvider | None, size: str
+) -> float | None:
+    """The hourly price an instance is recorded at, the one rule for launches, adoptions,
+    recovery, rebuild and plan costs: the desired state's `price_per_hour` when it sets
+    one, else the provider's price for the size; None when neither knows."""
+    if spec_price is not None:
+        return spec_price
+    return provider.price_per_hour(size) if provider is not None else None

@@ -16,6 +16,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
+from reconciler.model import generation_failed
 from reconciler.present.formatting import human_time, money
 from reconciler.present.report.data import ReportData
 from reconciler.present.report.svg import cost_chart, timeline
@@ -118,7 +119,7 @@ def _run_rows(runs: Sequence[dict[str, Any]]) -> list[list[Any]]:
 
 
 def _failed(row: dict[str, Any]) -> bool:
-    return row.get("state") == "failed" or str(row.get("reason") or "").startswith("failed")
+    return generation_failed(str(row.get("state")), row.get("reason"))
 
 
 def _failed_generation_rows(data: ReportData) -> list[list[Any]]:

@@ -13,6 +13,8 @@ from datetime import date, datetime, timedelta
 from html import escape
 from typing import Any
 
+from reconciler.model import generation_failed
+
 PALETTE = ("#2563eb", "#16a34a", "#d97706", "#9333ea", "#dc2626", "#0891b2", "#65a30d",
            "#db2777", "#4b5563", "#ca8a04")  # fmt: skip
 PHASE_CLASS = {"creating": "seg-creating", "active": "seg-active", "standby": "seg-standby",
@@ -35,7 +37,7 @@ def _phases(row: dict[str, Any], now: datetime) -> list[tuple[str, datetime, dat
     activated = _t(row.get("activated_at"))
     retired = _t(row.get("retired_at"))
     end = _t(row.get("destroyed_at")) or now
-    failed = row.get("state") == "failed" or (row.get("reason") or "").startswith("failed")
+    failed = generation_failed(str(row.get("state")), row.get("reason"))
     phases: list[tuple[str, datetime, datetime]] = []
     if failed:
         phases.append(("failed", created, retired or end))
