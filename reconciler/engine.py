@@ -1,8 +1,10 @@
 """One reconcile pass (DESIGN §1): read → observe → plan → guard → apply → record.
 
-Owns: wiring the desired-state loader, providers, planner, guards, applier and ledger
-together for `plan` and `apply`. Must not: parse command lines or pick exit codes
-(the CLI does), or hold decisions of its own beyond the guards.
+Owns: wiring the stages together for `plan` and `apply`: `desired` (read), `providers`
+(observe), `planning` (plan, and its guards), `apply`, and the `ledger` (record), plus
+what a pass reports on the way (odd instances, removed environments, services going
+down). Must not: parse command lines or pick exit codes (the CLI does), or decide
+anything itself: the planner and the guards decide, from what this module gathers.
 """
 
 from __future__ import annotations

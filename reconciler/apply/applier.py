@@ -6,7 +6,7 @@ stop requests, and starting a rolling rollback when a service fails. Its parts d
 the work: `launching` (create batches), `teardown` (destroys), `activation`
 (activate, and compensation when a rollout fails: the new instances go, the
 generation is marked failed, the old one keeps serving), `bookkeeping` (ledger-only
-actions); `applyrun` holds what they share. Must not: decide what to do (the planner
+actions); `run` holds what they share. Must not: decide what to do (the planner
 does) or retry API calls (the adapters do, at the edge).
 """
 
