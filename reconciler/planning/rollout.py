@@ -1,0 +1,107 @@
+"""Rolling out a new spec: a new generation beside the active one (blue-green), in
+place of it (recreate), or in health-gated batches (rolling).
+
+Part of the planner: pure, like it (see `planner`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from reconciler.model import (
+    Action,
+    ActionKind,
+    GenerationRecord,
+    GenerationState,
+    Reason,
+    ServiceSpec,
+    Strategy,
+)
+from reconciler.planning.facts import ServiceFacts, activate, create, destroy, dismantle
+from reconciler.planning.repair import repair
+
+ServiceKey = tuple[str, str]
+
+
+def roll_out(
+    facts: ServiceFacts,
+    spec: ServiceSpec,
+    active: GenerationRecord | None,
+    live: dict[int, GenerationRecord],
+) -> tuple[list[Action], int | None]:
+    """Bring the desired spec into service: re-activate a standby, resume an interrupted
+    rollout, or start a new generation (blue-green or recreate)."""
+    previous = active.number if active else None
+    if spec.count == 0:
+        # A generation is recorded by its first create, so one without instances would
+        # never exist and its activation would be planned again on every run: scaling
+        # to zero happens inside the serving generation instead.
+        if active is None:
+            return [], None
+        return [destroy(i, Reason.SURPLUS) for i in facts.present(active.number)], active.number
+    for gen in sorted(live.values(), key=lambda g: -g.number):
+        if gen.fingerprint != spec.fingerprint or gen is active:
+            continue
+        # A reused generation is made whole around its activation (missing slots filled
+        # before, stopped/tampered/surplus instances dropped after), so the next run has
+        # nothing left to do.
+        if gen.state is GenerationState.STANDBY and facts.alive(gen.number):
+            creates, destroys = repair(facts, gen, spec)
+            revert = activate(gen, previous, spec, detail="revert to standby generation")
+            return [*creates, revert, *destroys], gen.number
+        if gen.state is GenerationState.CREATING:
+            creates, destroys = repair(facts, gen, spec)
+            # Still part of the rollout: a failed create must mark the generation failed.
+            creates = [replace(c, reason=Reason.SPEC_CHANGED) for c in creates]
+            resume = activate(gen, previous, spec, detail="resume rollout")
+            return [*creates, resume, *destroys], gen.number
+    number = facts.next_number()
+    new = GenerationRecord(
+        env=facts.env,
+        service=facts.service,
+        number=number,
+        fingerprint=spec.fingerprint,
+        image=spec.image,
+        size=spec.size,
+        count=spec.count,
+        state=GenerationState.CREATING,
+    )
+    actions: list[Action] = []
+    if spec.strategy is Strategy.ROLLING and active is not None and facts.alive(active.number):
+        return _rolling(facts, spec, new, active), number
+    if spec.strategy is Strategy.RECREATE and active is not None:
+        actions += dismantle(facts, active, Reason.SPEC_CHANGED, detail="recreate")
+        previous = None
+    actions += [create(new, spec, slot, Reason.SPEC_CHANGED) for slot in range(1, spec.count + 1)]
+    actions.append(activate(new, previous, spec))
+    return actions, number
+
+
+def _rolling(
+    facts: ServiceFacts, spec: ServiceSpec, new: GenerationRecord, active: GenerationRecord
+) -> list[Action]:
+    """Replace `batch` instances at a time: each batch's new instances are created (and
+    health-gated by apply) before the same number of old ones go, so serving capacity
+    never drops below count - batch. The new generation is activated after the last batch."""
+    old = sorted(facts.alive(active.number), key=lambda i: (i.slot or 0, i.id))
+    size = max(spec.batch, 1)
+    rounds = max(spec.count, len(old))
+    total = -(-rounds // size)
+    actions: list[Action] = []
+    for k, start in enumerate(range(0, rounds, size), start=1):
+        slots = range(start + 1, min(start + size, spec.count) + 1)
+        actions += [create(new, spec, slot, Reason.SPEC_CHANGED) for slot in slots]
+        detail = f"rolling batch {k}/{total}"
+        actions += [
+            destroy(i, Reason.SPEC_CHANGED, detail=detail) for i in old[start : start + size]
+        ]
+    actions.append(activate(new, active.number, spec))
+    stragglers = [i for i in facts.present(active.number) if not i.alive]
+    actions += [destroy(i, Reason.SPEC_CHANGED, detail="rolling") for i in stragglers]
+    actions.append(
+        Action(
+            ActionKind.RETIRE, Reason.SPEC_CHANGED, active.env, active.service, active.number,
+            spec.provider, detail="rolled over",
+        )
+    )  # fmt: skip
+    return actions
