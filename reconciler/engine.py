@@ -485,8 +485,7 @@ def load_balancer_ports(
     }
     ports: dict[str, LoadBalancerPort | None] = {}
     for name in wanted & set(providers):
-        factory = getattr(providers[name], "load_balancers", None)
-        ports[name] = factory() if callable(factory) else None
+        ports[name] = providers[name].load_balancers()
     return ports
 
 

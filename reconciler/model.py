@@ -52,7 +52,7 @@ class ProviderProfile:
 
 @dataclass(frozen=True)
 class HealthSpec:
-    """The health gate's settings. Probing arrives with the plugins; see apply."""
+    """The health gate's settings; `apply.gates` probes with the health-check plugins."""
 
     kind: str  # "http", "tcp" or "command"
     target: str

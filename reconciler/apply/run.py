@@ -24,7 +24,8 @@ from reconciler.providers import ComputeProvider
 
 
 class HealthGate(Protocol):
-    """Decides whether freshly running instances may take traffic (plugins: issue 4)."""
+    """Decides whether freshly running instances may take traffic (`gates.Rollout`
+    probes with the health-check plugins)."""
 
     def wait_healthy(self, instances: Sequence[ObservedInstance], spec: ServiceSpec) -> str | None:
         """None when every instance passed, else the reason the gate failed."""
@@ -32,7 +33,8 @@ class HealthGate(Protocol):
 
 
 class RunningGate:
-    """The gate of the walking skeleton: an instance that runs counts as healthy."""
+    """The gate when none is given (library use, tests): an instance that runs counts as
+    healthy. Passes use `gates.Rollout`, which probes a service's `health:`."""
 
     def wait_healthy(self, instances: Sequence[ObservedInstance], spec: ServiceSpec) -> str | None:
         return None

@@ -165,6 +165,11 @@ class ComputeProvider(Protocol):
         """The instance a create operation made, if the cloud has it (lost responses)."""
         ...
 
+    def load_balancers(self) -> LoadBalancerPort | None:
+        """The `libcloud-lb` traffic switch's port to this cloud's load balancers, or
+        None where the adapter has none (a capability declared here, not probed)."""
+        ...
+
     def create_instance(self, request: LaunchRequest) -> ObservedInstance:
         """Launch one instance with every tag set in the same call."""
         ...

@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from reconciler.providers.sandbox import SandboxServer, fetch_stats
-from tests.cli.test_cli_e2e import live_nodes
 from tests.conftest import Cli
 from tests.support.bluegreen_support import HealthServer, WebhookReceiver
+from tests.support.cloud import live_nodes
 from tests.support.desired_builder import IMAGE_V1, IMAGE_V2, write_desired
 
 IMAGE_BAD = "ami-0badbad0"
@@ -237,7 +237,7 @@ def test_replacement_inside_the_active_generation_must_pass_the_gate(
     fleet.write(IMAGE_V1)
     assert apply(cli, fleet).code == 0
     nodes = live_nodes(sandbox.endpoint)
-    from tests.cli.test_cli_e2e import raw_driver
+    from tests.support.cloud import raw_driver
 
     raw_driver(sandbox.endpoint).destroy_node(nodes[0])
     health.bad.add(IMAGE_V1)  # whatever replaces it will fail its probes

@@ -29,8 +29,8 @@ import pytest
 
 from reconciler.ledger import Ledger
 from reconciler.providers.sandbox import SandboxServer, fetch_stats, reset_sandbox
-from tests.cli.test_cli_e2e import live_nodes
 from tests.conftest import Cli
+from tests.support.cloud import live_nodes
 from tests.support.desired_builder import IMAGE_V1, IMAGE_V2, git_commit, write_desired
 
 TRIALS = int(os.environ.get("SOAK_TRIALS", "10"))

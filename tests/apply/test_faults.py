@@ -30,8 +30,8 @@ from reconciler.providers.sandbox import (
     fetch_stats,
     set_faults,
 )
-from tests.cli.test_cli_e2e import live_nodes, raw_driver
 from tests.conftest import Cli, mutating_calls
+from tests.support.cloud import live_nodes, raw_driver
 from tests.support.desired_builder import IMAGE_V1, IMAGE_V2, git_commit, write_desired
 
 

@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 from libcloud.compute.base import Node
-from libcloud.compute.drivers.ec2 import EC2NodeDriver
 
-from reconciler.providers.endpoints import parse_endpoint
-from reconciler.providers.sandbox import SANDBOX_KEY, SANDBOX_SECRET, SandboxServer, fetch_stats
+from reconciler.providers.sandbox import SandboxServer, fetch_stats
 from tests.conftest import Cli, mutating_calls
+from tests.support.cloud import live_nodes, raw_driver
 from tests.support.desired_builder import IMAGE_V1, IMAGE_V2, git_commit, write_desired
 
 SERVICES_V1 = {
@@ -23,24 +22,6 @@ SERVICES_V1 = {
     },
     "staging": {"web": {"image": IMAGE_V1, "count": 1}},
 }
-
-
-def raw_driver(endpoint: str) -> EC2NodeDriver:
-    """An independent libcloud client, to check the cloud without our adapter."""
-    host, port, secure = parse_endpoint(endpoint)
-    return EC2NodeDriver(
-        SANDBOX_KEY,
-        SANDBOX_SECRET,
-        region="us-east-1",
-        host=host,
-        port=port,
-        secure=secure,
-        signature_version="4",
-    )
-
-
-def live_nodes(endpoint: str) -> list[Node]:
-    return [n for n in raw_driver(endpoint).list_nodes() if n.state in ("running", "pending")]
 
 
 def generations(cli: Cli) -> list[dict[str, Any]]:

@@ -20,9 +20,9 @@ from reconciler import engine
 from reconciler.ledger import Ledger
 from reconciler.providers.sandbox import SandboxServer
 from reconciler.service.metrics import Metrics
-from tests.cli.test_cli_e2e import live_nodes
 from tests.conftest import Cli
 from tests.support.bluegreen_support import WebhookReceiver
+from tests.support.cloud import live_nodes
 from tests.support.daemon_support import DaemonProcess, Remote, wait_for
 from tests.support.desired_builder import IMAGE_V1, IMAGE_V2, write_desired
 

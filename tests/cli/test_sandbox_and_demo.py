@@ -14,13 +14,8 @@ from pathlib import Path
 
 from reconciler.providers.sandbox import fetch_stats
 from tests.conftest import REPO
+from tests.support.cloud import free_port
 from tests.support.desired_builder import IMAGE_V1, write_desired
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_listening(port: int, timeout: float = 30) -> None:

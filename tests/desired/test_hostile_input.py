@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.providers.sandbox import SandboxServer, clear_faults, reset_sandbox, set_faults
-from tests.cli.test_cli_e2e import live_nodes
 from tests.conftest import Cli, CliResult, mutating_calls
+from tests.support.cloud import live_nodes
 from tests.support.desired_builder import IMAGE_V1, write_desired
 from tests.support.hostile_corpus import BASE, Case, build_case, load_cases
 

@@ -69,3 +69,15 @@ def test_a_new_module_outside_every_layer_fails(tree: Path) -> None:
     done = lint(tree)
     assert done.returncode != 0
     assert "stray" in done.stdout + done.stderr
+
+
+def test_test_modules_import_helpers_from_support_never_from_each_other() -> None:
+    import re
+
+    offenders = [
+        f"{path.relative_to(ROOT)}: {line.strip()}"
+        for path in (ROOT / "tests").rglob("*.py")
+        for line in path.read_text().splitlines()
+        if re.match(r"\s*(from|import) tests\.\w+\.test_\w+", line)
+    ]
+    assert offenders == []

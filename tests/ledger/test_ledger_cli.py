@@ -23,8 +23,8 @@ from reconciler.ledger import Ledger
 from reconciler.model import GenerationState
 from reconciler.present import render
 from reconciler.providers.sandbox import SandboxServer
-from tests.cli.test_cli_e2e import live_nodes, raw_driver
 from tests.conftest import Cli
+from tests.support.cloud import live_nodes, raw_driver
 from tests.support.desired_builder import IMAGE_V1, IMAGE_V2, git_commit, write_desired
 
 

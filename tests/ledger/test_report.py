@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from reconciler.model import GenerationState
 from reconciler.planning.orphans import DesiredService, observation_document
 from reconciler.present.formatting import money
 from reconciler.present.report import build_report
-from tests.planning.test_orphans import node
+from tests.support.cloud import observed
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -66,7 +65,7 @@ def _fill(ledger: Ledger) -> None:
         run = ledger.start_run(command="daemon", commit="c0ffee" * 6 + "ab")
         ledger.finish_run(run, result=result, counts={"create": n},
                           error="boom <script>" if result == "failed" else None)  # fmt: skip
-    ghost = replace(node("i-ghost", service="ghost"), launched_at=NOW - timedelta(hours=30))
+    ghost = observed("i-ghost", service="ghost", launched_at=NOW - timedelta(hours=30))
     ledger.record_observation(
         run=None, at=NOW, commit=None, billing={"cloud": ("per-second", 60.0)},
         documents={"cloud": observation_document(

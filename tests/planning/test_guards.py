@@ -10,8 +10,8 @@ import yaml
 
 from reconciler.ledger import Ledger
 from reconciler.providers.sandbox import SandboxServer
-from tests.cli.test_cli_e2e import live_nodes, raw_driver
 from tests.conftest import Cli, mutating_calls
+from tests.support.cloud import live_nodes, raw_driver
 from tests.support.desired_builder import IMAGE_V1, IMAGE_V2, git_commit, write_desired
 
 

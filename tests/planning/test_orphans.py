@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from reconciler.model import GenerationRecord, GenerationState, InstanceState, ObservedInstance
+from reconciler.model import GenerationRecord, GenerationState, ObservedInstance
 from reconciler.planning.costs import Billing
 from reconciler.planning.orphans import (
     DesiredService,
@@ -15,6 +15,7 @@ from reconciler.planning.orphans import (
     observation_document,
     observation_from_document,
 )
+from tests.support.cloud import observed
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 WEB = DesiredService(env="production", service="web", provider="cloud", keep_previous=1800)
@@ -23,17 +24,8 @@ WEB = DesiredService(env="production", service="web", provider="cloud", keep_pre
 def node(
     node_id: str, service: str | None = "web", generation: int | None = 1, hours_ago: float = 2
 ) -> ObservedInstance:
-    return ObservedInstance(
-        id=node_id,
-        provider="cloud",
-        state=InstanceState.RUNNING,
-        image="ami-1",
-        size="t3.micro",
-        env="production" if service else None,
-        service=service,
-        generation=generation,
-        launched_at=NOW - timedelta(hours=hours_ago),
-    )
+    return observed(node_id, service=service, generation=generation,
+                    launched_at=NOW - timedelta(hours=hours_ago))  # fmt: skip
 
 
 def generation(number: int, state: GenerationState, retired_minutes_ago: float | None = None,

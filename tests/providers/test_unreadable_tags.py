@@ -11,8 +11,8 @@ import pytest
 from libcloud.compute.base import NodeImage, NodeSize
 
 from reconciler.providers.sandbox import SandboxServer
-from tests.cli.test_cli_e2e import live_nodes, raw_driver
 from tests.conftest import Cli, mutating_calls
+from tests.support.cloud import live_nodes, raw_driver
 from tests.support.desired_builder import IMAGE_V1, write_desired
 
 

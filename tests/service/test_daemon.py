@@ -17,7 +17,7 @@ import pytest
 
 from reconciler.ledger import Ledger
 from reconciler.providers.sandbox import SandboxServer
-from tests.cli.test_cli_e2e import live_nodes, raw_driver
+from tests.support.cloud import live_nodes, raw_driver
 from tests.support.daemon_support import (
     DaemonProcess,
     HangingServer,
@@ -312,7 +312,7 @@ def test_metrics_endpoint_reports_runs_generations_api_calls_and_cost(
     import re
     import urllib.request
 
-    from tests.cli.test_sandbox_and_demo import free_port
+    from tests.support.cloud import free_port
 
     remote.push(WEB_V1, "web v1")
     port = free_port()

@@ -26,8 +26,8 @@ import pytest
 
 from reconciler.ledger import Ledger
 from reconciler.providers.sandbox import SandboxServer
-from tests.cli.test_cli_e2e import live_nodes, raw_driver
 from tests.conftest import mutating_calls
+from tests.support.cloud import live_nodes, raw_driver
 from tests.support.daemon_support import GIT_ENV, DaemonProcess, wait_for
 from tests.support.desired_builder import git_commit
 from tests.support.hostile_corpus import Case, build_case, load_cases

@@ -79,6 +79,7 @@ from reconciler.providers.base import (
     TAG_OP,
     TAG_OWNER,
     LaunchRequest,
+    LoadBalancerPort,
     instance_from_tags,
 )
 from reconciler.providers.calls import (
@@ -270,6 +271,10 @@ class AzureProvider:
     def list_unowned(self, owner: str) -> Sequence[ObservedInstance]:
         """VMs of this resource group WITHOUT our owner tag: reported, never touched."""
         return [i for i in self._observe() if i.tags.get(TAG_OWNER) != owner]
+
+
+    def load_balancers(self) -> LoadBalancerPort | None:
+        return None  # no load-balancer port for this cloud yet: validation refuses libcloud-lb
 
     def find_by_op(self, owner: str, op: str) -> ObservedInstance | None:
         found = [

@@ -69,6 +69,7 @@ from reconciler.providers.base import (
     TAG_OP,
     TAG_OWNER,
     LaunchRequest,
+    LoadBalancerPort,
     launched_instance,
 )
 from reconciler.providers.calls import ProviderCalls
@@ -264,6 +265,10 @@ class GceProvider:
         return [
             i for i in self._list_instances(self._filter(owner)) if i.tags.get(TAG_OWNER) == owner
         ]
+
+
+    def load_balancers(self) -> LoadBalancerPort | None:
+        return None  # no load-balancer port for this cloud yet: validation refuses libcloud-lb
 
     def find_by_op(self, owner: str, op: str, *, retry: bool = True) -> ObservedInstance | None:
         found = [

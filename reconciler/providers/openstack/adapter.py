@@ -53,6 +53,7 @@ from reconciler.providers.base import (
     TAG_OP,
     TAG_OWNER,
     LaunchRequest,
+    LoadBalancerPort,
     instance_from_tags,
     launched_instance,
 )
@@ -440,6 +441,10 @@ class OpenStackProvider:
     def list_owned(self, owner: str) -> Sequence[ObservedInstance]:
         # Nova cannot filter a listing by metadata: ownership is checked here, exactly.
         return [i for i in self._servers() if i.tags.get(TAG_OWNER) == owner]
+
+
+    def load_balancers(self) -> LoadBalancerPort | None:
+        return None  # no load-balancer port for this cloud yet: validation refuses libcloud-lb
 
     def find_by_op(self, owner: str, op: str, *, retry: bool = True) -> ObservedInstance | None:
         found = [
