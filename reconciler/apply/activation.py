@@ -11,7 +11,9 @@ planner does).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import NoReturn
 
 import structlog
@@ -21,10 +23,62 @@ from reconciler.apply.run import ApplyRun, HealthGate
 from reconciler.apply.teardown import Teardown
 from reconciler.errors import Interrupted, ReconcilerError, RolloutFailed
 from reconciler.extensions.notify import Notifications
+from reconciler.ledger import Ledger
 from reconciler.model import Action, GenerationState, ObservedInstance, ServiceSpec, Strategy
 from reconciler.providers import ComputeProvider
 
 log = structlog.get_logger(__name__)
+
+
+def switch_traffic(
+    traffic: TrafficPort,
+    spec: ServiceSpec,
+    *,
+    old: Sequence[ObservedInstance],
+    new: Sequence[ObservedInstance],
+) -> str | None:
+    """Move the service's traffic from `old` to `new`; if that fails in any way, move it
+    back. None when it moved, else why not (rollouts and `rollback` both switch so)."""
+    try:
+        traffic.switch(spec, old=old, new=new)
+        return None
+    except Exception as exc:  # PluginError, or anything unexpected: traffic goes back
+        if not isinstance(exc, ReconcilerError):
+            log.exception("activation_switch_crashed", service=spec.name,
+                          error_type=type(exc).__name__)  # fmt: skip
+        try:
+            traffic.switch(spec, old=new, new=old)  # back to where it was
+        except Exception as back:  # logged: the switch failed either way
+            log.error("traffic_switch_back_failed", service=spec.name,
+                      error=str(back) or type(back).__name__)  # fmt: skip
+        return str(exc) if isinstance(exc, ReconcilerError) else type(exc).__name__
+
+
+def mark_activated(
+    ledger: Ledger,
+    *,
+    env: str,
+    service: str,
+    generation: int,
+    previous: int | None,
+    at: datetime,
+    run: int | None,
+    why_previous: str,
+    note: str = "",
+) -> None:
+    """Record a generation taking the traffic: it becomes active, the one it replaced
+    standby (with why), and a `generation_activated` event says so."""
+    ledger.set_generation_state(env, service, generation, state=GenerationState.ACTIVE, at=at)
+    if previous is not None:
+        ledger.set_generation_state(
+            env, service, previous, state=GenerationState.STANDBY, at=at, reason=why_previous
+        )
+    ledger.record_event(
+        kind="generation_activated", at=at, run=run, env=env, service=service,
+        generation=generation, detail={"previous": previous, "note": note},
+    )  # fmt: skip
+    log.info("generation_activated", run=run, env=env, service=service,
+             generation=generation, previous=previous)  # fmt: skip
 
 
 @dataclass(kw_only=True)
@@ -62,49 +116,14 @@ class Activator:
         where = f"{action.env}/{action.service} g{action.generation}"
         run.progress.phase(f"switching traffic to {where}")
         old = self._alive(action.env, action.service, action.previous)
-        try:
-            self.traffic.switch(spec, old=old, new=new)
-        except Exception as exc:  # PluginError, or anything unexpected: traffic goes back
-            if not isinstance(exc, ReconcilerError):
-                log.exception("activation_switch_crashed", service=spec.name,
-                              error_type=type(exc).__name__)  # fmt: skip
-            try:
-                self.traffic.switch(spec, old=new, new=old)  # back to where it was
-            except Exception as back:  # logged: the rollout fails either way
-                log.error("traffic_switch_back_failed", service=spec.name,
-                          error=str(back) or type(back).__name__)  # fmt: skip
-            why = str(exc) if isinstance(exc, ReconcilerError) else type(exc).__name__
-            self._fail_activation(action, spec, f"traffic switch: {why}")
-        at = run.now()
-        run.ledger.set_generation_state(
-            action.env, action.service, action.generation, state=GenerationState.ACTIVE, at=at
-        )
-        if action.previous is not None:
-            run.ledger.set_generation_state(
-                action.env,
-                action.service,
-                action.previous,
-                state=GenerationState.STANDBY,
-                at=at,
-                reason=f"replaced by g{action.generation}",
-            )
-        run.ledger.record_event(
-            kind="generation_activated",
-            at=at,
-            run=run.run_id,
-            env=action.env,
-            service=action.service,
-            generation=action.generation,
-            detail={"previous": action.previous, "note": action.detail},
-        )
-        log.info(
-            "generation_activated",
-            run=run.run_id,
-            env=action.env,
-            service=action.service,
-            generation=action.generation,
-            previous=action.previous,
-        )
+        failure = switch_traffic(self.traffic, spec, old=old, new=new)
+        if failure is not None:
+            self._fail_activation(action, spec, f"traffic switch: {failure}")
+        mark_activated(
+            run.ledger, env=action.env, service=action.service, generation=action.generation,
+            previous=action.previous, at=run.now(), run=run.run_id,
+            why_previous=f"replaced by g{action.generation}", note=action.detail,
+        )  # fmt: skip
         replacing = f", replacing generation {action.previous}" if action.previous else ""
         self.notifications.send(
             "generation-activated",

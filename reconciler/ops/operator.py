@@ -16,12 +16,13 @@ from typing import Any
 import structlog
 
 from reconciler import engine
+from reconciler.apply.activation import mark_activated, switch_traffic
 from reconciler.apply.gates import Rollout
-from reconciler.errors import NothingToDo, PluginError, ReconcilerError
+from reconciler.errors import NothingToDo, ReconcilerError
 from reconciler.extensions.notify import Notifications
 from reconciler.ledger import Ledger
 from reconciler.ledger.holds import current_freezes, current_pins
-from reconciler.model import DesiredState, GenerationState, ObservedInstance
+from reconciler.model import DesiredState, ObservedInstance
 
 log = structlog.get_logger(__name__)
 
@@ -60,17 +61,15 @@ def rollback(desired_dir: DesiredSource, ledger: Ledger, env: str, service: str)
     failure = rollout.wait_healthy(alive(target), spec)
     if failure:
         raise NothingToDo(f"generation {target} is not healthy, not rolling back: {failure}")
-    try:
-        rollout.switch(spec, old=alive(active), new=alive(target))
-    except PluginError as exc:
-        raise ReconcilerError(f"traffic switch failed, nothing changed: {exc}") from None
+    # The activation's own steps: the switch (moved back if it fails), then the records.
+    failure = switch_traffic(rollout, spec, old=alive(active), new=alive(target))
+    if failure is not None:
+        raise ReconcilerError(f"traffic switch failed, traffic left where it was: {failure}")
     now = datetime.now(UTC)
-    ledger.set_generation_state(env, service, target, state=GenerationState.ACTIVE, at=now)
-    if active is not None:
-        ledger.set_generation_state(
-            env, service, active, state=GenerationState.STANDBY, at=now,
-            reason=f"rolled back to g{target}",
-        )  # fmt: skip
+    mark_activated(
+        ledger, env=env, service=service, generation=target, previous=active, at=now,
+        run=None, why_previous=f"rolled back to g{target}", note="rollback",
+    )  # fmt: skip
     ledger.record_event(
         kind="rollback", at=now, env=env, service=service, generation=target,
         detail={"from": active},
