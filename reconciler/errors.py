@@ -1,6 +1,9 @@
 """The error hierarchy: one root, each branch named by what the caller should do.
 
-Owns: every exception class of reconciler and its built-in plugins (a `grep` for
+Owns: every exception class of reconciler and its built-in plugins, each under one of
+three names for what the caller should do: `RetryLater`, `FixTheInput`,
+`OperatorActionNeeded` (`Refused` and `GceValueError` stay plain: their callers turn
+them into problems or translated errors at once) (a `grep` for
 `class .*Error` elsewhere finds none; the test suite checks). Must not: know about exit codes
 (the CLI maps errors to exit codes) or about any third-party library (adapters
 translate their libraries' exceptions into these).
@@ -13,6 +16,23 @@ from dataclasses import dataclass
 
 class ReconcilerError(Exception):
     """Root of every error this package raises on purpose."""
+
+
+class RetryLater(ReconcilerError):
+    """Nothing is wrong with the request: the same call may succeed later (the next
+    attempt, the next pass). A wait the other side asked for travels as `retry_after`."""
+
+    retry_after: float | None = None
+
+
+class FixTheInput(ReconcilerError):
+    """The input is wrong (the desired state, a setting, a command's arguments): fix it;
+    retrying the same thing fails the same way."""
+
+
+class OperatorActionNeeded(ReconcilerError):
+    """Something an operator must look at (a guard, a failed rollout, a damaged ledger, a
+    bug); the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -30,7 +50,7 @@ class Problem:
         return f"{where}:{key} {self.message}"
 
 
-class InvalidDesiredState(ReconcilerError):
+class InvalidDesiredState(FixTheInput):
     """The desired state cannot be acted on; fix the files and commit again."""
 
     def __init__(self, problems: list[Problem]) -> None:
@@ -38,11 +58,11 @@ class InvalidDesiredState(ReconcilerError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
-class ConfigurationError(ReconcilerError):
+class ConfigurationError(FixTheInput):
     """The daemon's own settings (credentials, state dir, options) are unusable."""
 
 
-class TransientError(ReconcilerError):
+class TransientError(RetryLater):
     """Try again later: throttling, timeouts, a 5xx from the cloud. `retry_after` is the
     least wait in seconds the cloud asked for (Retry-After), when it said."""
 
@@ -51,15 +71,15 @@ class TransientError(ReconcilerError):
         self.retry_after = retry_after
 
 
-class ProviderError(ReconcilerError):
+class ProviderError(OperatorActionNeeded):
     """A cloud call failed in a way retrying will not fix (bad credentials, bad request)."""
 
 
-class ObservationIncomplete(ReconcilerError):
+class ObservationIncomplete(RetryLater):
     """A listing failed or came back partial; the pass must not mutate anything."""
 
 
-class GuardRefused(ReconcilerError):
+class GuardRefused(OperatorActionNeeded):
     """A safety guard refused the run; nothing was changed."""
 
     def __init__(self, reasons: list[str]) -> None:
@@ -67,20 +87,20 @@ class GuardRefused(ReconcilerError):
         super().__init__("; ".join(self.reasons))
 
 
-class LedgerError(ReconcilerError):
+class LedgerError(OperatorActionNeeded):
     """The ledger cannot be opened or written."""
 
 
-class InternalError(ReconcilerError):
+class InternalError(OperatorActionNeeded):
     """An exception of a type the code does not expect (a bug here or in a library):
     the operation it hit failed; report it, clean up what it left, go on."""
 
 
-class Declined(ReconcilerError):
+class Declined(FixTheInput):
     """The operator answered no to the plan `apply` showed: nothing was changed."""
 
 
-class Interrupted(ReconcilerError):
+class Interrupted(RetryLater):
     """A stop (or an operator's request) came: the call in flight finished, nothing new
     was started; the next pass resumes from what the ledger and the tags say."""
 
@@ -101,19 +121,19 @@ class TokenRefused(TransientError):
     """The API refused our access token (expired or revoked early): fetch a new one."""
 
 
-class PluginError(ReconcilerError):
+class PluginError(OperatorActionNeeded):
     """A plugin could not do its job (probe crashed, switch refused, send failed)."""
 
 
-class RebuildRefused(ReconcilerError):
+class RebuildRefused(OperatorActionNeeded):
     """The ledger still records generations; re-run with --yes to set it aside first."""
 
 
-class RolloutFailed(ReconcilerError):
+class RolloutFailed(OperatorActionNeeded):
     """A batch of new instances did not come up; the service's remaining steps are skipped."""
 
 
-class HttpRefused(ReconcilerError):
+class HttpRefused(FixTheInput):
     """The server answered, and the answer will not change if asked again (a 4xx)."""
 
     def __init__(self, message: str, *, status: int) -> None:
@@ -121,11 +141,11 @@ class HttpRefused(ReconcilerError):
         self.status = status
 
 
-class BootFailed(ReconcilerError):
+class BootFailed(OperatorActionNeeded):
     """New instances died while booting or did not run before their deadline."""
 
 
-class NothingToDo(ReconcilerError):
+class NothingToDo(FixTheInput):
     """The requested change does not apply to the service's current state."""
 
 
@@ -137,7 +157,7 @@ class FetchFailed(TransientError):
     """The remote could not be read this time (down, hung, refused); retry later."""
 
 
-class StateLocked(ReconcilerError):
+class StateLocked(RetryLater):
     """Another reconciler process holds the state directory; wait for it or stop it."""
 
     def __init__(self, message: str, *, holder: str = "unknown") -> None:
@@ -145,5 +165,5 @@ class StateLocked(ReconcilerError):
         self.holder = holder
 
 
-class StateUnusable(ReconcilerError):
+class StateUnusable(OperatorActionNeeded):
     """The state directory cannot hold the lock (read-only, not a directory, ...)."""
