@@ -171,6 +171,7 @@ class Activator:
         provider: ComputeProvider,
         spec: ServiceSpec,
         generation: int,
+        *,
         new_generation: bool,
         why: str,
     ) -> None:

@@ -96,7 +96,7 @@ class Launcher:
             raise
         except ReconcilerError as exc:
             self.activation.compensate(
-                launched, provider, spec, generation, new_generation, str(exc)
+                launched, provider, spec, generation, new_generation=new_generation, why=str(exc)
             )
             raise
         # Last resort: an exception nobody expected (a bug, here or in a library) after
@@ -106,7 +106,9 @@ class Launcher:
             log.exception("rollout_crashed", env=spec.env, service=spec.name,
                           generation=generation, error_type=type(exc).__name__)  # fmt: skip
             why = f"unexpected {type(exc).__name__} during the rollout"
-            self.activation.compensate(launched, provider, spec, generation, new_generation, why)
+            self.activation.compensate(
+                launched, provider, spec, generation, new_generation=new_generation, why=why
+            )
             raise RolloutFailed(why) from exc
         key = (spec.env, spec.name, generation)
         run.launched.setdefault(key, []).extend(running)
@@ -115,7 +117,9 @@ class Launcher:
             try:
                 self.traffic.switch(spec, old=[], new=running)
             except PluginError as exc:
-                self.activation.compensate(launched, provider, spec, generation, False, str(exc))
+                self.activation.compensate(
+                    launched, provider, spec, generation, new_generation=False, why=str(exc)
+                )
                 raise RolloutFailed(f"traffic switch: {exc}") from None
         for action, (op, instance) in zip(batch, launched, strict=True):
             run.ledger.mark_operation(op, state="done", at=run.now(), instance_id=instance.id)

@@ -81,3 +81,21 @@ def test_test_modules_import_helpers_from_support_never_from_each_other() -> Non
         if re.match(r"\s*(from|import) tests\.\w+\.test_\w+", line)
     ]
     assert offenders == []
+
+
+def test_flags_are_keyword_arguments() -> None:
+    """A boolean parameter is keyword-only (`f(x, force=True)`, never `f(x, True)`), but
+    where click passes options or a libcloud method is overridden with its signature."""
+    import ast
+
+    exempt = {"cli", "connection.py"}
+    found = []
+    for path in (ROOT / "reconciler").rglob("*.py"):
+        if exempt & {path.parent.name, path.name}:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef):
+                for arg in node.args.posonlyargs + node.args.args:
+                    if arg.annotation is not None and ast.unparse(arg.annotation).startswith("bool"):
+                        found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}({arg.arg})")
+    assert found == []
