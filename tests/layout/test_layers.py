@@ -93,9 +93,11 @@ def test_flags_are_keyword_arguments() -> None:
     for path in (ROOT / "reconciler").rglob("*.py"):
         if exempt & {path.parent.name, path.name}:
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.FunctionDef):
-                for arg in node.args.posonlyargs + node.args.args:
-                    if arg.annotation is not None and ast.unparse(arg.annotation).startswith("bool"):
-                        found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}({arg.arg})")
+        functions = [n for n in ast.walk(ast.parse(path.read_text()))
+                     if isinstance(n, ast.FunctionDef)]  # fmt: skip
+        for node in functions:
+            for arg in node.args.posonlyargs + node.args.args:
+                annotation = ast.unparse(arg.annotation) if arg.annotation else ""
+                if annotation.startswith("bool"):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}({arg.arg})")
     assert found == []
