@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/reconciler demo
 
 test: $(STAMP)
-	$(BIN)/ruff check reconciler tests
+	$(BIN)/ruff check reconciler plugins tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
@@ -31,7 +31,7 @@ systemd-check: $(STAMP)
 	bash scripts/systemd-check
 
 lint: $(STAMP)
-	$(BIN)/ruff check reconciler tests
+	$(BIN)/ruff check reconciler plugins tests benchmarks
 	$(BIN)/mypy
 
 sandbox: $(STAMP)

@@ -15,11 +15,11 @@ import socket
 import subprocess
 import time
 
+from reconciler.desired.templates import fill_template
 from reconciler.errors import TransientError
 from reconciler.extensions import InstanceRef, ProbeResult
 from reconciler.httpclient import exchange
 from reconciler.redact import excerpt
-from reconciler.desired.templates import fill_template
 
 BODY_START = 200  # bytes of an unhealthy answer's body kept as its reason
 
