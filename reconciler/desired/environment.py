@@ -1,8 +1,10 @@
 """One `environments/<env>.yaml` file: its provider and its services.
 
-Owns: validating an environment document, applying defaults (service value, then
-`defaults:` in reconciler.yaml, then the built-ins), and building `ServiceSpec`s
-with their fingerprints.
+Owns: validating an environment document through `EnvironmentFile` (desired.models),
+what depends on reconciler.yaml (a size from the service or the defaults, what the
+provider's adapter can do), applying defaults (service value, then `defaults:` in
+reconciler.yaml, then the built-ins), and building `ServiceSpec`s with their
+fingerprints.
 Must not: refuse an environment for having no services (an empty desired state is
 a guard's decision, with its own exit code), or read anything but user data.
 """
@@ -14,18 +16,16 @@ from pathlib import Path
 from typing import Final, TypeVar
 
 from reconciler.desired.config import Settings
-from reconciler.desired.fields import SHARED_KEYS, ServiceFields, parse_service_fields
 from reconciler.desired.fingerprint import compute_fingerprint
-from reconciler.desired.schema import (
-    Reporter,
-    check_keys,
-    get_bool,
-    get_map,
-    get_str,
-    join,
-    require,
+from reconciler.desired.models import (
+    IDENTITY_HINT,
+    EnvironmentFile,
+    LoadContext,
+    ServiceModel,
 )
-from reconciler.desired.yamlsource import YamlDocument, YMap
+from reconciler.desired.schema import Reporter, join
+from reconciler.desired.validation import failed_keys, validate
+from reconciler.desired.yamlsource import YamlDocument, YMap, YScalar
 from reconciler.model import (
     IDENTITY_NAME,
     Environment,
@@ -35,11 +35,6 @@ from reconciler.model import (
     TrafficSpec,
 )
 from reconciler.providers.drivers import DRIVER_SPECS
-
-ENV_KEYS: Final = ("provider", "services", "frozen")
-SERVICE_KEYS: Final = ("image", "frozen", *SHARED_KEYS)
-NAME = IDENTITY_NAME
-NAME_HINT: Final = "use 1 to 31 lowercase letters, digits or '-', starting with a letter or digit"
 
 BUILTIN_COUNT: Final = 1
 BUILTIN_STRATEGY: Final = Strategy.BLUE_GREEN
@@ -59,68 +54,56 @@ def parse_environment(
 ) -> Environment | None:
     """Validate one environment document; return None if anything in it was wrong."""
     before = len(reporter.problems)
-    if not NAME.fullmatch(name):
-        reporter.add(None, "", f"environment name {name!r} (the file name) is invalid: {NAME_HINT}")
+    if not IDENTITY_NAME.fullmatch(name):
+        reporter.add(
+            None, "", f"environment name {name!r} (the file name) is invalid: {IDENTITY_HINT}"
+        )
     if doc.root is None:
         return _unless_reported(reporter, before, Environment(name, "", (), reporter.file))
-    top = get_map(
-        reporter, doc.root, path="", what="a mapping with keys provider, services at the top level"
+    context = LoadContext(
+        root=root,
+        user_data_cache=user_data_cache,
+        max_count=settings.max_count,
+        providers=settings.provider_names,
     )
-    if top is None:
+    env_file = validate(EnvironmentFile, doc.root, reporter=reporter, context=context)
+    if not isinstance(doc.root, YMap):
         return None
-    check_keys(reporter, top, path="", allowed=ENV_KEYS)
-
+    top = doc.root
     services_node = top.entries.get("services")
-    services: YMap | None = YMap({}, top.line)
-    if services_node is not None:
-        services = get_map(
-            reporter,
-            services_node,
-            path="services",
-            what="a mapping of name -> service",
-            allow_null=True,
-        )
-    has_services = services is None or bool(services.entries)
-    env_frozen = False
-    if "frozen" in top.entries:
-        env_frozen = get_bool(reporter, top.entries["frozen"], path="frozen") or False
-
-    provider: str | None = None
-    provider_node = (
-        require(reporter, top, "provider", path="") if has_services else top.entries.get("provider")
+    # A services value that is not a mapping counts as services: the provider is
+    # still required, so both problems show at once.
+    has_services = (
+        services_node is not None
+        and not (isinstance(services_node, YMap) and not services_node.entries)
+        and not (isinstance(services_node, YScalar) and services_node.value is None)
     )
-    if provider_node is not None:
-        provider = get_str(reporter, provider_node, path="provider")
-        known = settings.provider_names
-        if provider is not None and known is not None and provider not in known:
-            declared = ", ".join(sorted(known)) or "none"
-            reporter.add(
-                provider_node.line,
-                "provider",
-                f"unknown provider {provider!r}; providers declared in reconciler.yaml: {declared}",
-            )
-            provider = None
-    if services is None:
-        return None
+    if has_services and "provider" not in top.entries:
+        reporter.add(top.line, "provider", "required key 'provider' is missing")
 
+    if env_file is not None:
+        provider = env_file.provider
+        services = env_file.services or {}
+        env_frozen = env_file.frozen
+    else:
+        provider, services, env_frozen = None, _salvage_services(services_node, context), False
     specs: list[ServiceSpec] = []
-    for service_name, node in services.entries.items():
-        path = join("services", service_name)
-        if not NAME.fullmatch(service_name):
-            reporter.add(node.line, path, f"invalid service name {service_name!r}: {NAME_HINT}")
-            continue
-        spec = _parse_service(
+    for service_name, model in services.items():
+        node = services_node.entries[service_name] if isinstance(services_node, YMap) else None
+        assert isinstance(node, YMap)
+        spec = _build_service(
             reporter,
-            node_map=get_map(reporter, node, path=path, what="a mapping with at least image"),
+            model,
+            node=node,
             env=name,
             name=service_name,
             provider=provider,
             settings=settings,
-            root=root,
-            user_data_cache=user_data_cache,
         )
         if spec is not None:
             specs.append(spec)
+    if isinstance(services_node, YMap):
+        _report_missing_sizes(reporter, services_node, settings)
     if env_frozen:
         specs = [replace(spec, frozen=True) for spec in specs]
     env = Environment(
@@ -133,98 +116,98 @@ def parse_environment(
     return _unless_reported(reporter, before, env)
 
 
+def _salvage_services(node: object, context: LoadContext) -> dict[str, ServiceModel]:
+    """The services that are valid in a file that has problems (already reported), so
+    that what only their provider can refuse is reported too."""
+    if not isinstance(node, YMap):
+        return {}
+    found: dict[str, ServiceModel] = {}
+    for name, service in node.entries.items():
+        model, _ = (
+            failed_keys(ServiceModel, service, context=context)
+            if isinstance(service, YMap)
+            else (None, set())
+        )
+        if model is not None and IDENTITY_NAME.fullmatch(name):
+            found[name] = model
+    return found
+
+
+def _report_missing_sizes(reporter: Reporter, services: YMap, settings: Settings) -> None:
+    """A service needs a size, its own or the default one; not said again when either
+    was written but wrong (that problem is already reported)."""
+    if settings.defaults.size is not None or "size" in settings.defaults_invalid:
+        return
+    for name, node in services.entries.items():
+        if IDENTITY_NAME.fullmatch(name) and isinstance(node, YMap) and "size" not in node.entries:
+            reporter.add(
+                node.line,
+                join(join("services", name), "size"),
+                "no size: set it on the service or as defaults.size in reconciler.yaml",
+            )
+
+
 def _unless_reported(reporter: Reporter, before: int, env: Environment) -> Environment | None:
     return env if len(reporter.problems) == before else None
 
 
-def _parse_service(
+def _build_service(
     reporter: Reporter,
+    own: ServiceModel,
     *,
-    node_map: YMap | None,
+    node: YMap,
     env: str,
     name: str,
     provider: str | None,
     settings: Settings,
-    root: Path,
-    user_data_cache: dict[str, str],
 ) -> ServiceSpec | None:
-    if node_map is None:
-        return None
-    path = join("services", name)
-    check_keys(reporter, node_map, path=path, allowed=SERVICE_KEYS)
-    image_node = require(reporter, node_map, "image", path=path)
-    image = None if image_node is None else get_str(reporter, image_node, path=join(path, "image"))
-    frozen = False
-    if "frozen" in node_map.entries:
-        parsed = get_bool(reporter, node_map.entries["frozen"], path=join(path, "frozen"))
-        frozen = bool(parsed)
-    own = parse_service_fields(
-        reporter,
-        node_map,
-        path=path,
-        root=root,
-        max_count=settings.max_count,
-        user_data_cache=user_data_cache,
-    )
     defaults = settings.defaults
-
-    size, size_known = _inherit("size", own.size, defaults.size, own=own, defaults=defaults)
-    if size is None and size_known:
-        reporter.add(
-            node_map.line,
-            join(path, "size"),
-            "no size: set it on the service or as defaults.size in reconciler.yaml",
-        )
-    count, _ = _inherit("count", own.count, defaults.count, own=own, defaults=defaults)
-    strategy, _ = _inherit("strategy", own.strategy, defaults.strategy, own=own, defaults=defaults)
-    keep, _ = _inherit(
-        "keep_previous", own.keep_previous, defaults.keep_previous, own=own, defaults=defaults
-    )
-    user_data, _ = _inherit(
-        "user_data", own.user_data, defaults.user_data, own=own, defaults=defaults
-    )
-    health, _ = _inherit("health", own.health, defaults.health, own=own, defaults=defaults)
-    price, _ = _inherit(
-        "price_per_hour", own.price_per_hour, defaults.price_per_hour, own=own, defaults=defaults
-    )
-    traffic, _ = _inherit("traffic", own.traffic, defaults.traffic, own=own, defaults=defaults)
-    batch, _ = _inherit("batch", own.batch, defaults.batch, own=own, defaults=defaults)
-
+    size = _inherit(own.size, defaults.size)
     profile = settings.providers.get(provider) if provider is not None else None
-    if image is None or size is None or profile is None or own.invalid:
+    if size is None or profile is None:
         return None  # the reason is already reported (here, in reconciler.yaml, or above)
+    strategy = _inherit(own.strategy, defaults.strategy) or BUILTIN_STRATEGY
+    health = _inherit(own.health, defaults.health)
+    traffic_model = _inherit(own.traffic, defaults.traffic)
+    traffic = traffic_model.to_spec() if traffic_model is not None else None
+    price = _inherit(own.price_per_hour, defaults.price_per_hour)
+    path = join("services", name)
     capable = _capable(
         reporter, profile, price=price, traffic=traffic, rolling=strategy is Strategy.ROLLING,
-        line=node_map.line, path=path,
+        line=node.line, path=path,
     )  # fmt: skip
     if not capable:
         return None
+    count = _inherit(own.count, defaults.count)
+    keep = _inherit(own.keep_previous, defaults.keep_previous)
+    batch = _inherit(own.batch, defaults.batch)
+    user_data = _inherit(own.user_data, defaults.user_data)
     rel_path, contents = user_data if user_data is not None else (None, None)
     return ServiceSpec(
         env=env,
         name=name,
         provider=profile.name,
-        image=image,
+        image=own.image,
         size=size,
         count=count if count is not None else BUILTIN_COUNT,
-        strategy=strategy or BUILTIN_STRATEGY,
+        strategy=strategy,
         keep_previous=keep if keep is not None else BUILTIN_KEEP_PREVIOUS,
         fingerprint=compute_fingerprint(
             provider=profile.name,
             driver=profile.driver,
             region=profile.region,
-            image=image,
+            image=own.image,
             size=size,
             user_data=contents,
         ),
         user_data_path=rel_path,
         user_data=contents,
-        health=health,
+        health=health.to_spec() if health is not None else None,
         price_per_hour=price,
         source_file=reporter.file,
         traffic=traffic,
         batch=batch if batch is not None else 1,
-        frozen=frozen,
+        frozen=own.frozen,
     )
 
 
@@ -270,17 +253,6 @@ def _capable(
     return ok
 
 
-def _inherit(
-    key: str, value: _T | None, default: _T | None, *, own: ServiceFields, defaults: ServiceFields
-) -> tuple[_T | None, bool]:
-    """Return (value, known); known is False when it would come from a key already
-    reported as wrong, so the caller does not report "missing" on top of it."""
-    if value is not None:
-        return value, True
-    if key in own.invalid:
-        return None, False
-    if default is not None:
-        return default, True
-    if key in defaults.invalid:
-        return None, False
-    return None, True
+def _inherit(value: _T | None, default: _T | None) -> _T | None:
+    """The service's own value, else the one from `defaults:`."""
+    return value if value is not None else default

@@ -1,7 +1,9 @@
-"""The vocabulary of desired-state validation: typed getters over the YAML tree.
+"""The vocabulary of desired-state validation: checks of single values of the YAML tree.
 
-Owns: turning `YNode`s into checked Python values (strings, integers, numbers,
-durations, choices, mappings) and wording the problems for operators.
+Owns: turning one `YNode` into a checked Python value (string, integer, number,
+duration, choice, flag) or an `Invalid` worded for operators, and the `Reporter`
+that files problems under a file and line. The pydantic models (desired.models)
+use these checks for every leaf, so the wording lives in one place.
 Must not: coerce (a number is never a string, a bool is never an integer), echo a
 value when the caller says it may be secret, or know any particular file's keys.
 """
@@ -14,10 +16,25 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Final
 
 from reconciler.desired.durations import DURATION_HINT, format_duration, parse_duration
 from reconciler.desired.yamlsource import REJECTED, YMap, YNode, YScalar, YSeq
 from reconciler.errors import Problem
+
+
+class Invalid(Exception):
+    """A value's problem worded for the operator. `at` names a key below the value
+    the problem belongs to (a health check's `http`, say); an empty message means the
+    YAML layer already reported this value, so nothing more is said."""
+
+    def __init__(self, message: str, *, at: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.at = at
+
+
+SILENT: Final = ""
 
 
 @dataclass
@@ -32,6 +49,8 @@ class Reporter:
 
 
 def join(path: str, key: str) -> str:
+    if not key:
+        return path
     return f"{path}.{key}" if path else key
 
 
@@ -65,86 +84,57 @@ def describe(node: YNode, *, echo: bool = True) -> str:
     return f"{kind} ({shown})"
 
 
+def unknown_key_message(key: str, allowed: Iterable[str]) -> str:
+    """ "unknown key 'sise' (did you mean 'size'?); allowed keys: ..." """
+    allowed = tuple(allowed)
+    hint = difflib.get_close_matches(key, allowed, n=1)
+    suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+    return f"unknown key {key!r}{suggestion}; allowed keys: {', '.join(allowed)}"
+
+
 def check_keys(reporter: Reporter, node: YMap, *, path: str, allowed: Iterable[str]) -> None:
-    """Report every key of `node` that is not in `allowed`."""
+    """Report every key of `node` that is not in `allowed` (for key sets that depend on
+    a value, such as a driver's own settings; fixed key sets are the models')."""
     allowed = tuple(allowed)
     for key, value in node.entries.items():
-        if key in allowed:
-            continue
-        hint = difflib.get_close_matches(key, allowed, n=1)
-        suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-        reporter.add(
-            value.line,
-            join(path, key),
-            f"unknown key {key!r}{suggestion}; allowed keys: {', '.join(allowed)}",
-        )
+        if key not in allowed:
+            reporter.add(value.line, join(path, key), unknown_key_message(key, allowed))
 
 
-def require(reporter: Reporter, node: YMap, key: str, *, path: str) -> YNode | None:
-    """Return `node[key]`, or report it missing (at the line of the mapping)."""
-    if key in node.entries:
-        return node.entries[key]
-    reporter.add(node.line, join(path, key), f"required key {key!r} is missing")
-    return None
-
-
-def get_map(
-    reporter: Reporter,
-    node: YNode,
-    *,
-    path: str,
-    what: str = "a mapping",
-    allow_null: bool = False,
-    echo: bool = True,
-) -> YMap | None:
-    """Return `node` as a mapping; null becomes an empty mapping when `allow_null`."""
-    if isinstance(node, YMap):
-        return node
+def _not_rejected(node: YNode) -> None:
     if is_rejected(node):
-        return None
-    if allow_null and isinstance(node, YScalar) and node.value is None:
-        return YMap({}, node.line)
-    reporter.add(node.line, path, f"must be {what}, got {describe(node, echo=echo)}")
-    return None
+        raise Invalid(SILENT)
 
 
-def get_bool(reporter: Reporter, node: YNode, *, path: str) -> bool | None:
-    """Return `node` as true/false; "yes", 1 or a quoted "true" are errors, never coerced."""
-    if is_rejected(node):
-        return None
+def check_bool(node: YNode) -> bool:
+    """true/false; "yes", 1 or a quoted "true" are errors, never coerced."""
+    _not_rejected(node)
     if not isinstance(node, YScalar) or not isinstance(node.value, bool):
-        reporter.add(node.line, path, f"must be true or false, got {describe(node)}")
-        return None
+        raise Invalid(f"must be true or false, got {describe(node)}")
     return node.value
 
 
-def get_str(
-    reporter: Reporter,
+def check_str(
     node: YNode,
     *,
-    path: str,
     pattern: re.Pattern[str] | None = None,
     pattern_hint: str = "",
     echo: bool = True,
-) -> str | None:
-    """Return `node` as a non-empty string; a number or bool is an error, never coerced."""
-    if is_rejected(node):
-        return None
+) -> str:
+    """A non-empty string; a number or bool is an error, never coerced."""
+    _not_rejected(node)
     if not isinstance(node, YScalar) or not isinstance(node.value, str):
         message = f"must be a string, got {describe(node, echo=echo)}"
         if echo and isinstance(node, YScalar) and node.value is not None:
             # YAML reads unquoted 1.10 as the number 1.1: say how to keep the text.
             message += f'; quote it if you mean the text: "{node.text}"'
-        reporter.add(node.line, path, message)
-        return None
+        raise Invalid(message)
     text = node.value
     if not text.strip():
-        reporter.add(node.line, path, "must not be empty")
-        return None
+        raise Invalid("must not be empty")
     if pattern is not None and not pattern.fullmatch(text):
         shown = f" {text!r}" if echo else ""
-        reporter.add(node.line, path, f"invalid value{shown}: {pattern_hint}")
-        return None
+        raise Invalid(f"invalid value{shown}: {pattern_hint}")
     return text
 
 
@@ -157,29 +147,21 @@ def _number_shape(*, integer: bool, minimum: float, maximum: float | None) -> st
     return f"must be {'an' if integer else 'a'} {noun} >= {minimum:g}"
 
 
-def get_int(
-    reporter: Reporter, node: YNode, *, path: str, minimum: int, maximum: int
-) -> int | None:
-    """Return `node` as an int within bounds; booleans and quoted digits are errors."""
-    if is_rejected(node):
-        return None
+def check_int(node: YNode, *, minimum: int, maximum: int) -> int:
+    """An int within bounds; booleans and quoted digits are errors."""
+    _not_rejected(node)
     shape = _number_shape(integer=True, minimum=minimum, maximum=maximum)
     value = node.value if isinstance(node, YScalar) else None
     if not isinstance(node, YScalar) or isinstance(value, bool) or not isinstance(value, int):
-        reporter.add(node.line, path, f"{shape}, got {describe(node)}")
-        return None
-    if value < minimum or (maximum is not None and value > maximum):
-        reporter.add(node.line, path, f"{shape}, got {value}")
-        return None
+        raise Invalid(f"{shape}, got {describe(node)}")
+    if value < minimum or value > maximum:
+        raise Invalid(f"{shape}, got {value}")
     return value
 
 
-def get_number(
-    reporter: Reporter, node: YNode, *, path: str, minimum: float, maximum: float
-) -> float | None:
-    """Return `node` as a finite float within bounds; booleans and strings are errors."""
-    if is_rejected(node):
-        return None
+def check_number(node: YNode, *, minimum: float, maximum: float) -> float:
+    """A finite float within bounds; booleans and strings are errors."""
+    _not_rejected(node)
     shape = _number_shape(integer=False, minimum=minimum, maximum=maximum)
     value = node.value if isinstance(node, YScalar) else None
     if (
@@ -188,55 +170,60 @@ def get_number(
         or not isinstance(value, int | float)
         or not math.isfinite(value)
     ):
-        reporter.add(node.line, path, f"{shape}, got {describe(node)}")
-        return None
-    if value < minimum or (maximum is not None and value > maximum):
-        reporter.add(node.line, path, f"{shape}, got {node.text}")
-        return None
+        raise Invalid(f"{shape}, got {describe(node)}")
+    if value < minimum or value > maximum:
+        raise Invalid(f"{shape}, got {node.text}")
     return float(value)
 
 
-def get_duration(
-    reporter: Reporter, node: YNode, *, path: str, maximum: float, positive: bool = False
-) -> float | None:
-    """Return a duration string's seconds, at most `maximum` (every duration has a range
-    the runtime can hold: a `3000000d` would overflow the clock arithmetic of every
-    plan); a bare number is an error (which unit?)."""
-    if is_rejected(node):
-        return None
+def check_duration(node: YNode, *, maximum: float, positive: bool = False) -> float:
+    """A duration string's seconds, at most `maximum` (every duration has a range the
+    runtime can hold: a `3000000d` would overflow the clock arithmetic of every plan);
+    a bare number is an error (which unit?)."""
+    _not_rejected(node)
     if not isinstance(node, YScalar) or not isinstance(node.value, str):
         message = f"must be a duration string, got {describe(node)}"
         if isinstance(node, YScalar) and isinstance(node.value, int | float):
             message += f'; add a unit, e.g. "{node.text}s"'
-        reporter.add(node.line, path, f"{message} ({DURATION_HINT})")
-        return None
+        raise Invalid(f"{message} ({DURATION_HINT})")
     try:
         seconds = parse_duration(node.value)
     except ValueError:
-        reporter.add(node.line, path, f"invalid duration {node.value!r}: {DURATION_HINT}")
-        return None
+        raise Invalid(f"invalid duration {node.value!r}: {DURATION_HINT}") from None
     if positive and seconds <= 0:
-        reporter.add(node.line, path, f"must be longer than zero, got {node.value!r}")
-        return None
+        raise Invalid(f"must be longer than zero, got {node.value!r}")
     if seconds > maximum:
-        reporter.add(
-            node.line, path, f"must be at most {format_duration(maximum)}, got {node.value!r}"
-        )
-        return None
+        raise Invalid(f"must be at most {format_duration(maximum)}, got {node.value!r}")
     return seconds
 
 
-def get_choice(reporter: Reporter, node: YNode, *, path: str, choices: Iterable[str]) -> str | None:
-    """Return `node` if it is one of `choices`, suggesting the closest on a typo."""
+def check_choice(node: YNode, *, choices: Iterable[str]) -> str:
+    """One of `choices`, suggesting the closest on a typo."""
     choices = tuple(choices)
-    text = get_str(reporter, node, path=path)
-    if text is None:
-        return None
+    text = check_str(node)
     if text not in choices:
         hint = difflib.get_close_matches(text, choices, n=1)
         suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-        reporter.add(
-            node.line, path, f"must be one of {', '.join(choices)}; got {text!r}{suggestion}"
-        )
-        return None
+        raise Invalid(f"must be one of {', '.join(choices)}; got {text!r}{suggestion}")
     return text
+
+
+def get_str(reporter: Reporter, node: YNode, *, path: str, echo: bool = True) -> str | None:
+    """`check_str` for code outside the models (a driver's own settings): the problem
+    goes to `reporter` and the result is None."""
+    try:
+        return check_str(node, echo=echo)
+    except Invalid as exc:
+        if exc.message:
+            reporter.add(node.line, join(path, exc.at), exc.message)
+        return None
+
+
+def get_bool(reporter: Reporter, node: YNode, *, path: str) -> bool | None:
+    """`check_bool` for code outside the models."""
+    try:
+        return check_bool(node)
+    except Invalid as exc:
+        if exc.message:
+            reporter.add(node.line, join(path, exc.at), exc.message)
+        return None

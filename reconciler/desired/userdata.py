@@ -14,30 +14,22 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Final
 
 from reconciler.desired.files import read_regular_file
-from reconciler.desired.schema import Reporter, get_str
+from reconciler.desired.schema import Invalid, check_str
 from reconciler.desired.yamlsource import YNode
 from reconciler.errors import Refused
 
 MAX_USER_DATA_BYTES: Final = 16 * 1024
 
 
-def read_user_data(
-    reporter: Reporter, node: YNode, *, path: str, root: Path, cache: dict[str, str]
-) -> tuple[str, str] | None:
-    """Return (relative path, contents) for a `user_data:` value, or report why not.
+def load_user_data(node: YNode, *, root: Path, cache: dict[str, str]) -> tuple[str, str]:
+    """Return (relative path, contents) for a `user_data:` value, or raise Invalid.
 
     `cache` holds contents already read in this load, so a script shared by many
     services is read (and checked) once.
     """
-    relative = get_str(reporter, node, path=path)
-    if relative is None:
-        return None
+    relative = check_str(node)
     if relative in cache:
         return relative, cache[relative]
-
-    def refuse(message: str) -> None:
-        reporter.add(node.line, path, message)
-
     # Both separators count: a desired state written on one OS is read on another.
     if (
         PurePosixPath(relative).is_absolute()
@@ -45,14 +37,12 @@ def read_user_data(
         or relative.startswith(("/", "\\"))
         or PureWindowsPath(relative).drive
     ):
-        refuse(
+        raise Invalid(
             f"user data path {relative!r} is absolute; give a path relative to the "
             "desired-state directory, e.g. userdata/web.sh"
         )
-        return None
     if ".." in PureWindowsPath(relative).parts:
-        refuse(f"user data path {relative!r} contains '..'; paths must stay inside the root")
-        return None
+        raise Invalid(f"user data path {relative!r} contains '..'; paths must stay inside the root")
     try:
         raw = read_regular_file(
             root, root / relative, limit=MAX_USER_DATA_BYTES,
@@ -61,13 +51,13 @@ def read_user_data(
     except Refused as exc:
         what = "path" if str(exc).startswith("resolves") else "file"
         hint = " (paths are relative to the root)" if str(exc) == "does not exist" else ""
-        refuse(f"user data {what} {relative!r} {exc}{hint}")
-        return None
+        raise Invalid(f"user data {what} {relative!r} {exc}{hint}") from None
     try:
         contents = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        refuse(f"user data file {relative!r} is not valid UTF-8 (bad byte at offset {exc.start})")
-        return None
+        raise Invalid(
+            f"user data file {relative!r} is not valid UTF-8 (bad byte at offset {exc.start})"
+        ) from None
     cache[relative] = contents
     return relative, contents
 
