@@ -58,6 +58,18 @@ class InvalidDesiredState(FixTheInput):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+class InvalidValue(FixTheInput):
+    """One value of the desired state is wrong, worded for the operator. `at` names a
+    key below the value the problem belongs to (a health check's `http`, say); an empty
+    message means the YAML layer already reported this value. Raised by the checks of
+    desired.schema and turned into a `Problem` by validation; it never leaves there."""
+
+    def __init__(self, message: str, *, at: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.at = at
+
+
 class ConfigurationError(FixTheInput):
     """The daemon's own settings (credentials, state dir, options) are unusable."""
 

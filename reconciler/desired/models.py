@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Final, TypeVar
+from typing import Annotated, Any, ClassVar, Final, Self, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -27,15 +27,16 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     PlainValidator,
+    ValidationError,
     ValidationInfo,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from reconciler.desired import limits
 from reconciler.desired.schema import (
-    Invalid,
     check_bool,
     check_choice,
     check_duration,
@@ -48,6 +49,7 @@ from reconciler.desired.schema import (
 from reconciler.desired.templates import command_problem, template_problem
 from reconciler.desired.userdata import load_user_data
 from reconciler.desired.yamlsource import YMap, YNode, YScalar, YSeq
+from reconciler.errors import InvalidValue
 from reconciler.model import (
     IDENTITY_NAME,
     HealthSpec,
@@ -102,7 +104,7 @@ class LoadContext:
     providers: frozenset[str] | None = None  # declared in reconciler.yaml; None: unknown
 
 
-def problem(exc: Invalid) -> PydanticCustomError:
+def problem(exc: InvalidValue) -> PydanticCustomError:
     """Our worded problem as a pydantic error; `at` travels in its context."""
     return PydanticCustomError(INVALID, "{message}", {"message": exc.message, "at": exc.at})
 
@@ -110,7 +112,7 @@ def problem(exc: Invalid) -> PydanticCustomError:
 def _node(value: object) -> YNode:
     if isinstance(value, YScalar | YMap | YSeq):
         return value
-    raise problem(Invalid(f"unexpected value of type {type(value).__name__}"))
+    raise problem(InvalidValue(f"unexpected value of type {type(value).__name__}"))
 
 
 def _load_context(info: ValidationInfo) -> LoadContext:
@@ -126,7 +128,7 @@ def leaf(check: Callable[..., _T], **options: Any) -> PlainValidator:
     def run(value: object) -> _T:
         try:
             return check(_node(value), **options)
-        except Invalid as exc:
+        except InvalidValue as exc:
             raise problem(exc) from None
 
     return PlainValidator(run)
@@ -136,7 +138,7 @@ def _with_context(check: Callable[[YNode, LoadContext], _T]) -> PlainValidator:
     def run(value: object, info: ValidationInfo) -> _T:
         try:
             return check(_node(value), _load_context(info))
-        except Invalid as exc:
+        except InvalidValue as exc:
             raise problem(exc) from None
 
     return PlainValidator(run)
@@ -150,10 +152,10 @@ def _entries(what: str, *, null_is_empty: bool = False) -> BeforeValidator:
         if isinstance(node, YMap):
             return dict(node.entries)
         if is_rejected(node):
-            raise problem(Invalid(""))
+            raise problem(InvalidValue(""))
         if null_is_empty and isinstance(node, YScalar) and node.value is None:
             return {}
-        raise problem(Invalid(f"must be {what}, got {describe(node)}"))
+        raise problem(InvalidValue(f"must be {what}, got {describe(node)}"))
 
     return BeforeValidator(run)
 
@@ -166,8 +168,8 @@ def _items(what: str) -> BeforeValidator:
         if isinstance(node, YSeq):
             return list(node.items)
         if is_rejected(node):
-            raise problem(Invalid(""))
-        raise problem(Invalid(f"must be {what}"))
+            raise problem(InvalidValue(""))
+        raise problem(InvalidValue(f"must be {what}"))
 
     return BeforeValidator(run)
 
@@ -176,42 +178,90 @@ def _name(pattern: re.Pattern[str], what: str, hint: str) -> PlainValidator:
     def run(value: object) -> str:
         name = str(value)
         if not pattern.fullmatch(name):
-            raise problem(Invalid(f"invalid {what} name {name!r}: {hint}"))
+            raise problem(InvalidValue(f"invalid {what} name {name!r}: {hint}"))
         return name
 
     return PlainValidator(run)
 
 
-def _exactly_one(found: list[str], kinds: tuple[str, ...], *, say_got: bool = True) -> str:
-    if len(found) != 1:
-        got = (f"; got {', '.join(found)}" if found else "; got none") if say_got else ""
-        raise problem(Invalid(f"needs exactly one of {', '.join(kinds)}{got}"))
-    return found[0]
+def _merged(exc: ValidationError, extra: PydanticCustomError) -> ValidationError:
+    """`exc`'s errors plus one more about the mapping itself, locations kept."""
+    details: list[InitErrorDetails] = []
+    for error in exc.errors():
+        kind = error["type"]
+        details.append(
+            InitErrorDetails(
+                type=PydanticCustomError(INVALID, "{message}", error["ctx"])
+                if kind == INVALID and "ctx" in error
+                else kind,
+                loc=error["loc"],
+                input=error["input"],
+            )
+        )
+    details.append(InitErrorDetails(type=extra, loc=(), input=None))
+    return ValidationError.from_exception_data(exc.title, details)
 
 
 class Document(BaseModel):
     """A YAML mapping with a fixed set of keys. Unknown keys are errors (with a "did you
-    mean"), never ignored: a misspelt key silently ignored is a setting not applied."""
+    mean"), never ignored: a misspelt key silently ignored is a setting not applied.
+
+    `ONE_OF` names keys of which exactly one must be written (a health check's probe
+    kinds); that rule is judged on the keys as written and reported beside the other
+    problems of the mapping, so a misspelt `htp:` gets both "unknown key" and "needs
+    exactly one of http, tcp, command"."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
 
     WHAT: ClassVar[str] = "a mapping"
     NULL_IS_EMPTY: ClassVar[bool] = False
     ECHO: ClassVar[bool] = True
+    ONE_OF: ClassVar[tuple[str, ...]] = ()
+    SAY_WHICH: ClassVar[bool] = True  # "; got http, tcp"
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _mapping(cls, data: object) -> object:
+    def _mapping(cls, data: object, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        entries = cls._entries_of(data)
+        rule = cls._one_of_problem(entries)
+        if rule is None:
+            return handler(entries)
+        try:
+            handler(entries)
+        except ValidationError as exc:
+            raise _merged(exc, rule) from None
+        raise rule
+
+    @classmethod
+    def _entries_of(cls, data: object) -> dict[str, object]:
         if isinstance(data, dict):
             return data
         node = _node(data)
         if isinstance(node, YMap):
             return dict(node.entries)
         if is_rejected(node):
-            raise problem(Invalid(""))
+            raise problem(InvalidValue(""))
         if cls.NULL_IS_EMPTY and isinstance(node, YScalar) and node.value is None:
             return {}
-        raise problem(Invalid(cls.not_a_mapping(node)))
+        raise problem(InvalidValue(cls.not_a_mapping(node)))
+
+    @classmethod
+    def _one_of_problem(cls, entries: dict[str, object]) -> PydanticCustomError | None:
+        if not cls.ONE_OF:
+            return None
+        found = [key for key in cls.ONE_OF if key in entries]
+        if len(found) == 1:
+            return None
+        got = (f"; got {', '.join(found)}" if found else "; got none") if cls.SAY_WHICH else ""
+        return problem(InvalidValue(f"needs exactly one of {', '.join(cls.ONE_OF)}{got}"))
+
+    def chosen(self) -> str:
+        """The one key of `ONE_OF` that was written."""
+        return next(key for key in self.ONE_OF if self._value(key) is not None)
+
+    def _value(self, key: str) -> object:
+        name = next(n for n, info in type(self).model_fields.items() if (info.alias or n) == key)
+        return getattr(self, name)
 
     @classmethod
     def not_a_mapping(cls, node: YNode) -> str:
@@ -226,7 +276,7 @@ Flag = Annotated[bool, leaf(check_bool)]
 
 
 class HealthModel(Document):
-    KINDS: ClassVar[tuple[str, ...]] = ("http", "tcp", "command")
+    ONE_OF = ("http", "tcp", "command")
 
     http: Text = None
     tcp: Text = None
@@ -243,17 +293,16 @@ class HealthModel(Document):
     ] = None
 
     @model_validator(mode="after")
-    def _one_probe(self) -> HealthModel:
-        kind = _exactly_one([k for k in self.KINDS if getattr(self, k) is not None], self.KINDS)
-        target = getattr(self, kind)
-        reason = _health_target_problem(kind, target)
+    def _probe_target(self) -> HealthModel:
+        kind = self.chosen()
+        reason = _health_target_problem(kind, str(self._value(kind)))
         if reason is not None:
-            raise problem(Invalid(reason, at=kind))
+            raise problem(InvalidValue(reason, at=kind))
         return self
 
     def to_spec(self) -> HealthSpec:
-        kind = next(k for k in self.KINDS if getattr(self, k) is not None)
-        spec = HealthSpec(kind=kind, target=getattr(self, kind))
+        kind = self.chosen()
+        spec = HealthSpec(kind=kind, target=str(self._value(kind)))
         return HealthSpec(
             kind=kind,
             target=spec.target,
@@ -283,20 +332,16 @@ def _health_target_problem(kind: str, target: str) -> str | None:
 
 
 class TrafficModel(Document):
-    KINDS: ClassVar[tuple[str, ...]] = ("command", "libcloud-lb")
+    ONE_OF = ("command", "libcloud-lb")
 
     command: Text = None
     libcloud_lb: Text = Field(default=None, alias="libcloud-lb")
 
     @model_validator(mode="after")
-    def _one_switch(self) -> TrafficModel:
-        targets = {"command": self.command, "libcloud-lb": self.libcloud_lb}
-        kind = _exactly_one([k for k in self.KINDS if targets[k] is not None], self.KINDS)
-        target = targets[kind]
-        assert target is not None
-        reason = command_problem(target) if kind == "command" else None
+    def _command_line(self) -> TrafficModel:
+        reason = command_problem(self.command) if self.command is not None else None
         if reason is not None:
-            raise problem(Invalid(reason, at=kind))
+            raise problem(InvalidValue(reason, at="command"))
         return self
 
     def to_spec(self) -> TrafficSpec:
@@ -312,7 +357,7 @@ class TrafficModel(Document):
 def _count(node: YNode, context: LoadContext) -> int:
     count = check_int(node, minimum=0, maximum=limits.MAX_COUNT_HARD)
     if context.max_count is not None and count > context.max_count:
-        raise Invalid(
+        raise InvalidValue(
             f"count {count} is above policy.max_count ({context.max_count}); raise "
             "policy.max_count in reconciler.yaml if this is intended"
         )
@@ -362,7 +407,7 @@ def _declared_provider(node: YNode, context: LoadContext) -> str:
     known = context.providers
     if known is not None and name not in known:
         declared = ", ".join(sorted(known)) or "none"
-        raise Invalid(
+        raise InvalidValue(
             f"unknown provider {name!r}; providers declared in reconciler.yaml: {declared}"
         )
     return name
@@ -428,7 +473,7 @@ class PolicyModel(Document):
 def _secret_file(node: YNode) -> str:
     name = check_str(node, echo=False)
     if not _is_secret_file(name):
-        raise Invalid(
+        raise InvalidValue(
             "must be an absolute path, e.g. /etc/reconciler/credentials/aws_secret, or a "
             "systemd credential name without '/', e.g. aws_secret (read from "
             "$CREDENTIALS_DIRECTORY, see LoadCredential=)"
@@ -447,7 +492,8 @@ def _is_secret_file(name: str) -> bool:
 class SecretRefModel(Document):
     """A reference to a secret, never its value: `{env: NAME}` or `{file: /path}`."""
 
-    SOURCES: ClassVar[tuple[str, ...]] = ("env", "file")
+    ONE_OF = ("env", "file")
+    SAY_WHICH = False
     ECHO = False
 
     env: Annotated[
@@ -464,12 +510,6 @@ class SecretRefModel(Document):
     @classmethod
     def not_a_mapping(cls, node: YNode) -> str:
         return SECRET_HINT
-
-    @model_validator(mode="after")
-    def _one_source(self) -> SecretRefModel:
-        _exactly_one([s for s in self.SOURCES if getattr(self, s) is not None], self.SOURCES,
-                     say_got=False)  # fmt: skip
-        return self
 
     def to_ref(self) -> SecretRef:
         if self.env is not None:
@@ -501,7 +541,7 @@ class CredentialsModel(Document):
 def _driver(node: YNode) -> str:
     driver = check_str(node)
     if driver not in DRIVERS:
-        raise Invalid(
+        raise InvalidValue(
             f"no adapter exists for driver {driver!r}; available drivers: {', '.join(DRIVERS)}"
         )
     return driver
@@ -512,9 +552,9 @@ def _endpoint(node: YNode) -> str:
     parts = urlsplit(text)
     # Not echoed: an endpoint may carry user:password@ by mistake.
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Invalid("must be an http:// or https:// URL with a host")
+        raise InvalidValue("must be an http:// or https:// URL with a host")
     if parts.username is not None or parts.password is not None:
-        raise Invalid("must not embed credentials; use the credentials references")
+        raise InvalidValue("must not embed credentials; use the credentials references")
     return text
 
 
@@ -550,7 +590,7 @@ def _webhook(node: YNode) -> str:
     url = check_str(node, echo=False)
     reason = webhook_problem(url)
     if reason is not None:
-        raise Invalid(reason)
+        raise InvalidValue(reason)
     return url
 
 
@@ -558,13 +598,14 @@ def _command(node: YNode) -> str:
     line = check_str(node, echo=False)
     reason = command_problem(line)
     if reason is not None:
-        raise Invalid(reason)
+        raise InvalidValue(reason)
     return line
 
 
 class NotifierModel(Document):
     WHAT = "a mapping with webhook or command"
-    KINDS: ClassVar[tuple[str, ...]] = ("webhook", "command")
+    ONE_OF = ("webhook", "command")
+    SAY_WHICH = False
 
     webhook: Annotated[str | None, leaf(_webhook)] = None
     command: Annotated[str | None, leaf(_command)] = None
@@ -575,16 +616,6 @@ class NotifierModel(Document):
     timeout: Annotated[float, leaf(check_duration, positive=True, maximum=MAX_NOTIFY_TIMEOUT)] = (
         NotifierSpec.timeout
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_kind_first(cls, data: object) -> object:
-        # Which kind is asked is judged before the target: "needs exactly one" is
-        # the problem to fix, not the shape of a target beside another one.
-        keys = data.entries if isinstance(data, YMap) else data if isinstance(data, dict) else None
-        if keys is not None:
-            _exactly_one([k for k in cls.KINDS if k in keys], cls.KINDS, say_got=False)
-        return data
 
     def to_spec(self) -> NotifierSpec:
         kind = "webhook" if self.webhook is not None else "command"
@@ -620,7 +651,7 @@ def webhook_problem(url: str) -> str | None:
 
 def _at_least_one_provider(providers: dict[str, ProviderModel]) -> dict[str, ProviderModel]:
     if not providers:
-        raise problem(Invalid("must declare at least one provider"))
+        raise problem(InvalidValue("must declare at least one provider"))
     return providers
 
 

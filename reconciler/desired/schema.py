@@ -1,7 +1,7 @@
 """The vocabulary of desired-state validation: checks of single values of the YAML tree.
 
 Owns: turning one `YNode` into a checked Python value (string, integer, number,
-duration, choice, flag) or an `Invalid` worded for operators, and the `Reporter`
+duration, choice, flag) or an `InvalidValue` worded for operators, and the `Reporter`
 that files problems under a file and line. The pydantic models (desired.models)
 use these checks for every leaf, so the wording lives in one place.
 Must not: coerce (a number is never a string, a bool is never an integer), echo a
@@ -20,19 +20,7 @@ from typing import Final
 
 from reconciler.desired.durations import DURATION_HINT, format_duration, parse_duration
 from reconciler.desired.yamlsource import REJECTED, YMap, YNode, YScalar, YSeq
-from reconciler.errors import Problem
-
-
-class Invalid(Exception):
-    """A value's problem worded for the operator. `at` names a key below the value
-    the problem belongs to (a health check's `http`, say); an empty message means the
-    YAML layer already reported this value, so nothing more is said."""
-
-    def __init__(self, message: str, *, at: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.at = at
-
+from reconciler.errors import InvalidValue, Problem
 
 SILENT: Final = ""
 
@@ -103,14 +91,14 @@ def check_keys(reporter: Reporter, node: YMap, *, path: str, allowed: Iterable[s
 
 def _not_rejected(node: YNode) -> None:
     if is_rejected(node):
-        raise Invalid(SILENT)
+        raise InvalidValue(SILENT)
 
 
 def check_bool(node: YNode) -> bool:
     """true/false; "yes", 1 or a quoted "true" are errors, never coerced."""
     _not_rejected(node)
     if not isinstance(node, YScalar) or not isinstance(node.value, bool):
-        raise Invalid(f"must be true or false, got {describe(node)}")
+        raise InvalidValue(f"must be true or false, got {describe(node)}")
     return node.value
 
 
@@ -128,13 +116,13 @@ def check_str(
         if echo and isinstance(node, YScalar) and node.value is not None:
             # YAML reads unquoted 1.10 as the number 1.1: say how to keep the text.
             message += f'; quote it if you mean the text: "{node.text}"'
-        raise Invalid(message)
+        raise InvalidValue(message)
     text = node.value
     if not text.strip():
-        raise Invalid("must not be empty")
+        raise InvalidValue("must not be empty")
     if pattern is not None and not pattern.fullmatch(text):
         shown = f" {text!r}" if echo else ""
-        raise Invalid(f"invalid value{shown}: {pattern_hint}")
+        raise InvalidValue(f"invalid value{shown}: {pattern_hint}")
     return text
 
 
@@ -153,9 +141,9 @@ def check_int(node: YNode, *, minimum: int, maximum: int) -> int:
     shape = _number_shape(integer=True, minimum=minimum, maximum=maximum)
     value = node.value if isinstance(node, YScalar) else None
     if not isinstance(node, YScalar) or isinstance(value, bool) or not isinstance(value, int):
-        raise Invalid(f"{shape}, got {describe(node)}")
+        raise InvalidValue(f"{shape}, got {describe(node)}")
     if value < minimum or value > maximum:
-        raise Invalid(f"{shape}, got {value}")
+        raise InvalidValue(f"{shape}, got {value}")
     return value
 
 
@@ -170,9 +158,9 @@ def check_number(node: YNode, *, minimum: float, maximum: float) -> float:
         or not isinstance(value, int | float)
         or not math.isfinite(value)
     ):
-        raise Invalid(f"{shape}, got {describe(node)}")
+        raise InvalidValue(f"{shape}, got {describe(node)}")
     if value < minimum or value > maximum:
-        raise Invalid(f"{shape}, got {node.text}")
+        raise InvalidValue(f"{shape}, got {node.text}")
     return float(value)
 
 
@@ -185,15 +173,15 @@ def check_duration(node: YNode, *, maximum: float, positive: bool = False) -> fl
         message = f"must be a duration string, got {describe(node)}"
         if isinstance(node, YScalar) and isinstance(node.value, int | float):
             message += f'; add a unit, e.g. "{node.text}s"'
-        raise Invalid(f"{message} ({DURATION_HINT})")
+        raise InvalidValue(f"{message} ({DURATION_HINT})")
     try:
         seconds = parse_duration(node.value)
     except ValueError:
-        raise Invalid(f"invalid duration {node.value!r}: {DURATION_HINT}") from None
+        raise InvalidValue(f"invalid duration {node.value!r}: {DURATION_HINT}") from None
     if positive and seconds <= 0:
-        raise Invalid(f"must be longer than zero, got {node.value!r}")
+        raise InvalidValue(f"must be longer than zero, got {node.value!r}")
     if seconds > maximum:
-        raise Invalid(f"must be at most {format_duration(maximum)}, got {node.value!r}")
+        raise InvalidValue(f"must be at most {format_duration(maximum)}, got {node.value!r}")
     return seconds
 
 
@@ -204,7 +192,7 @@ def check_choice(node: YNode, *, choices: Iterable[str]) -> str:
     if text not in choices:
         hint = difflib.get_close_matches(text, choices, n=1)
         suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise Invalid(f"must be one of {', '.join(choices)}; got {text!r}{suggestion}")
+        raise InvalidValue(f"must be one of {', '.join(choices)}; got {text!r}{suggestion}")
     return text
 
 
@@ -213,7 +201,7 @@ def get_str(reporter: Reporter, node: YNode, *, path: str, echo: bool = True) ->
     goes to `reporter` and the result is None."""
     try:
         return check_str(node, echo=echo)
-    except Invalid as exc:
+    except InvalidValue as exc:
         if exc.message:
             reporter.add(node.line, join(path, exc.at), exc.message)
         return None
@@ -223,7 +211,7 @@ def get_bool(reporter: Reporter, node: YNode, *, path: str) -> bool | None:
     """`check_bool` for code outside the models."""
     try:
         return check_bool(node)
-    except Invalid as exc:
+    except InvalidValue as exc:
         if exc.message:
             reporter.add(node.line, join(path, exc.at), exc.message)
         return None

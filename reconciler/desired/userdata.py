@@ -14,15 +14,15 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Final
 
 from reconciler.desired.files import read_regular_file
-from reconciler.desired.schema import Invalid, check_str
+from reconciler.desired.schema import check_str
 from reconciler.desired.yamlsource import YNode
-from reconciler.errors import Refused
+from reconciler.errors import InvalidValue, Refused
 
 MAX_USER_DATA_BYTES: Final = 16 * 1024
 
 
 def load_user_data(node: YNode, *, root: Path, cache: dict[str, str]) -> tuple[str, str]:
-    """Return (relative path, contents) for a `user_data:` value, or raise Invalid.
+    """Return (relative path, contents) for a `user_data:` value, or raise InvalidValue.
 
     `cache` holds contents already read in this load, so a script shared by many
     services is read (and checked) once.
@@ -37,12 +37,14 @@ def load_user_data(node: YNode, *, root: Path, cache: dict[str, str]) -> tuple[s
         or relative.startswith(("/", "\\"))
         or PureWindowsPath(relative).drive
     ):
-        raise Invalid(
+        raise InvalidValue(
             f"user data path {relative!r} is absolute; give a path relative to the "
             "desired-state directory, e.g. userdata/web.sh"
         )
     if ".." in PureWindowsPath(relative).parts:
-        raise Invalid(f"user data path {relative!r} contains '..'; paths must stay inside the root")
+        raise InvalidValue(
+            f"user data path {relative!r} contains '..'; paths must stay inside the root"
+        )
     try:
         raw = read_regular_file(
             root, root / relative, limit=MAX_USER_DATA_BYTES,
@@ -51,11 +53,11 @@ def load_user_data(node: YNode, *, root: Path, cache: dict[str, str]) -> tuple[s
     except Refused as exc:
         what = "path" if str(exc).startswith("resolves") else "file"
         hint = " (paths are relative to the root)" if str(exc) == "does not exist" else ""
-        raise Invalid(f"user data {what} {relative!r} {exc}{hint}") from None
+        raise InvalidValue(f"user data {what} {relative!r} {exc}{hint}") from None
     try:
         contents = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise Invalid(
+        raise InvalidValue(
             f"user data file {relative!r} is not valid UTF-8 (bad byte at offset {exc.start})"
         ) from None
     cache[relative] = contents
