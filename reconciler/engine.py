@@ -35,6 +35,7 @@ from reconciler.errors import (
     ReconcilerError,
 )
 from reconciler.extensions.notify import Notifications
+from reconciler.fencing import OPEN, Fence
 from reconciler.ledger import Ledger
 from reconciler.ledger.holds import (
     current_freezes,
@@ -61,6 +62,7 @@ from reconciler.planning.guards import (
 from reconciler.planning.planner import compute_plan
 from reconciler.providers import ComputeProvider, build_provider
 from reconciler.providers.base import LoadBalancerPort
+from reconciler.providers.fenced import FencedProvider
 from reconciler.recovery import resolve_open_operations
 
 log = structlog.get_logger(__name__)
@@ -86,12 +88,16 @@ ApiCallListener = Callable[[str, str], None]
 
 
 def build_providers(
-    desired: DesiredState, *, on_call: ApiCallListener | None = None
+    desired: DesiredState, *, on_call: ApiCallListener | None = None, fence: Fence = OPEN
 ) -> dict[str, ComputeProvider]:
-    return {
-        name: build_provider(profile, on_call=on_call)
-        for name, profile in desired.providers.items()
-    }
+    """One adapter per provider profile; behind `fence` when one is given (a leader's
+    lease under `--coordination`), so each mutation asks it first."""
+    providers: dict[str, ComputeProvider] = {}
+    agent = f"reconciler-epoch/{fence.epoch}" if fence.epoch is not None else None
+    for name, profile in desired.providers.items():
+        provider = build_provider(profile, on_call=on_call, agent=agent)
+        providers[name] = provider if fence is OPEN else FencedProvider(provider, fence)
+    return providers
 
 
 def check_capabilities(desired: DesiredState, providers: Mapping[str, ComputeProvider]) -> None:
@@ -281,7 +287,7 @@ def _apply_run(
     started = datetime.now(UTC)
     notifications = Notifications(desired.notifiers)
     try:
-        providers = build_providers(desired, on_call=on_call)
+        providers = build_providers(desired, on_call=on_call, fence=ledger.fence)
         check_capabilities(desired, providers)
         frozen = current_freezes(ledger, desired)
         # What an interrupted pass left open is closed first, so the plan sees it settled.
@@ -350,6 +356,7 @@ def _apply_run(
             load_balancers=load_balancer_ports(desired, providers),
             heartbeat=heartbeat,
             should_stop=should_stop,
+            fence=ledger.fence,
         )
         result = apply_plan(
             plan,

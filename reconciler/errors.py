@@ -117,6 +117,11 @@ class Interrupted(RetryLater):
     was started; the next pass resumes from what the ledger and the tags say."""
 
 
+class NotLeader(RetryLater):
+    """This member does not hold the leader lease, or could not confirm it in time: it
+    makes no cloud change and no ledger write (the leader acts, or the next one will)."""
+
+
 class Throttled(TransientError):
     """Rejected before execution (429, or Nova's 413 overLimit with Retry-After)."""
 

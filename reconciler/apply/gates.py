@@ -24,6 +24,7 @@ from reconciler.extensions.api import (
     TrafficContext,
     load_plugins,
 )
+from reconciler.fencing import OPEN, Fence
 from reconciler.model import DesiredState, ObservedInstance, ServiceSpec
 
 log = structlog.get_logger(__name__)
@@ -79,6 +80,7 @@ class Rollout(TrafficPort):
     heartbeat: Callable[[], None] = lambda: None
     should_stop: Callable[[], bool] = lambda: False
     sleep: Callable[[float], None] = time.sleep
+    fence: Fence = OPEN  # checked before each switch (see reconciler.fencing)
 
     # ------------------------------------------------------------ the health gate
 
@@ -136,6 +138,7 @@ class Rollout(TrafficPort):
     ) -> None:
         if spec.traffic is None or (not old and not new):
             return
+        self.fence.check(f"switch traffic of {spec.env}/{spec.name}")
         context = TrafficContext(
             target=spec.traffic.target,
             env=spec.env,

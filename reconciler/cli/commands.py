@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -30,6 +30,7 @@ from reconciler.cli.common import (
     refuse_libcloud_debug,
 )
 from reconciler.cli.root import cli
+from reconciler.coordination.leadership import read_status as read_coordination
 from reconciler.desired.gitinfo import uncommitted_changes
 from reconciler.errors import GuardRefused
 from reconciler.ledger import Ledger
@@ -38,6 +39,10 @@ from reconciler.planning.guards import static_refusals
 from reconciler.present import render
 from reconciler.present.terminal import shown
 from reconciler.service.statelock import StateLock
+
+if TYPE_CHECKING:  # imported where used: the daemon's modules load only for `daemon`
+    from reconciler.service.daemon import DaemonSettings
+    from reconciler.service.systemd import Notifier
 
 
 @cli.command()
@@ -187,6 +192,35 @@ def _env(name: str) -> dict[str, Any]:
     help="Serve Prometheus metrics here, e.g. 127.0.0.1:9108.",
     **_env("METRICS_ADDR"),
 )
+@click.option(
+    "--coordination",
+    metavar="etcd://HOST:PORT[,HOST:PORT...]",
+    help="Run as one member of several: only the holder of the leader lease on this etcd "
+    "acts (README: Two hosts).",
+    **_env("COORDINATION"),
+)
+@click.option(
+    "--lease-ttl",
+    default="30s",
+    show_default=True,
+    callback=duration_between(2, 600),
+    help="The leader lease (with --coordination): 2s to 10m; a leader that cannot renew it "
+    "stops acting before it ends.",
+    **_env("LEASE_TTL"),
+)
+@click.option(
+    "--member",
+    default="",
+    help="This member's name (with --coordination). [default: the host name]",
+    **_env("MEMBER"),
+)
+@click.option(
+    "--replica",
+    metavar="URL",
+    help="With --coordination: stream the ledger here with Litestream while leading and "
+    "restore it on takeover: file:///DIRECTORY or s3://BUCKET/PATH.",
+    **_env("REPLICA"),
+)
 @click.pass_context
 def daemon(
     ctx: click.Context,
@@ -199,6 +233,10 @@ def daemon(
     allow_rewind: bool,
     allow_mass_destroy: bool,
     metrics_addr: str | None,
+    coordination: str | None,
+    lease_ttl: float,
+    member: str,
+    replica: str | None,
 ) -> None:
     """Follow a git branch and reconcile on an interval (the systemd service)."""
     from reconciler.service.daemon import Daemon, DaemonSettings, Verdict
@@ -212,6 +250,14 @@ def daemon(
         fetch_timeout=fetch_timeout,
     )  # fmt: skip
     notifier = Notifier.from_environ()
+    if coordination:
+        _coordinated_daemon(
+            ctx, settings, notifier, url=coordination, ttl=lease_ttl, member=member,
+            replica=replica, metrics_addr=metrics_addr,
+        )  # fmt: skip
+        return
+    if replica:
+        fail("--replica needs --coordination (the ledger follows the leader)")
     with domain_errors(), StateLock(ctx.obj["state_dir"]), open_ledger(ctx) as ledger:
         metrics = Metrics(ledger) if metrics_addr else None
         if metrics is not None and metrics_addr:
@@ -227,6 +273,42 @@ def daemon(
     sys.exit({Verdict.OK: EXIT_OK, Verdict.REFUSED: EXIT_REFUSED}.get(verdict, EXIT_ERROR))
 
 
+def _coordinated_daemon(
+    ctx: click.Context,
+    settings: DaemonSettings,
+    notifier: Notifier,
+    *,
+    url: str,
+    ttl: float,
+    member: str,
+    replica: str | None,
+    metrics_addr: str | None,
+) -> None:
+    """One member of several under `--coordination` (reconciler.service.ha)."""
+    from reconciler.service.ha import CoordinatedDaemon, CoordinationSettings
+    from reconciler.service.systemd import Watchdog
+
+    if settings.once:
+        fail("--once cannot be used with --coordination: a member acts only while it leads")
+    watchdog = Watchdog(notifier)
+    if watchdog.interval is not None and watchdog.interval * 2 >= ttl:
+        # The lease is renewed only while the main loop beats; systemd's watchdog must
+        # restart a wedged member well before its lease would run out.
+        fail(
+            f"the systemd watchdog (WatchdogSec={watchdog.interval * 2:g}s) must be shorter "
+            f"than --lease-ttl ({ttl:g}s): set WatchdogSec below the TTL (README: Two hosts)"
+        )
+    with domain_errors(), StateLock(ctx.obj["state_dir"]):
+        runner = CoordinatedDaemon(
+            settings,
+            CoordinationSettings(url=url, ttl=int(ttl), member=member, replica=replica),
+            state_dir=ctx.obj["state_dir"], notifier=notifier, watchdog=watchdog,
+        )  # fmt: skip
+        runner.install_signal_handlers()
+        runner.run()
+    sys.exit(EXIT_OK)
+
+
 @cli.command()
 @json_option
 @click.pass_context
@@ -234,6 +316,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """Last run, each service's active and standby generations, pending drift."""
     with open_ledger(ctx) as store, domain_errors():
         document = status_document(store)
+    coordination = read_coordination(ctx.obj["state_dir"])
+    if coordination is not None:
+        document["coordination"] = coordination
     if as_json:
         render.print_json(document)
         return

@@ -91,6 +91,7 @@ NOTIFIER_EVENTS: Final = (
     "run-failed",
     "service-down",
     "service-up",
+    "leader-changed",
 )
 
 

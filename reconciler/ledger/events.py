@@ -38,4 +38,7 @@ EVENT_KINDS: Final[dict[str, str]] = {
     "history_rewritten": "the branch no longer descends from the last applied commit",
     "operations_recovered": "operations left open by an interrupted pass were resolved",
     "ledger_rebuilt": "`ledger rebuild` restored the ledger from the cloud's tags",
+    # two hosts (`--coordination`)
+    "leader_changed": "this member took the leader lease (member, epoch, previous leader)",
+    "ledger_restored": "a new leader restored the ledger from the replica (or found none)",
 }

@@ -286,6 +286,13 @@ def migrations_pending(db: Database) -> bool:
     return bool(migrations.pending(db))
 
 
+@migrations(name="0006_leader_epoch")
+def _leader_epoch(db: Database) -> None:
+    # With two daemons on a lease (`--coordination`), the epoch of the leader that
+    # wrote each intent, so a new leader can tell whose operation it is resolving.
+    db.execute("ALTER TABLE operations ADD COLUMN epoch INTEGER")
+
+
 def apply_migrations(db: Database) -> None:
     """Bring the schema up to date; the caller owns the surrounding transaction."""
     migrations.apply(db)

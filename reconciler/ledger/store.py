@@ -21,6 +21,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from reconciler.errors import LedgerError
+from reconciler.fencing import OPEN, Fence
 from reconciler.ledger import codec, costsql, queries
 from reconciler.ledger.connection import advice, open_database, transaction
 from reconciler.ledger.events import EVENT_KINDS
@@ -103,6 +104,9 @@ class Ledger:
         self._db: Database | None = db
         self._clock = clock
         self._lock = threading.Lock()
+        # Checked before every write: under `--coordination`, the leader's lease
+        # (a follower, or a leader past its deadline, writes nothing).
+        self.fence: Fence = OPEN
 
     # ------------------------------------------------------------ lifecycle
 
@@ -146,6 +150,8 @@ class Ledger:
 
         Reads use a transaction too, so a multi-query read (the view) sees one snapshot.
         """
+        if write:
+            self.fence.check(f"ledger {what}")
         with self._lock:
             db = self._open_db()
             try:
@@ -437,6 +443,7 @@ class Ledger:
             "target": target,
             "state": "intent",
             "intent_at": codec.encode_time(at),
+            "epoch": self.fence.epoch,
         }
         with self._transaction("begin_operation", write=True) as db:
             db.table("operations").insert(row)

@@ -40,7 +40,7 @@ def rollback(desired_dir: DesiredSource, ledger: Ledger, env: str, service: str)
     spec = desired.service(env, service)
     if spec is None:
         raise NothingToDo(f"{env}/{service} is not in the desired state")
-    providers = engine.build_providers(desired)
+    providers = engine.build_providers(desired, fence=ledger.fence)
     observed = engine.settle_deletions(
         engine.observe(desired, providers), ledger, now=datetime.now(UTC)
     )
@@ -57,7 +57,9 @@ def rollback(desired_dir: DesiredSource, ledger: Ledger, env: str, service: str)
     if not standbys:
         raise NothingToDo(f"{env}/{service} has no standby generation with running instances")
     target = max(standbys)
-    rollout = Rollout(desired, load_balancers=engine.load_balancer_ports(desired, providers))
+    rollout = Rollout(
+        desired, load_balancers=engine.load_balancer_ports(desired, providers), fence=ledger.fence
+    )
     failure = rollout.wait_healthy(alive(target), spec)
     if failure:
         raise NothingToDo(f"generation {target} is not healthy, not rolling back: {failure}")

@@ -263,6 +263,18 @@ def print_phrases(console: Console, phrases: Sequence[str], *, indent: str = "  
 
 
 def print_status(console: Console, document: Mapping[str, Any]) -> None:
+    coordination = document.get("coordination")
+    if coordination:
+        if coordination.get("role") == "leader":
+            role = (f"leader (epoch {coordination.get('epoch')}, lease confirmed until "
+                    f"{_cell(coordination.get('lease_expires_at'))})")  # fmt: skip
+        else:
+            leader = coordination.get("leader") or "none seen"
+            role = f"follower (leader {leader}, epoch {coordination.get('epoch')})"
+        console.print(shown(
+            f"Member {coordination.get('member')}: {role} since "
+            f"{_cell(coordination.get('since'))}: {coordination.get('why')}"
+        ))  # fmt: skip
     last = document.get("last_run")
     if last:
         counts = [

@@ -21,6 +21,8 @@ TAG_GENERATION = "reconciler:generation"
 TAG_SPEC = "reconciler:spec"
 TAG_OP = "reconciler:op"
 TAG_NAME = "Name"
+# The leader's epoch under `--coordination` (absent without it): whose launch it was.
+TAG_EPOCH = "reconciler:epoch"
 
 _SLOT_IN_NAME = re.compile(r"-g([1-9][0-9]{0,8})-([1-9][0-9]{0,5})$")
 

@@ -21,9 +21,13 @@ if TYPE_CHECKING:
 
 
 def build_provider(
-    profile: ProviderProfile, *, on_call: Callable[[str, str], None] | None = None
+    profile: ProviderProfile,
+    *,
+    on_call: Callable[[str, str], None] | None = None,
+    agent: str | None = None,
 ) -> ComputeProvider:
-    """The adapter for `profile`; `on_call(provider, action)` hears every API request."""
+    """The adapter for `profile`; `on_call(provider, action)` hears every API request;
+    `agent` is added to the User-Agent where the adapter can (EC2 and the sandbox)."""
     if profile.driver == "sandbox":
         from reconciler.providers.ec2.adapter import Ec2Provider
         from reconciler.providers.sandbox import SANDBOX_KEY, SANDBOX_SECRET, in_process_endpoint
@@ -38,6 +42,7 @@ def build_provider(
                 endpoint=endpoint,
                 on_call=on_call,
                 timeout=profile.timeout,
+                agent=agent,
             ),
             key=SANDBOX_KEY,
             secret=SANDBOX_SECRET,
@@ -67,6 +72,7 @@ def build_provider(
                 endpoint=profile.endpoint,
                 on_call=on_call,
                 timeout=profile.timeout,
+                agent=agent,
             ),
             key=key,
             secret=secret,

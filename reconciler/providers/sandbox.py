@@ -24,7 +24,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final
@@ -34,6 +34,8 @@ from reconciler.errors import ConfigurationError
 
 _MOTO_NAMESPACE = b'xmlns="http://ec2.amazonaws.com/doc/2016-11-15"'
 _AWS_NAMESPACE = b'xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"'
+
+MUTATION_LOG_LIMIT: Final = 10_000
 
 # Actions that change something in the cloud; tests assert on these.
 MUTATING_PREFIXES = (
@@ -223,6 +225,9 @@ class SandboxApp:
         self.faults: Counter[tuple[str, str]] = Counter()  # (kind, action)
         # Instance ids named by mutating calls moto served: "was this one ever touched?"
         self.touched: Counter[str] = Counter()
+        # Mutating requests served, in order, with their User-Agent (a leader's epoch):
+        # who changed the cloud when. The newest MUTATION_LOG_LIMIT are kept.
+        self.mutations: deque[dict[str, Any]] = deque(maxlen=MUTATION_LOG_LIMIT)
         self.fault_plan = FaultPlan()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
@@ -278,6 +283,10 @@ class SandboxApp:
                 for key, values in params.items():
                     if key.startswith(("InstanceId", "ResourceId")):
                         self.touched.update(values)
+                self.mutations.append({
+                    "at": time.time(), "action": action,
+                    "agent": str(environ.get("HTTP_USER_AGENT", "")),
+                })  # fmt: skip
         return (
             captured["status"],
             list(captured["headers"]),
@@ -325,6 +334,7 @@ class SandboxApp:
         with self._lock:
             calls = dict(self.calls)
             touched = dict(self.touched)
+            mutations = list(self.mutations)
             received = dict(self.received)
             faults: dict[str, dict[str, int]] = {}
             for (kind, action), n in self.faults.items():
@@ -337,6 +347,7 @@ class SandboxApp:
             "received": received,  # every request, including those a fault rejected
             "faults": faults,
             "touched": touched,  # instance id -> mutating calls that named it
+            "mutations": mutations,  # [{at, action, agent}], oldest first
         }
 
     def reset(self) -> None:
@@ -349,6 +360,7 @@ class SandboxApp:
             self.received.clear()
             self.faults.clear()
             self.touched.clear()
+            self.mutations.clear()
         self.fault_plan = FaultPlan()
 
     @classmethod

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -43,13 +44,13 @@ from reconciler.service.systemd import Notifier, Watchdog
 log = structlog.get_logger(__name__)
 
 
-
 class Verdict(StrEnum):
     """How a pass (or a `--once` daemon) ended; the CLI turns it into an exit code."""
 
     OK = "ok"
     FAILED = "failed"
     REFUSED = "refused"
+
 
 MAX_BACKOFF = 600.0
 SLEEP_SLICE = 0.25
@@ -93,8 +94,12 @@ class Daemon:
         watchdog: Watchdog,
         observer: PassObserver | None = None,
         on_call: engine.ApiCallListener | None = None,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self.settings = settings
+        # Under `--coordination`: whether this member still leads. When it stops, so does
+        # the loop, between operations (the fence also refuses each mutation).
+        self.leading = leading
         self.ledger = ledger
         self.notifier = notifier
         self.watchdog = watchdog
@@ -134,7 +139,7 @@ class Daemon:
     def _should_stop(self) -> bool:
         """Polled between operations: a stop signal, or an operator's request (it is
         answered between operations, not after the pass or the interval)."""
-        return self.stop_requested or self._request_waiting()
+        return self.stop_requested or not self.leading() or self._request_waiting()
 
     def _request_waiting(self) -> bool:
         now = time.monotonic()
@@ -156,7 +161,7 @@ class Daemon:
         """Wait for the next pass in short slices: feed the watchdog, notice signals
         and operator requests."""
         deadline = time.monotonic() + seconds
-        while not (self.stop_requested or self.pass_requested):
+        while not (self.stop_requested or self.pass_requested) and self.leading():
             self.watchdog.beat()
             if self._request_waiting():
                 self._answer_requests()
@@ -172,7 +177,7 @@ class Daemon:
         self.notifier.ready(status=self._describe_start())
         log.info("daemon_ready", repo=self.settings.repo, branch=self.settings.branch)
         verdict = Verdict.OK
-        while not self.stop_requested:
+        while not self.stop_requested and self.leading():
             self._answer_requests()
             verdict = self.run_pass()
             if self.settings.once:
@@ -180,8 +185,11 @@ class Daemon:
             if not self.stop_requested:
                 self._answer_requests()  # one that stopped the pass between operations
             self._sleep(self._next_delay())
-        self.notifier.stopping(status="stopping")
-        log.info("daemon_stopped")
+        if self.stop_requested:
+            self.notifier.stopping(status="stopping")
+            log.info("daemon_stopped")
+        else:  # this member no longer leads: the process goes on, following
+            log.warning("passes_stopped", why="leadership lost")
         return verdict if self.settings.once else Verdict.OK
 
     def _describe_start(self) -> str:

@@ -80,6 +80,9 @@ class Watchdog:
         self._clock = clock
         self._last: float | None = None
         self.interval: float | None = _watchdog_interval(environ)
+        # Told of every beat, rate-limited or not: a leader's lease is renewed only
+        # while the main loop shows it is alive (reconciler.coordination).
+        self.listeners: list[Callable[[], None]] = []
 
     @property
     def enabled(self) -> bool:
@@ -87,6 +90,8 @@ class Watchdog:
 
     def beat(self) -> None:
         """Ping if at least `interval` seconds passed since the last ping (or never pinged)."""
+        for listener in self.listeners:
+            listener()
         if self.interval is None:
             return
         now = self._clock()

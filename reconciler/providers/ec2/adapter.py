@@ -140,8 +140,12 @@ class Ec2Provider:
         retry_seconds: float = 60.0,
         page_size: int = _PAGE_SIZE,
         on_call: Callable[[str, str], None] | None = None,
+        agent: str | None = None,
     ) -> None:
         self.name = name
+        # Appended to the User-Agent of every request (a leader's epoch): the cloud's
+        # audit log (CloudTrail's userAgent) then shows which leader sent each call.
+        self._agent = agent
         self.region = region
         options: dict[str, Any] = {"region": region, "signature_version": "4", "timeout": timeout}
         if endpoint:
@@ -169,6 +173,8 @@ class Ec2Provider:
         if driver is None:
             key, secret, options = self._driver_args
             driver = self._local.driver = _Driver(key, secret, **options)
+            if self._agent:
+                driver.connection.user_agent_append(self._agent)
         return driver
 
     # ------------------------------------------------------------ requests

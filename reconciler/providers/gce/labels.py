@@ -31,6 +31,7 @@ from reconciler.errors import GceValueError
 from reconciler.model import InstanceState, ObservedInstance
 from reconciler.providers.base import (
     TAG_ENV,
+    TAG_EPOCH,
     TAG_GENERATION,
     TAG_NAME,
     TAG_OP,
@@ -51,6 +52,7 @@ LABEL_KEYS: Final[dict[str, str]] = {
     TAG_GENERATION: "reconciler_generation",
     TAG_SPEC: "reconciler_spec",
     TAG_OP: "reconciler_op",
+    TAG_EPOCH: "reconciler_epoch",
 }
 SLOT_LABEL: Final = "reconciler_slot"
 _TAG_KEYS: Final = {label: tag for tag, label in LABEL_KEYS.items()}

