@@ -286,6 +286,7 @@ def _coordinated_daemon(
 ) -> None:
     """One member of several under `--coordination` (reconciler.service.ha)."""
     from reconciler.service.ha import CoordinatedDaemon, CoordinationSettings
+    from reconciler.service.metrics import Metrics
     from reconciler.service.systemd import Watchdog
 
     if settings.once:
@@ -299,11 +300,17 @@ def _coordinated_daemon(
             f"than --lease-ttl ({ttl:g}s): set WatchdogSec below the TTL (README: Two hosts)"
         )
     with domain_errors(), StateLock(ctx.obj["state_dir"]):
+        metrics = Metrics(None) if metrics_addr else None
         runner = CoordinatedDaemon(
             settings,
             CoordinationSettings(url=url, ttl=int(ttl), member=member, replica=replica),
             state_dir=ctx.obj["state_dir"], notifier=notifier, watchdog=watchdog,
+            observer=metrics, on_call=metrics.api_call if metrics else None, metrics=metrics,
         )  # fmt: skip
+        if metrics is not None and metrics_addr:
+            metrics.daemon_started(interval=settings.interval)
+            metrics.watch_coordination(runner)
+            metrics.serve(metrics_addr)
         runner.install_signal_handlers()
         runner.run()
     sys.exit(EXIT_OK)

@@ -70,8 +70,11 @@ class Leadership:
         ttl: int,
         state_dir: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
+        keep_in_background: bool = True,
     ) -> None:
         self.election = election
+        # Tests drive `renew_once` themselves, with a clock of their own.
+        self.keep_in_background = keep_in_background
         self.member = member
         self.ttl = ttl
         self.margin = max(ttl * MARGIN_FRACTION, 0.5)
@@ -139,7 +142,8 @@ class Leadership:
             self._deadline = sent + self.ttl - self.margin
             self._became("leader", f"took the leader key (epoch {won.epoch})")
         log.info("leader_elected", member=self.member, epoch=won.epoch, ttl=self.ttl)
-        self._start_keeper()
+        if self.keep_in_background:
+            self._start_keeper()
         return True
 
     def resign(self) -> None:
@@ -176,33 +180,40 @@ class Leadership:
     def _keep(self, stop: threading.Event) -> None:
         interval = max(self.ttl * KEEPALIVE_FRACTION, 0.2)
         while not stop.wait(interval):
-            with self._lock:
-                holding = self._holding
-            if holding is None:
+            if not self.renew_once():
                 return
-            sent = self._clock()
-            if sent - self._last_beat > self.ttl - self.margin:
-                log.warning("lease_not_renewed", member=self.member,
-                            why="the main loop has not beaten within the lease")  # fmt: skip
-                continue
-            try:
-                remaining = self.election.keep_alive(holding.lease)
-                current = self.election.holder() if remaining > 0 else None
-            except RetryLater as exc:
-                # Not confirmed: the deadline stands and runs out on its own.
-                log.warning("lease_keepalive_failed", member=self.member, error=str(exc))
-                continue
-            with self._lock:
-                if self._holding is not holding:
-                    return
-                if remaining <= 0:
-                    self._step_down_locked("the lease expired (etcd no longer knows it)")
-                    return
-                if current is None or current.epoch != holding.epoch:
-                    self._step_down_locked("the leader key is no longer ours")
-                    return
-                self._deadline = sent + min(remaining, self.ttl) - self.margin
-                self._write_status()
+
+    def renew_once(self) -> bool:
+        """One keep-alive (the keeper thread calls it every TTL/4). False once this
+        member no longer leads; a renewal that cannot be confirmed leaves the deadline
+        where it was, to run out on its own."""
+        with self._lock:
+            holding = self._holding
+        if holding is None:
+            return False
+        sent = self._clock()
+        if sent - self._last_beat > self.ttl - self.margin:
+            log.warning("lease_not_renewed", member=self.member,
+                        why="the main loop has not beaten within the lease")  # fmt: skip
+            return True
+        try:
+            remaining = self.election.keep_alive(holding.lease)
+            current = self.election.holder() if remaining > 0 else None
+        except RetryLater as exc:
+            log.warning("lease_keepalive_failed", member=self.member, error=str(exc))
+            return True
+        with self._lock:
+            if self._holding is not holding:
+                return False
+            if remaining <= 0:
+                self._step_down_locked("the lease expired (etcd no longer knows it)")
+                return False
+            if current is None or current.epoch != holding.epoch:
+                self._step_down_locked("the leader key is no longer ours")
+                return False
+            self._deadline = sent + min(remaining, self.ttl) - self.margin
+            self._write_status()
+        return True
 
     def _step_down_locked(self, why: str) -> None:
         epoch = self.epoch

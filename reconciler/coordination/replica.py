@@ -85,6 +85,25 @@ class Replica:
         log.info("ledger_restored", replica=self.shown)
         return {"restored": True, "replica": self.shown}
 
+    def lag_seconds(self) -> float | None:
+        """How far the replica trails the ledger: the ledger's last write minus the
+        replica's newest file. Known for a file:// replica only (None for S3)."""
+        parts = urlsplit(self.url)
+        if parts.scheme != "file":
+            return None
+        ledger = self.state_dir / LEDGER_FILENAME
+        written = max(
+            (p.stat().st_mtime for p in (ledger, Path(f"{ledger}-wal")) if p.exists()),
+            default=None,
+        )
+        replica = Path(parts.path)
+        shipped = max((p.stat().st_mtime for p in replica.rglob("*") if p.is_file()), default=None)
+        if written is None:
+            return 0.0
+        if shipped is None:
+            return None
+        return max(written - shipped, 0.0)
+
     def start(self, ledger: Path) -> None:
         """Stream `ledger` to the replica until `stop`."""
         output = open(self.state_dir / LOG_FILE, "ab")  # noqa: SIM115 - owned by the child

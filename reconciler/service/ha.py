@@ -34,6 +34,7 @@ from reconciler.model import DesiredState
 from reconciler.ops.rebuild import rebuild_ledger
 from reconciler.service.daemon import Daemon, DaemonSettings, PassObserver, Verdict
 from reconciler.service.gitsource import GitSource
+from reconciler.service.metrics import Metrics
 from reconciler.service.systemd import Notifier, Watchdog
 
 log = structlog.get_logger(__name__)
@@ -65,8 +66,10 @@ class CoordinatedDaemon:
         watchdog: Watchdog,
         observer: PassObserver | None = None,
         on_call: engine.ApiCallListener | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.coordination = coordination
         self.state_dir = state_dir
         self.notifier = notifier
@@ -165,6 +168,8 @@ class CoordinatedDaemon:
             restored = self._take_over_ledger(leadership)
             with Ledger.open(self.state_dir) as ledger:
                 ledger.fence = leadership
+                if self.metrics is not None:
+                    self.metrics.ledger = ledger
                 now = datetime.now(UTC)
                 ledger.record_event(kind="leader_changed", at=now, detail={
                     "member": self.member, "epoch": epoch, "previous": leadership.previous,
@@ -186,6 +191,8 @@ class CoordinatedDaemon:
                     self.current.run()
                 finally:
                     self.current = None
+                    if self.metrics is not None:
+                        self.metrics.ledger = None
                     if self.replica is not None:
                         self.replica.stop()
         except NotLeader as exc:
@@ -225,6 +232,23 @@ class CoordinatedDaemon:
         while not self.stop_requested and time.monotonic() < deadline:
             self.watchdog.beat()
             time.sleep(SLICE)
+
+    # ------------------------------------------------------------ what metrics read
+
+    def member_name(self) -> str:
+        return self.member
+
+    def leading(self) -> bool:
+        return self.leadership is not None and self.leadership.is_leader()
+
+    def epoch_seen(self) -> int | None:
+        return self.leadership.snapshot().epoch if self.leadership is not None else None
+
+    def lease_left(self) -> float | None:
+        return self.leadership.snapshot().lease_expires_in if self.leadership else None
+
+    def replica_lag(self) -> float | None:
+        return self.replica.lag_seconds() if self.replica is not None and self.leading() else None
 
     def _notify_leader(self, epoch: int | None, previous: str | None) -> None:
         if self.desired is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import Counter as Tally
 from contextlib import suppress
 from datetime import UTC, datetime
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -36,7 +37,9 @@ SUCCESSFUL = ("no-op", "changes", "interrupted")
 
 
 class Metrics:
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger | None) -> None:
+        # None for a member that follows (`--coordination`): it reads no ledger; the
+        # leader's is attached while it leads.
         self.ledger = ledger
         self.registry = CollectorRegistry()
         r = self.registry
@@ -124,6 +127,29 @@ class Metrics:
     def daemon_started(self, *, interval: float) -> None:
         self.interval.set(interval)
 
+    def watch_coordination(self, state: CoordinationState) -> None:
+        """Role, epoch, lease and replica lag of a member under `--coordination`, read
+        at each scrape (a follower runs no pass, yet its metrics must stay current)."""
+        r = self.registry
+        leader = Gauge("reconciler_leader", "1 while this member leads, 0 while it follows.",
+                       ["member"], registry=r)  # fmt: skip
+        leader.labels(member=state.member_name()).set_function(lambda: float(state.leading()))
+        Gauge(
+            "reconciler_leader_epoch",
+            "The epoch of the leader this member last saw (its own while it leads).",
+            registry=r,
+        ).set_function(lambda: float(state.epoch_seen() or 0))
+        Gauge(
+            "reconciler_lease_seconds_left",
+            "Seconds before this leader's fence closes unless the lease is renewed (0: follower).",
+            registry=r,
+        ).set_function(lambda: float(state.lease_left() or 0.0))
+        Gauge(
+            "reconciler_replica_lag_seconds",
+            "How far the ledger's replica is behind the ledger (NaN: unknown, e.g. on S3).",
+            registry=r,
+        ).set_function(lambda: _or_nan(state.replica_lag()))
+
     def serve(self, address: str) -> None:
         host, _, port = address.rpartition(":")
         try:
@@ -140,15 +166,18 @@ class Metrics:
         self.last_pass.set_to_current_time()
         if result in SUCCESSFUL:
             self.last_success.set_to_current_time()
-        self.requests_pending.set(self.ledger.pending_request_count())
+        ledger = self.ledger
+        if ledger is None:
+            return
+        self.requests_pending.set(ledger.pending_request_count())
         if outcome is None:
             return
         for action in outcome.plan.mutating():
             self.drift.labels(reason=action.reason.value).inc()
-        self._fleet(outcome)
-        self._orphans()
+        self._fleet(outcome, ledger)
+        self._orphans(ledger)
 
-    def _fleet(self, outcome: PassOutcome) -> None:
+    def _fleet(self, outcome: PassOutcome, ledger: Ledger) -> None:
         tally = Tally((i.env or "", i.service or "", i.state.value) for i in outcome.observed)
         self.instances.clear()
         for (env, service, state), n in tally.items():
@@ -157,7 +186,7 @@ class Metrics:
         for env, service in self._services - services.keys():
             self._forget(env, service)  # no longer desired: its series go with it
         self._services = set(services)
-        view = self.ledger.view()
+        view = ledger.view()
         active = {
             (g.env, g.service): g for g in view.generations if g.state is GenerationState.ACTIVE
         }
@@ -176,7 +205,7 @@ class Metrics:
                 self.held.labels(env=env, service=service, reason=reason.value).set(
                     1 if (env, service, reason.value) in held else 0
                 )
-        live = self.ledger.instance_rows(live_only=True)
+        live = ledger.instance_rows(live_only=True)
         self.hourly_cost.set(sum(row["price_per_hour"] or 0.0 for row in live))
 
     def _forget(self, env: str, service: str) -> None:
@@ -186,9 +215,9 @@ class Metrics:
         for reason in HOLD_REASONS:
             _remove(self.held, env, service, reason.value)
 
-    def _orphans(self) -> None:
+    def _orphans(self, ledger: Ledger) -> None:
         try:
-            report = accounting.find_orphans(self.ledger, now=datetime.now(UTC))
+            report = accounting.find_orphans(ledger, now=datetime.now(UTC))
         except ReconcilerError:
             return  # the listing is reported by `ledger orphans`; metrics keep the last
         kinds = Tally(o.kind for o in report.orphans)
@@ -196,6 +225,18 @@ class Metrics:
         for kind, n in kinds.items():
             self.orphans.labels(kind=kind).set(n)
         self.orphans_cost.set(sum(o.price_per_hour or 0.0 for o in report.orphans))
+
+
+class CoordinationState(Protocol):
+    def member_name(self) -> str: ...
+    def leading(self) -> bool: ...
+    def epoch_seen(self) -> int | None: ...
+    def lease_left(self) -> float | None: ...
+    def replica_lag(self) -> float | None: ...
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def _remove(gauge: Gauge, *labels: str) -> None:

@@ -17,12 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from reconciler.ledger import Ledger
 from reconciler.providers.sandbox import SandboxServer, fetch_stats
-from tests.conftest import mutating_calls
-from tests.support.cloud import live_nodes
+from tests.conftest import Cli, mutating_calls
+from tests.support.bluegreen_support import WebhookReceiver
+from tests.support.cloud import free_port, live_nodes
 from tests.support.daemon_support import DaemonProcess, Remote, wait_for
 from tests.support.desired_builder import IMAGE_V1, IMAGE_V2
 from tests.support.etcd import EtcdServer, etcd_available
@@ -33,6 +35,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 TTL = 3
+HOOK_SECRET = "two-hosts-hook-secret-8812"
 WEB_V1 = {"prod": {"web": {"image": IMAGE_V1, "count": 2}}}
 WEB_V2 = {"prod": {"web": {"image": IMAGE_V2, "count": 2}}}
 
@@ -73,6 +76,7 @@ def start_member(
         repo=str(remote.bare),
         log_path=tmp_path / f"{name}.log",
         interval="1s",
+        env={"HOOK_SECRET": HOOK_SECRET},
         extra=("--coordination", etcd.url, "--lease-ttl", f"{TTL}s", "--member", name, *extra),
     )
     members[name] = process
@@ -105,11 +109,17 @@ def running_with_image(endpoint: str, image: str) -> int:
 
 def test_two_members_one_acts_and_status_says_who_leads(
     tmp_path: Path, sandbox: SandboxServer, etcd: EtcdServer, remote: Remote,
-    members: dict[str, DaemonProcess], cli: Any,
+    members: dict[str, DaemonProcess],
 ) -> None:  # fmt: skip
-    remote.push(WEB_V1, "web v1")
-    start_member(members, tmp_path, remote, etcd, "alpha")
-    start_member(members, tmp_path, remote, etcd, "beta")
+    webhook = WebhookReceiver(HOOK_SECRET)
+    hook = [
+        {"webhook": webhook.url, "secret": {"env": "HOOK_SECRET"}, "events": ["leader-changed"]}
+    ]
+    remote.push(WEB_V1, "web v1", notifiers=hook)
+    ports = {"alpha": free_port(), "beta": free_port()}
+    for name in ("alpha", "beta"):
+        start_member(members, tmp_path, remote, etcd, name,
+                     "--metrics-addr", f"127.0.0.1:{ports[name]}")  # fmt: skip
     leader = wait_for(lambda: leader_of(tmp_path, ("alpha", "beta")), what="a leader")
     follower = "beta" if leader == "alpha" else "alpha"
     wait_for(lambda: len(live_nodes(sandbox.endpoint)) == 2, what="two instances")
@@ -124,14 +134,24 @@ def test_two_members_one_acts_and_status_says_who_leads(
     assert {m["epoch"] for m in mutation_log(sandbox.endpoint)} == {epoch}
     # The follower never acted: no ledger of its own, a status that names the leader.
     assert not (tmp_path / f"state-{follower}" / "ledger.sqlite").exists()
-    seen = coordination(tmp_path, follower)
-    assert seen["role"] == "follower" and seen["leader"] == leader and seen["epoch"] == epoch
-    led = coordination(tmp_path, leader)
-    assert led["role"] == "leader" and led["epoch"] == epoch and led["lease_expires_at"]
+    for name, role in ((leader, "leader"), (follower, "follower")):
+        status = Cli(state_dir=tmp_path / f"state-{name}", cwd=tmp_path)("status", "--json")
+        seen = json.loads(status.stdout)["coordination"]
+        assert seen["role"] == role and seen["member"] == name and seen["epoch"] == epoch
+        assert seen["leader"] == leader
+        metrics = httpx.get(f"http://127.0.0.1:{ports[name]}/metrics", timeout=10).text
+        assert f'reconciler_leader{{member="{name}"}} {1.0 if role == "leader" else 0.0}' in metrics
+        assert f"reconciler_leader_epoch {float(epoch)}" in metrics
+    assert coordination(tmp_path, leader)["lease_expires_at"]
     with Ledger.open(tmp_path / f"state-{leader}") as ledger:
         changed = ledger.event_rows(kind="leader_changed")
     assert [e["detail"]["member"] for e in changed] == [leader]
     assert operation_epochs(tmp_path / f"state-{leader}") == {epoch}
+    wait_for(lambda: webhook.events, what="the leader-changed notification")
+    assert [(e["kind"], e["detail"]["member"]) for e in webhook.events] == [
+        ("leader-changed", leader)
+    ]
+    webhook.close()
 
 
 def test_a_paused_leader_wakes_fenced_and_steps_down(
