@@ -28,6 +28,7 @@ from tests.support.cloud import free_port, live_nodes
 from tests.support.daemon_support import DaemonProcess, Remote, wait_for
 from tests.support.desired_builder import IMAGE_V1, IMAGE_V2
 from tests.support.etcd import EtcdServer, etcd_available
+from tests.support.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.skipif(
     not etcd_available() and not os.environ.get("CI"),
@@ -69,7 +70,7 @@ def with_signal(process: DaemonProcess, signum: int) -> None:
 
 def start_member(
     members: dict[str, DaemonProcess], tmp_path: Path, remote: Remote, etcd: EtcdServer,
-    name: str, *extra: str,
+    name: str, *extra: str, url: str | None = None,
 ) -> DaemonProcess:  # fmt: skip
     process = DaemonProcess(
         state_dir=tmp_path / f"state-{name}",
@@ -77,7 +78,15 @@ def start_member(
         log_path=tmp_path / f"{name}.log",
         interval="1s",
         env={"HOOK_SECRET": HOOK_SECRET},
-        extra=("--coordination", etcd.url, "--lease-ttl", f"{TTL}s", "--member", name, *extra),
+        extra=(
+            "--coordination",
+            url or etcd.url,
+            "--lease-ttl",
+            f"{TTL}s",
+            "--member",
+            name,
+            *extra,
+        ),
     )
     members[name] = process
     return process
@@ -317,3 +326,43 @@ def _active_image(state_dir: Path) -> str | None:
     with sqlite3.connect(f"file:{state_dir / 'ledger.sqlite'}?mode=ro", uri=True) as db:
         row = db.execute("SELECT image FROM generations WHERE state = 'active'").fetchone()
     return str(row[0]) if row else None
+
+
+@pytest.mark.parametrize("fault", ["delay", "cut", "blackhole"])
+def test_a_faulty_link_to_etcd_never_lets_two_members_act(
+    tmp_path: Path, sandbox: SandboxServer, etcd: EtcdServer, remote: Remote,
+    members: dict[str, DaemonProcess], fault: str,
+) -> None:  # fmt: skip
+    """Each member reaches etcd through its own proxy; alpha's link goes bad while work
+    arrives. Alpha must stop before its lease could have passed to beta, and the
+    sandbox's request log (each mutation names its epoch) must show one epoch at a time."""
+    proxies = {name: FaultProxy(etcd.client_port) for name in ("alpha", "beta")}
+    try:
+        remote.push(WEB_V1, "web v1")
+        start_member(members, tmp_path, remote, etcd, "alpha", url=proxies["alpha"].url)
+        wait_for(lambda: leader_of(tmp_path, ("alpha",)) == "alpha", what="alpha leads")
+        wait_for(lambda: running_with_image(sandbox.endpoint, IMAGE_V1) == 2, what="v1")
+        start_member(members, tmp_path, remote, etcd, "beta", url=proxies["beta"].url)
+        first = etcd.leader_key("acme")
+        assert first is not None and first[0] == "alpha"
+
+        proxies["alpha"].set(fault, delay=TTL * 2.0)
+        remote.push(WEB_V2, "web v2")
+        wait_for(lambda: (etcd.leader_key("acme") or ("", 0))[0] == "beta", timeout=TTL * 10,
+                 what="beta takes the key")  # fmt: skip
+        wait_for(lambda: running_with_image(sandbox.endpoint, IMAGE_V2) == 2, what="v2 by beta")
+        wait_for(lambda: coordination(tmp_path, "alpha").get("role") == "follower",
+                 what="alpha knows it follows")  # fmt: skip
+        proxies["alpha"].set("pass")
+        remote.push({"prod": {"web": {"image": IMAGE_V2, "count": 3}}}, "web x3")
+        wait_for(lambda: running_with_image(sandbox.endpoint, IMAGE_V2) == 3, what="x3")
+        time.sleep(2 * TTL)
+        log = mutation_log(sandbox.endpoint)
+        assert_one_epoch_at_a_time(log)
+        second = etcd.leader_key("acme")
+        assert second is not None and second[0] == "beta"
+        assert {m["epoch"] for m in log} <= {first[1], second[1]}
+        assert coordination(tmp_path, "alpha")["role"] == "follower"
+    finally:
+        for proxy in proxies.values():
+            proxy.close()
