@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck clean sandbox bench soak systemd-check
+.PHONY: demo test lint typecheck clean sandbox bench soak soak-ha systemd-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 # More SIGKILL trials than the default suite's 10 (tests/apply/test_crash_safety.py).
 soak: $(STAMP)
 	SOAK_TRIALS=200 $(BIN)/python -m pytest -q tests/apply/test_crash_safety.py
+
+# Randomized failovers during rollouts, two members on a real etcd (issue 16; minutes).
+soak-ha: $(STAMP)
+	$(BIN)/python benchmarks/soak_ha.py --failovers 20
 
 # The unit under a real systemd in systemd-nspawn (root; minutes; see the script).
 systemd-check: $(STAMP)
