@@ -58,7 +58,7 @@ def main() -> int:
                 state_dir=root / f"state-{name}", repo=str(remote.bare),
                 log_path=root / f"{name}.log", interval="1s",
                 extra=("--coordination", etcd.url, "--lease-ttl", f"{TTL}s", "--member", name,
-                       "--replica", replica),
+                       "--ledger-replica", replica),
             )  # fmt: skip
 
         def leader() -> str | None:

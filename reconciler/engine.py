@@ -93,7 +93,7 @@ def build_providers(
     """One adapter per provider profile; behind `fence` when one is given (a leader's
     lease under `--coordination`), so each mutation asks it first."""
     providers: dict[str, ComputeProvider] = {}
-    agent = f"reconciler-epoch/{fence.epoch}" if fence.epoch is not None else None
+    agent = None if fence is OPEN else f"reconciler-epoch/{fence.epoch}"
     for name, profile in desired.providers.items():
         provider = build_provider(profile, on_call=on_call, agent=agent)
         providers[name] = provider if fence is OPEN else FencedProvider(provider, fence)

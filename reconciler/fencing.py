@@ -16,7 +16,8 @@ from typing import Final, Protocol
 class Fence(Protocol):
     @property
     def epoch(self) -> int | None:
-        """The leader's epoch to stamp on what it creates; None without coordination."""
+        """The epoch to stamp on intents (and, under coordination, on instances and
+        requests); 0 without coordination, None for a member that does not lead."""
         ...
 
     def check(self, action: str) -> None:
@@ -25,11 +26,11 @@ class Fence(Protocol):
 
 
 class OpenFence:
-    """One daemon, the state-directory lock: always allowed, no epoch."""
+    """One daemon, the state-directory lock: always allowed; its epoch is 0 (DESIGN §8)."""
 
     @property
     def epoch(self) -> int | None:
-        return None
+        return 0
 
     def check(self, action: str) -> None:
         return None

@@ -3,6 +3,7 @@ sandbox, demo. Each only calls the engine, ledger or renderers."""
 
 from __future__ import annotations
 
+import socket
 import sys
 from contextlib import suppress
 from pathlib import Path
@@ -215,11 +216,12 @@ def _env(name: str) -> dict[str, Any]:
     **_env("MEMBER"),
 )
 @click.option(
-    "--replica",
+    "--ledger-replica",
+    "replica",
     metavar="URL",
     help="With --coordination: stream the ledger here with Litestream while leading and "
     "restore it on takeover: file:///DIRECTORY or s3://BUCKET/PATH.",
-    **_env("REPLICA"),
+    **_env("LEDGER_REPLICA"),
 )
 @click.pass_context
 def daemon(
@@ -257,7 +259,7 @@ def daemon(
         )  # fmt: skip
         return
     if replica:
-        fail("--replica needs --coordination (the ledger follows the leader)")
+        fail("--ledger-replica needs --coordination (the ledger follows the leader)")
     with domain_errors(), StateLock(ctx.obj["state_dir"]), open_ledger(ctx) as ledger:
         metrics = Metrics(ledger) if metrics_addr else None
         if metrics is not None and metrics_addr:
@@ -323,13 +325,28 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """Last run, each service's active and standby generations, pending drift."""
     with open_ledger(ctx) as store, domain_errors():
         document = status_document(store)
-    coordination = read_coordination(ctx.obj["state_dir"])
-    if coordination is not None:
-        document["coordination"] = coordination
+    document.update(coordination_fields(read_coordination(ctx.obj["state_dir"])))
     if as_json:
         render.print_json(document)
         return
     render.print_status(Console(), document)
+
+
+def coordination_fields(seen: dict[str, Any] | None) -> dict[str, Any]:
+    """DESIGN §8: role (leader, follower or single), member, epoch, lease_expires_at,
+    replica_lag_seconds; a daemon under --coordination also says whom it saw leading,
+    since when and why (`coordination`)."""
+    if seen is None:
+        return {"role": "single", "member": socket.gethostname(), "epoch": 0,
+                "lease_expires_at": None, "replica_lag_seconds": None}  # fmt: skip
+    return {
+        "role": seen.get("role"),
+        "member": seen.get("member"),
+        "epoch": seen.get("epoch"),
+        "lease_expires_at": seen.get("lease_expires_at"),
+        "replica_lag_seconds": seen.get("replica_lag_seconds"),
+        "coordination": seen,
+    }
 
 
 def status_document(store: Ledger) -> dict[str, Any]:

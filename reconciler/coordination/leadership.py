@@ -91,6 +91,8 @@ class Leadership:
         self._stop_keeper = threading.Event()
         self.changes = 0  # bumped on every change of role, for callers that poll
         self._last_beat = clock()
+        # How far the ledger's replica trails (set by the daemon when it has one).
+        self.replica_lag: Callable[[], float | None] = lambda: None
         self._write_status()
 
     # ------------------------------------------------------------ the fence
@@ -258,6 +260,7 @@ class Leadership:
                 if snap.lease_expires_in is not None
                 else None
             ),
+            "replica_lag_seconds": self.replica_lag() if snap.role == "leader" else None,
             "ttl": self.ttl,
             "written_at": datetime.now(UTC).isoformat(),
         }

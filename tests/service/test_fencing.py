@@ -4,9 +4,11 @@ is in test_two_hosts.py); the clock is a number the test moves."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -236,3 +238,50 @@ def test_the_ledger_refuses_writes_behind_a_closed_fence_and_stamps_intents(
         ledger.fence = OPEN
         ledger.record_event(kind="frozen", at=now, detail={"why": "test"})
         assert len(ledger.event_rows(kind="frozen")) == 1
+        single = ledger.begin_operation(run=run, kind="create", target="prod/web", at=now)
+        assert [r["epoch"] for r in ledger.open_operations() if r["id"] == single] == [0]
+
+
+def test_status_of_a_single_daemon_says_single_with_epoch_zero(cli: Any) -> None:
+    status = json.loads(cli("status", "--json").stdout)
+    assert (status["role"], status["epoch"], status["lease_expires_at"]) == ("single", 0, None)
+    assert status["member"] and status["replica_lag_seconds"] is None
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (("--coordination", "etcd://127.0.0.1:2379", "--once"), {}, "--once cannot be used"),
+        (("--ledger-replica", "file:///tmp/x"), {}, "--ledger-replica needs --coordination"),
+        (("--coordination", "http://127.0.0.1:2379"), {}, "expected etcd://HOST:PORT"),
+        (("--coordination", "etcd://127.0.0.1:99999"), {}, "port from 1 to 65535"),
+        (
+            ("--coordination", "etcd://127.0.0.1:2379", "--lease-ttl", "30s"),
+            {"WATCHDOG_USEC": "60000000"},
+            "must be shorter than --lease-ttl",
+        ),
+        (
+            ("--coordination", "etcd://127.0.0.1:2379", "--ledger-replica", "ftp://x/y"),
+            {},
+            "expected file:///DIRECTORY or s3://BUCKET/PATH",
+        ),
+    ],
+)
+def test_coordination_settings_that_cannot_work_are_refused_before_anything_starts(
+    cli: Any, tmp_path: Path, args: tuple[str, ...], env: dict[str, str], says: str
+) -> None:
+    import os
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        done = cli("daemon", "--repo", str(tmp_path / "nowhere"), *args, timeout=60)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    assert done.code == 1, (done.stdout, done.stderr)
+    assert says in done.stderr
+    assert "Traceback" not in done.stderr

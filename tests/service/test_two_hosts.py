@@ -145,9 +145,11 @@ def test_two_members_one_acts_and_status_says_who_leads(
     assert not (tmp_path / f"state-{follower}" / "ledger.sqlite").exists()
     for name, role in ((leader, "leader"), (follower, "follower")):
         status = Cli(state_dir=tmp_path / f"state-{name}", cwd=tmp_path)("status", "--json")
-        seen = json.loads(status.stdout)["coordination"]
-        assert seen["role"] == role and seen["member"] == name and seen["epoch"] == epoch
-        assert seen["leader"] == leader
+        seen = json.loads(status.stdout)
+        assert (seen["role"], seen["member"], seen["epoch"]) == (role, name, epoch)
+        assert seen["coordination"]["leader"] == leader
+        assert (seen["lease_expires_at"] is not None) == (role == "leader")
+        assert seen["replica_lag_seconds"] is None  # no --ledger-replica here
         metrics = httpx.get(f"http://127.0.0.1:{ports[name]}/metrics", timeout=10).text
         assert f'reconciler_leader{{member="{name}"}} {1.0 if role == "leader" else 0.0}' in metrics
         assert f"reconciler_leader_epoch {float(epoch)}" in metrics
@@ -271,11 +273,11 @@ def test_sigkill_of_the_leader_mid_rollout_the_other_restores_and_finishes(
 ) -> None:  # fmt: skip
     replica = f"file://{tmp_path / 'replica'}"
     remote.push(WEB_V1, "web v1")
-    alpha = start_member(members, tmp_path, remote, etcd, "alpha", "--replica", replica)
+    alpha = start_member(members, tmp_path, remote, etcd, "alpha", "--ledger-replica", replica)
     wait_for(lambda: leader_of(tmp_path, ("alpha",)) == "alpha", what="alpha leads")
     wait_for(lambda: running_with_image(sandbox.endpoint, IMAGE_V1) == 2, what="v1 running")
     time.sleep(2)  # Litestream ships the first generation (it syncs every second)
-    start_member(members, tmp_path, remote, etcd, "beta", "--replica", replica)
+    start_member(members, tmp_path, remote, etcd, "beta", "--ledger-replica", replica)
     first = etcd.leader_key("acme")
     assert first is not None
 
@@ -310,6 +312,10 @@ def test_sigkill_of_the_leader_mid_rollout_the_other_restores_and_finishes(
     # History made before the failover came with the ledger.
     assert any(g["number"] == 1 and g["image"] == IMAGE_V1 for g in generations)
     assert restored and restored[-1]["detail"]["restored"] is True
+    status = json.loads(
+        Cli(state_dir=tmp_path / "state-beta", cwd=tmp_path)("status", "--json").stdout
+    )
+    assert status["role"] == "leader" and isinstance(status["replica_lag_seconds"], float)
     assert_one_epoch_at_a_time(mutation_log(sandbox.endpoint))
 
 
