@@ -122,6 +122,10 @@ class NotLeader(RetryLater):
     makes no cloud change and no ledger write (the leader acts, or the next one will)."""
 
 
+class CoordinationUnavailable(RetryLater):
+    """No etcd endpoint answered (or etcd refused the call): no lease can be confirmed."""
+
+
 class Throttled(TransientError):
     """Rejected before execution (429, or Nova's 413 overLimit with Retry-After)."""
 

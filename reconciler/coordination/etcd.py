@@ -21,14 +21,10 @@ import etcd3gw
 from etcd3gw import exceptions as etcd_errors
 from etcd3gw.lease import Lease
 
-from reconciler.errors import ConfigurationError, RetryLater
+from reconciler.errors import ConfigurationError, CoordinationUnavailable
 
 _T = TypeVar("_T")
 API_PATH: Final = "/v3/"  # etcd >= 3.4; naming it spares a discovery request per client
-
-
-class CoordinationUnavailable(RetryLater):
-    """No etcd endpoint answered: no member can confirm a lease."""
 
 
 @dataclass(frozen=True)
