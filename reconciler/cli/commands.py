@@ -223,6 +223,20 @@ def _env(name: str) -> dict[str, Any]:
     "restore it on takeover: file:///DIRECTORY or s3://BUCKET/PATH.",
     **_env("LEDGER_REPLICA"),
 )
+@click.option(
+    "--verify-commits",
+    type=click.Choice(["strict", "head"]),
+    help="Apply only commits signed by a trusted key: every new commit (strict) or the "
+    "head (head). README: Signed commits.",
+    **_env("VERIFY_COMMITS"),
+)
+@click.option(
+    "--trusted-signers",
+    metavar="FILE",
+    help="With --verify-commits: allowed-signers lines and/or armored OpenPGP public keys, "
+    "outside the repository, e.g. /etc/reconciler/trusted-signers.",
+    **_env("TRUSTED_SIGNERS"),
+)
 @click.pass_context
 def daemon(
     ctx: click.Context,
@@ -239,6 +253,8 @@ def daemon(
     lease_ttl: float,
     member: str,
     replica: str | None,
+    verify_commits: str | None,
+    trusted_signers: str | None,
 ) -> None:
     """Follow a git branch and reconcile on an interval (the systemd service)."""
     from reconciler.service.daemon import Daemon, DaemonSettings, Verdict
@@ -249,8 +265,11 @@ def daemon(
     settings = DaemonSettings(
         repo=repo, branch=branch, path=subdir, interval=interval, once=once,
         allow_rewind=allow_rewind, allow_mass_destroy=allow_mass_destroy,
-        fetch_timeout=fetch_timeout,
+        fetch_timeout=fetch_timeout, verify_commits=verify_commits,
+        trusted_signers=trusted_signers,
     )  # fmt: skip
+    if trusted_signers and not verify_commits:
+        fail("--trusted-signers needs --verify-commits strict|head")
     notifier = Notifier.from_environ()
     if coordination:
         _coordinated_daemon(
@@ -402,7 +421,21 @@ def status_document(store: Ledger) -> dict[str, Any]:
         if last and last.get("result") in ("refused", "failed", "interrupted")
         else {},
         "invalid_commit": invalid,
+        "applied_commit": _applied_commit(store),
     }
+
+
+def _applied_commit(store: Ledger) -> dict[str, Any] | None:
+    """The last applied commit and, with --verify-commits, who signed it (DESIGN §8)."""
+    sha = store.last_applied_commit()
+    row = store.commit_row(sha) if sha else None
+    if sha is None:
+        return None
+    signer = None
+    if row is not None and (row.get("signer_fingerprint") or row.get("signer")):
+        signer = {"key_type": row.get("signer_type"), "fingerprint": row.get("signer_fingerprint"),
+                  "name": row.get("signer")}  # fmt: skip
+    return {"sha": sha, "subject": (row or {}).get("subject"), "signer": signer}
 
 
 wait_option = click.option(

@@ -92,6 +92,7 @@ NOTIFIER_EVENTS: Final = (
     "service-down",
     "service-up",
     "leader-changed",
+    "untrusted-commit",
 )
 
 

@@ -36,6 +36,8 @@ EVENT_KINDS: Final[dict[str, str]] = {
     "guard_tripped": "a run was refused by a guard; nothing changed",
     "invalid_commit": "a commit's desired state is invalid and was not applied",
     "history_rewritten": "the branch no longer descends from the last applied commit",
+    "untrusted_commit": "a commit without a trusted signature was not applied (commit, why)",
+    "commit_trusted": "`reconciler trust` accepted a commit by hand (who, when, why)",
     "operations_recovered": "operations left open by an interrupted pass were resolved",
     "ledger_rebuilt": "`ledger rebuild` restored the ledger from the cloud's tags",
     # two hosts (`--coordination`)

@@ -74,6 +74,8 @@ _HISTORY_COLUMNS = f"""
     g.env, g.service, g.number, g.state, g.image, g.size, g.count, g."commit",
     (SELECT c.author FROM commits c WHERE c.sha = g."commit") AS commit_author,
     (SELECT c.subject FROM commits c WHERE c.sha = g."commit") AS commit_subject,
+    (SELECT c.signer_type || ' ' || c.signer_fingerprint FROM commits c
+      WHERE c.sha = g."commit") AS commit_signer,
     g.created_at, g.activated_at, g.retired_at, g.destroyed_at, g.reason,
     (SELECT count(*) FROM instances i
       WHERE i.env = g.env AND i.service = g.service AND i.generation = g.number

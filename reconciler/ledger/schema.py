@@ -293,6 +293,18 @@ def _leader_epoch(db: Database) -> None:
     db.execute("ALTER TABLE operations ADD COLUMN epoch INTEGER")
 
 
+@migrations(name="0007_commit_signatures")
+def _commit_signatures(db: Database) -> None:
+    # With --verify-commits: who signed each commit (key type, fingerprint, git's
+    # signer name), and the commits an operator accepted by hand (`reconciler trust`).
+    db.execute("ALTER TABLE commits ADD COLUMN signer_type TEXT")
+    db.execute("ALTER TABLE commits ADD COLUMN signer_fingerprint TEXT")
+    db.execute("ALTER TABLE commits ADD COLUMN signer TEXT")
+    db.table("trusted_commits").create(
+        {"sha": str, "by": str, "at": str, "reason": str}, pk="sha", not_null=["by", "at"]
+    )
+
+
 def apply_migrations(db: Database) -> None:
     """Bring the schema up to date; the caller owns the surrounding transaction."""
     migrations.apply(db)

@@ -211,9 +211,11 @@ class Ledger:
         valid: bool,
         at: datetime,
         errors: list[str] | None = None,
+        signer: Mapping[str, str | None] | None = None,
     ) -> None:
-        """Remember a commit the daemon looked at; seeing it again refreshes `seen_at`."""
-        row = {
+        """Remember a commit the daemon looked at; seeing it again refreshes `seen_at`.
+        `signer` (key_type, fingerprint, signer) when its signature was verified."""
+        row: dict[str, Any] = {
             "sha": sha,
             "author": author,
             "subject": subject,
@@ -222,8 +224,31 @@ class Ledger:
             "valid": 1 if valid else 0,
             "errors": codec.encode_json({"problems": errors}) if errors else None,
         }
+        if signer is not None:
+            row["signer_type"] = signer.get("key_type")
+            row["signer_fingerprint"] = signer.get("fingerprint")
+            row["signer"] = signer.get("signer")
         with self._transaction("record_commit", write=True) as db:
             db.table("commits").upsert(row, pk="sha")
+
+    def trust_commit(self, sha: str, *, by: str, at: datetime, reason: str | None) -> None:
+        """An operator accepts `sha` (and what it descends from) without a trusted
+        signature; recorded with who and when, as a row and an event."""
+        with self._transaction("trust_commit", write=True) as db:
+            db.table("trusted_commits").upsert(
+                {"sha": sha, "by": by, "at": codec.encode_time(at), "reason": reason}, pk="sha"
+            )
+            _insert_event(db, "commit_trusted", at, detail={"commit": sha, "by": by,
+                                                            "reason": reason})  # fmt: skip
+
+    def trusted_commits(self) -> list[dict[str, Any]]:
+        with self._transaction("trusted_commits", write=False) as db:
+            return list(db.query("SELECT * FROM trusted_commits ORDER BY at"))
+
+    def commit_row(self, sha: str) -> dict[str, Any] | None:
+        with self._transaction("commit_row", write=False) as db:
+            rows = list(db.query("SELECT * FROM commits WHERE sha = ?", [sha]))
+        return rows[0] if rows else None
 
     def last_valid_commit(self) -> str | None:
         with self._transaction("last_valid_commit", write=False) as db:

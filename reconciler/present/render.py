@@ -324,6 +324,13 @@ def print_status(console: Console, document: Mapping[str, Any]) -> None:
     drift = document.get("pending_drift") or {}
     if drift:
         console.print(shown("Pending drift: " + ", ".join(f"{n} {k}" for k, n in drift.items())))
+    applied = document.get("applied_commit")
+    if applied and applied.get("signer"):
+        signer = applied["signer"]
+        console.print(shown(
+            f"Applied commit {applied['sha'][:12]} signed by {signer.get('name') or '?'} "
+            f"({signer.get('key_type') or 'accepted by hand'} {signer.get('fingerprint') or ''})"
+        ))  # fmt: skip
     invalid = document.get("invalid_commit")
     if invalid:
         console.print(

@@ -27,6 +27,7 @@ from reconciler import engine
 from reconciler.desired import load_desired_state
 from reconciler.desired.files import directory_inside
 from reconciler.errors import (
+    ConfigurationError,
     FetchFailed,
     GuardRefused,
     InvalidDesiredState,
@@ -40,6 +41,8 @@ from reconciler.model import DesiredState
 from reconciler.ops.operator import answer_requests
 from reconciler.service.gitsource import GitSource
 from reconciler.service.systemd import Notifier, Watchdog
+from reconciler.trust.signers import TrustedSigners, load_trusted_signers
+from reconciler.trust.verify import untrusted, verify
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +70,8 @@ class DaemonSettings:
     allow_mass_destroy: bool = False
     fetch_timeout: float = 60.0
     jitter: float = 0.1
+    verify_commits: str | None = None  # "strict" or "head"; None: no verification
+    trusted_signers: str | None = None  # the file, outside the repository
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,17 @@ class Daemon:
             timeout=settings.fetch_timeout,
             heartbeat=watchdog.beat,
         )
+        # Loaded before anything runs: a missing, empty or unreadable file refuses the
+        # start (ConfigurationError) rather than trusting every commit.
+        self.signers: TrustedSigners | None = None
+        if settings.verify_commits:
+            if not settings.trusted_signers:
+                raise ConfigurationError("--verify-commits needs --trusted-signers FILE")
+            self.signers = load_trusted_signers(Path(settings.trusted_signers), state_dir / "trust")
+            log.info("commit_verification", mode=settings.verify_commits,
+                     signers=self.signers.describe())  # fmt: skip
+        self.untrusted_head: str | None = None
+        self._accepted: frozenset[str] = frozenset()
         self.good: GoodState | None = None
         self.seen: str | None = None
         self.fetch_failures = 0
@@ -236,7 +252,7 @@ class Daemon:
             self._finished("skipped", started, None)
             return Verdict.FAILED
         self.fetch_failures = 0
-        if head != self.seen:
+        if head != self.seen or (head == self.untrusted_head and self._newly_accepted()):
             self.seen = head
             self._consider(head)
         if self.good is None:
@@ -260,6 +276,12 @@ class Daemon:
             self._event("history_rewritten", {"head": head, "last_applied": last})
             self.notifier.status(f"refusing {head[:12]}: it does not descend from {last[:12]}")
             return
+        signer: dict[str, str | None] | None = None
+        if self.signers is not None:
+            checked = self._verify(head, last)
+            if checked is None:
+                return
+            signer = checked
         try:
             path = self.source.checkout(head, subdir=self.settings.path)
             info = self.source.info(head)
@@ -290,10 +312,61 @@ class Daemon:
             return
         self.ledger.record_commit(
             head, author=info.author, subject=info.subject,
-            committed_at=info.committed_at, valid=True, at=now,
+            committed_at=info.committed_at, valid=True, at=now, signer=signer,
         )  # fmt: skip
         self.good = GoodState(head, desired)
         log.info("desired_state_loaded", commit=head, subject=info.subject)
+
+    def _newly_accepted(self) -> bool:
+        accepted = frozenset(row["sha"] for row in self.ledger.trusted_commits())
+        return accepted != self._accepted
+
+    def _verify(self, head: str, last: str | None) -> dict[str, str | None] | None:
+        """The head's signer when it may be applied; None when it is refused (recorded,
+        logged and notified like an invalid commit: the daemon keeps healing against
+        the last good commit and does not advance)."""
+        assert self.signers is not None
+        mode = self.settings.verify_commits or "strict"
+        self._accepted = frozenset(row["sha"] for row in self.ledger.trusted_commits())
+        known = [sha for sha in self._accepted if self.source.has_commit(sha)]
+        since = [last] if last is not None and self.source.has_commit(last) else []
+        try:
+            verdicts = verify(self.source.workdir, head, self.signers, mode=mode,
+                              since=since, accepted=known)  # fmt: skip
+        except FetchFailed as exc:
+            self.seen = None  # local git trouble: tried again next pass
+            log.error("verification_failed", commit=head, error=str(exc))
+            return None
+        refused = untrusted(verdicts, self._accepted)
+        if not refused:
+            self.untrusted_head = None
+            mine = next((v for v in verdicts if v.sha == head), None)
+            if mine is None or not mine.trusted:  # accepted by an operator
+                return {"key_type": None, "fingerprint": None, "signer": "accepted by hand"}
+            sig = mine.signature
+            return {"key_type": sig.key_type, "fingerprint": sig.primary or sig.fingerprint,
+                    "signer": sig.signer or None}  # fmt: skip
+        self.untrusted_head = head
+        info = self.source.info(head)
+        reasons = [f"{v.sha[:12]} by {v.signature.author} ({v.signature.subject}): {v.why}"
+                   for v in refused[:10]]  # fmt: skip
+        self.ledger.record_commit(
+            head, author=info.author, subject=info.subject, committed_at=info.committed_at,
+            valid=False, at=datetime.now(UTC), errors=[f"untrusted: {r}" for r in reasons],
+        )  # fmt: skip
+        detail = {"mode": mode, "untrusted": [v.to_json() for v in refused[:20]]}
+        self._event("untrusted_commit", {"commit": head, **detail})
+        log.error("untrusted_commit", commit=head, mode=mode, untrusted=len(refused),
+                  first=reasons[0])  # fmt: skip
+        self.notifier.status(f"refusing {head[:12]}: {reasons[0]}")
+        if self.good is not None:
+            Notifications(self.good.desired.notifiers).send(
+                "untrusted-commit",
+                f"commit {head[:12]} ({info.subject}) by {info.author} was not applied: "
+                f"{reasons[0]}",
+                commit=head, detail=detail,
+            )  # fmt: skip
+        return None
 
     def _load(self, path: Path, sha: str) -> DesiredState:
         """The commit's desired state at `path`, or InvalidDesiredState saying why not.

@@ -1,0 +1,256 @@
+"""Signed commits (issue 17): real git, real ssh-keygen and gpg keys in temporary homes.
+
+The verification is the daemon's own (reconciler.trust.verify), run against a
+repository built here; the end-to-end test runs the daemon with --verify-commits
+against the sandbox and checks the cloud was not touched by an untrusted commit.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.errors import ConfigurationError
+from reconciler.ledger import Ledger
+from reconciler.providers.sandbox import SandboxServer
+from reconciler.trust.signers import load_trusted_signers
+from reconciler.trust.verify import untrusted, verify
+from tests.conftest import mutating_calls
+from tests.support.cloud import live_nodes
+from tests.support.daemon_support import DaemonProcess, wait_for
+from tests.support.desired_builder import IMAGE_V1, IMAGE_V2, write_desired
+from tests.support.signing import Keys, git, tamper
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("gpg") and shutil.which("ssh-keygen")), reason="needs gpg and ssh-keygen"
+)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    return Keys(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture
+def repo(tmp_path: Path, keys: Keys) -> Path:
+    path = tmp_path / "repo"
+    path.mkdir()
+    git(path, keys.env(), "init", "-q", "-b", "main")
+    return path
+
+
+def change(repo: Path, name: str) -> None:
+    (repo / name).write_text(name + "\n")
+
+
+def check(repo: Path, keys: Keys, tmp_path: Path, *, mode: str, since: list[str] | None = None,
+          **signers: bool) -> list[Any]:  # fmt: skip
+    trusted = load_trusted_signers(keys.signers_file(**signers), tmp_path / "trust")
+    return verify(repo, "HEAD", trusted, mode=mode, since=since or [])
+
+
+@pytest.mark.parametrize("by", ["ssh", "pgp"])
+def test_a_commit_signed_by_a_trusted_key_is_trusted(
+    repo: Path, keys: Keys, tmp_path: Path, by: str
+) -> None:
+    change(repo, "a")
+    sha = keys.commit(repo, "signed", by=by)
+    [verdict] = check(repo, keys, tmp_path, mode="head")
+    assert verdict.sha == sha and verdict.trusted, verdict
+    assert verdict.signature.key_type == ("ssh" if by == "ssh" else "openpgp")
+    if by == "pgp":
+        assert verdict.signature.primary == keys.pgp
+
+
+@pytest.mark.parametrize(
+    ("by", "why"),
+    [
+        ("none", "not signed"),
+        ("stranger", "not in the trusted-signers file"),
+    ],
+)
+def test_a_commit_not_signed_by_a_trusted_key_is_refused(
+    repo: Path, keys: Keys, tmp_path: Path, by: str, why: str
+) -> None:
+    change(repo, "a")
+    keys.commit(repo, "x", by=by)
+    [verdict] = check(repo, keys, tmp_path, mode="head")
+    assert not verdict.trusted and why in verdict.why
+
+
+def test_an_ssh_key_known_only_to_git_config_is_not_trusted(
+    repo: Path, keys: Keys, tmp_path: Path
+) -> None:
+    """The trusted-signers file decides, not the repository's own configuration."""
+    change(repo, "a")
+    keys.commit(repo, "by a stranger", by="stranger")
+    widened = tmp_path / "repo-allowed"
+    widened.write_text(keys.allowed_line(keys.stranger, "eve@example.com") + "\n")
+    git(repo, keys.env(), "config", "gpg.ssh.allowedSignersFile", str(widened))
+    [verdict] = check(repo, keys, tmp_path, mode="head")
+    assert not verdict.trusted
+
+
+def test_a_commit_changed_after_signing_is_refused(repo: Path, keys: Keys, tmp_path: Path) -> None:
+    change(repo, "a")
+    keys.commit(repo, "signed then changed", by="ssh")
+    tamper(repo, keys.env())
+    [verdict] = check(repo, keys, tmp_path, mode="head")
+    assert not verdict.trusted and verdict.signature.status in ("B", "E"), verdict
+
+
+def test_an_expired_openpgp_key_is_refused(repo: Path, keys: Keys, tmp_path: Path) -> None:
+    change(repo, "a")
+    keys.commit(repo, "signed by a key about to expire", by="expiring")
+    keys.wait_expired()
+    [verdict] = check(repo, keys, tmp_path, mode="head", expiring=True)
+    assert not verdict.trusted and "expired" in verdict.why, verdict
+
+
+def test_an_unsigned_commit_under_a_signed_head(repo: Path, keys: Keys, tmp_path: Path) -> None:
+    change(repo, "a")
+    base = keys.commit(repo, "base", by="ssh")
+    change(repo, "b")
+    sneaked = keys.commit(repo, "unsigned, underneath", by="none")
+    change(repo, "c")
+    keys.commit(repo, "signed head", by="ssh")
+    strict = check(repo, keys, tmp_path, mode="strict", since=[base])
+    assert [v.sha for v in untrusted(strict)] == [sneaked]
+    assert len(strict) == 2  # the base is not judged again
+    head = check(repo, keys, tmp_path, mode="head")
+    assert not untrusted(head)
+
+
+def test_an_unsigned_merge_commit_is_refused(repo: Path, keys: Keys, tmp_path: Path) -> None:
+    change(repo, "a")
+    base = keys.commit(repo, "base", by="ssh")
+    git(repo, keys.env(), "checkout", "-q", "-b", "feature")
+    change(repo, "f")
+    keys.commit(repo, "feature", by="ssh")
+    git(repo, keys.env(), "checkout", "-q", "main")
+    change(repo, "m")
+    keys.commit(repo, "main moves", by="ssh")
+    git(repo, keys.env(), "merge", "-q", "--no-ff", "--no-gpg-sign", "-m", "web UI merge",
+        "feature")  # fmt: skip
+    for mode in ("strict", "head"):
+        refused = untrusted(check(repo, keys, tmp_path, mode=mode, since=[base]))
+        assert [v.signature.subject for v in refused] == ["web UI merge"], mode
+        assert refused[0].signature.parents == 2
+
+
+@pytest.mark.parametrize("content", [None, "", "# only a comment\n", b"\xff\xfe"])
+def test_a_trusted_signers_file_that_cannot_be_used_refuses(
+    tmp_path: Path, content: str | bytes | None
+) -> None:
+    path = tmp_path / "trusted-signers"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigurationError, match="--trusted-signers"):
+        load_trusted_signers(path, tmp_path / "trust")
+
+
+def test_verify_command_checks_a_range_with_the_same_code(
+    repo: Path, keys: Keys, tmp_path: Path, cli: Any
+) -> None:
+    change(repo, "a")
+    base = keys.commit(repo, "base", by="ssh")
+    change(repo, "b")
+    keys.commit(repo, "signed", by="pgp")
+    signers = str(keys.signers_file())
+    ok = cli("verify", "--repo", str(repo), "--range", f"{base}..HEAD",
+             "--trusted-signers", signers, "--json")  # fmt: skip
+    assert ok.code == 0, ok.stderr
+    assert [r["trusted"] for r in json.loads(ok.stdout)] == [True]
+    change(repo, "c")
+    keys.commit(repo, "unsigned", by="none")
+    bad = cli("verify", "--repo", str(repo), "--range", f"{base}..HEAD",
+              "--trusted-signers", signers)  # fmt: skip
+    assert bad.code == 1 and "NOT TRUSTED" in bad.stdout and "not signed" in bad.stdout
+
+
+# --------------------------------------------------------------------- the daemon
+
+
+@pytest.fixture
+def daemon_repo(tmp_path: Path, keys: Keys, sandbox: SandboxServer) -> Iterator[Path]:
+    bare = tmp_path / "remote.git"
+    git(tmp_path, keys.env(), "init", "-q", "--bare", "-b", "main", str(bare))
+    work = tmp_path / "work"
+    work.mkdir()
+    git(work, keys.env(), "init", "-q", "-b", "main")
+    yield work
+
+
+def push(work: Path, keys: Keys, endpoint: str, image: str, *, by: str) -> str:
+    write_desired(work / "desired", endpoint=endpoint,
+                  environments={"prod": {"web": {"image": image, "count": 2}}})  # fmt: skip
+    sha = keys.commit(work, f"web {image} by {by}", by=by)
+    git(work, keys.env(), "push", "-q", "--force", str(work.parent / "remote.git"),
+        "HEAD:refs/heads/main")  # fmt: skip
+    return sha
+
+
+def running(endpoint: str, image: str) -> int:
+    return sum(1 for n in live_nodes(endpoint) if n.extra.get("image_id") == image
+               and n.state == "running")  # fmt: skip
+
+
+def test_the_daemon_applies_trusted_commits_only_and_trust_lets_one_through(
+    tmp_path: Path, keys: Keys, sandbox: SandboxServer, daemon_repo: Path, cli: Any
+) -> None:
+    signers = keys.signers_file()
+    first = push(daemon_repo, keys, sandbox.endpoint, IMAGE_V1, by="ssh")
+    daemon = DaemonProcess(
+        state_dir=tmp_path / "state", repo=str(tmp_path / "remote.git"),
+        log_path=tmp_path / "daemon.log", interval="1s",
+        extra=("--verify-commits", "strict", "--trusted-signers", str(signers)),
+    )  # fmt: skip
+    try:
+        wait_for(lambda: running(sandbox.endpoint, IMAGE_V1) == 2, what="the signed commit")
+        settled = mutating_calls(sandbox.endpoint)
+        bad = push(daemon_repo, keys, sandbox.endpoint, IMAGE_V2, by="none")
+        wait_for(lambda: "untrusted_commit" in daemon.log(), what="the refusal")
+        wait_for(lambda: '"result": "no-op"' in daemon.log().split("untrusted_commit")[-1],
+                 what="a pass that heals against the last good commit")  # fmt: skip
+        assert mutating_calls(sandbox.endpoint) == settled  # nothing changed in the cloud
+        with Ledger.open(tmp_path / "state", check="none") as ledger:
+            refused = ledger.event_rows(kind="untrusted_commit")
+            good = ledger.commit_row(first)
+            rejected = ledger.commit_row(bad)
+        assert refused[-1]["detail"]["commit"] == bad
+        assert refused[-1]["detail"]["untrusted"][0]["why"] == "not signed"
+        assert good is not None and good["signer_type"] == "ssh"
+        assert good["signer_fingerprint"].startswith("SHA256:")
+        assert rejected is not None and rejected["valid"] == 0
+        status = json.loads(cli("status", "--json").stdout)
+        assert status["applied_commit"]["sha"] == first
+        assert status["applied_commit"]["signer"]["key_type"] == "ssh"
+        assert status["invalid_commit"]["sha"] == bad
+        assert "not signed" in status["invalid_commit"]["errors"][0]
+
+        accepted = cli("trust", bad, "--reason", "emergency fix, signed later")
+        assert accepted.code == 0, accepted.stderr
+        wait_for(lambda: running(sandbox.endpoint, IMAGE_V2) == 2, what="the accepted commit")
+        with Ledger.open(tmp_path / "state", check="none") as ledger:
+            trusted = ledger.event_rows(kind="commit_trusted")
+        assert trusted[-1]["detail"]["commit"] == bad and trusted[-1]["detail"]["by"]
+    finally:
+        daemon.stop()
+
+
+def test_the_daemon_refuses_to_start_without_a_usable_trusted_signers_file(
+    tmp_path: Path, cli: Any
+) -> None:
+    for path in (tmp_path / "missing", tmp_path / "empty"):
+        if path.name == "empty":
+            path.write_text("")
+        done = cli("daemon", "--repo", str(tmp_path), "--verify-commits", "strict",
+                   "--trusted-signers", str(path), "--once", timeout=60)  # fmt: skip
+        assert done.code == 1 and "--trusted-signers" in done.stderr, done.stderr
