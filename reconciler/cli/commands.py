@@ -289,6 +289,8 @@ def daemon(
             watchdog=Watchdog(notifier), observer=metrics,
             on_call=metrics.api_call if metrics else None,
         )  # fmt: skip
+        if metrics is not None:
+            metrics.watch_head(runner)
         runner.install_signal_handlers()
         verdict = runner.run()
     sys.exit({Verdict.OK: EXIT_OK, Verdict.REFUSED: EXIT_REFUSED}.get(verdict, EXIT_ERROR))

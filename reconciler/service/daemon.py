@@ -131,6 +131,9 @@ class Daemon:
             log.info("commit_verification", mode=settings.verify_commits,
                      signers=self.signers.describe())  # fmt: skip
         self.untrusted_head: str | None = None
+        # The branch head this daemon will not apply, and why (invalid, untrusted,
+        # rewound): shown by the metrics while it lasts.
+        self.refused_head: tuple[str, str] | None = None
         self._accepted: frozenset[str] = frozenset()
         self.good: GoodState | None = None
         self.seen: str | None = None
@@ -274,6 +277,7 @@ class Daemon:
         ):
             log.error("history_rewritten", head=head, last_applied=last)
             self._event("history_rewritten", {"head": head, "last_applied": last})
+            self.refused_head = (head, "rewound")
             self.notifier.status(f"refusing {head[:12]}: it does not descend from {last[:12]}")
             return
         signer: dict[str, str | None] | None = None
@@ -301,6 +305,7 @@ class Daemon:
                 committed_at=info.committed_at, valid=False, at=now, errors=problems,
             )  # fmt: skip
             self._event("invalid_commit", {"commit": head, "errors": problems})
+            self.refused_head = (head, "invalid")
             log.error("invalid_commit", commit=head, problems=len(problems), first=problems[0])
             if self.good is not None:  # the broken commit's own notifiers cannot be trusted
                 Notifications(self.good.desired.notifiers).send(
@@ -315,6 +320,7 @@ class Daemon:
             committed_at=info.committed_at, valid=True, at=now, signer=signer,
         )  # fmt: skip
         self.good = GoodState(head, desired)
+        self.refused_head = None
         log.info("desired_state_loaded", commit=head, subject=info.subject)
 
     def _newly_accepted(self) -> bool:
@@ -347,6 +353,7 @@ class Daemon:
             return {"key_type": sig.key_type, "fingerprint": sig.primary or sig.fingerprint,
                     "signer": sig.signer or None}  # fmt: skip
         self.untrusted_head = head
+        self.refused_head = (head, "untrusted")
         info = self.source.info(head)
         reasons = [f"{v.sha[:12]} by {v.signature.author} ({v.signature.subject}): {v.why}"
                    for v in refused[:10]]  # fmt: skip

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import Counter as Tally
 from contextlib import suppress
 from datetime import UTC, datetime
+from functools import partial
 from typing import Protocol
 
 from prometheus_client import (
@@ -127,6 +128,17 @@ class Metrics:
     def daemon_started(self, *, interval: float) -> None:
         self.interval.set(interval)
 
+    def watch_head(self, daemon: HeadState) -> None:
+        """1 while the branch head is refused (invalid, untrusted, rewound): the daemon
+        heals against the last good commit, and someone must look."""
+        gauge = Gauge(
+            "reconciler_head_refused",
+            "1 while the branch head is not applied, by reason (invalid, untrusted, rewound).",
+            ["reason"], registry=self.registry,
+        )  # fmt: skip
+        for reason in HEAD_REFUSALS:
+            gauge.labels(reason=reason).set_function(partial(_refused, daemon, reason))
+
     def watch_coordination(self, state: CoordinationState) -> None:
         """Role, epoch, lease and replica lag of a member under `--coordination`, read
         at each scrape (a follower runs no pass, yet its metrics must stay current)."""
@@ -225,6 +237,17 @@ class Metrics:
         for kind, n in kinds.items():
             self.orphans.labels(kind=kind).set(n)
         self.orphans_cost.set(sum(o.price_per_hour or 0.0 for o in report.orphans))
+
+
+HEAD_REFUSALS = ("invalid", "untrusted", "rewound")
+
+
+def _refused(daemon: HeadState, reason: str) -> float:
+    return float(daemon.refused_head is not None and daemon.refused_head[1] == reason)
+
+
+class HeadState(Protocol):
+    refused_head: tuple[str, str] | None
 
 
 class CoordinationState(Protocol):

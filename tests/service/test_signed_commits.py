@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from reconciler.errors import ConfigurationError
@@ -21,10 +22,13 @@ from reconciler.providers.sandbox import SandboxServer
 from reconciler.trust.signers import load_trusted_signers
 from reconciler.trust.verify import untrusted, verify
 from tests.conftest import mutating_calls
-from tests.support.cloud import live_nodes
+from tests.support.bluegreen_support import WebhookReceiver
+from tests.support.cloud import free_port, live_nodes
 from tests.support.daemon_support import DaemonProcess, wait_for
 from tests.support.desired_builder import IMAGE_V1, IMAGE_V2, write_desired
 from tests.support.signing import Keys, git, tamper
+
+HOOK_SECRET = "signed-commits-hook-secret-4417"
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("gpg") and shutil.which("ssh-keygen")), reason="needs gpg and ssh-keygen"
@@ -188,8 +192,9 @@ def daemon_repo(tmp_path: Path, keys: Keys, sandbox: SandboxServer) -> Iterator[
     yield work
 
 
-def push(work: Path, keys: Keys, endpoint: str, image: str, *, by: str) -> str:
-    write_desired(work / "desired", endpoint=endpoint,
+def push(work: Path, keys: Keys, endpoint: str, image: str, *, by: str,
+         notifiers: list[dict[str, Any]] | None = None) -> str:  # fmt: skip
+    write_desired(work / "desired", endpoint=endpoint, notifiers=notifiers,
                   environments={"prod": {"web": {"image": image, "count": 2}}})  # fmt: skip
     sha = keys.commit(work, f"web {image} by {by}", by=by)
     git(work, keys.env(), "push", "-q", "--force", str(work.parent / "remote.git"),
@@ -206,16 +211,22 @@ def test_the_daemon_applies_trusted_commits_only_and_trust_lets_one_through(
     tmp_path: Path, keys: Keys, sandbox: SandboxServer, daemon_repo: Path, cli: Any
 ) -> None:
     signers = keys.signers_file()
-    first = push(daemon_repo, keys, sandbox.endpoint, IMAGE_V1, by="ssh")
+    webhook = WebhookReceiver(HOOK_SECRET)
+    hook = [{"webhook": webhook.url, "secret": {"env": "HOOK_SECRET"},
+             "events": ["untrusted-commit"]}]  # fmt: skip
+    first = push(daemon_repo, keys, sandbox.endpoint, IMAGE_V1, by="ssh", notifiers=hook)
+    port = free_port()
     daemon = DaemonProcess(
         state_dir=tmp_path / "state", repo=str(tmp_path / "remote.git"),
-        log_path=tmp_path / "daemon.log", interval="1s",
-        extra=("--verify-commits", "strict", "--trusted-signers", str(signers)),
+        log_path=tmp_path / "daemon.log", interval="1s", env={"HOOK_SECRET": HOOK_SECRET},
+        extra=("--verify-commits", "strict", "--trusted-signers", str(signers),
+               "--metrics-addr", f"127.0.0.1:{port}"),
     )  # fmt: skip
+    refused_metric = 'reconciler_head_refused{reason="untrusted"}'
     try:
         wait_for(lambda: running(sandbox.endpoint, IMAGE_V1) == 2, what="the signed commit")
         settled = mutating_calls(sandbox.endpoint)
-        bad = push(daemon_repo, keys, sandbox.endpoint, IMAGE_V2, by="none")
+        bad = push(daemon_repo, keys, sandbox.endpoint, IMAGE_V2, by="none", notifiers=hook)
         wait_for(lambda: "untrusted_commit" in daemon.log(), what="the refusal")
         wait_for(lambda: '"result": "no-op"' in daemon.log().split("untrusted_commit")[-1],
                  what="a pass that heals against the last good commit")  # fmt: skip
@@ -234,6 +245,10 @@ def test_the_daemon_applies_trusted_commits_only_and_trust_lets_one_through(
         assert status["applied_commit"]["signer"]["key_type"] == "ssh"
         assert status["invalid_commit"]["sha"] == bad
         assert "not signed" in status["invalid_commit"]["errors"][0]
+        assert f"{refused_metric} 1.0" in metrics(port)
+        wait_for(lambda: webhook.events, what="the untrusted-commit notification")
+        assert webhook.events[0]["kind"] == "untrusted-commit"
+        assert webhook.events[0]["commit"] == bad
 
         accepted = cli("trust", bad, "--reason", "emergency fix, signed later")
         assert accepted.code == 0, accepted.stderr
@@ -241,8 +256,23 @@ def test_the_daemon_applies_trusted_commits_only_and_trust_lets_one_through(
         with Ledger.open(tmp_path / "state", check="none") as ledger:
             trusted = ledger.event_rows(kind="commit_trusted")
         assert trusted[-1]["detail"]["commit"] == bad and trusted[-1]["detail"]["by"]
+        assert f"{refused_metric} 0.0" in metrics(port)
+
+        # A force-push of an unrelated, well-signed history is a rewind: refused as such.
+        shutil.rmtree(daemon_repo / ".git")
+        git(daemon_repo, keys.env(), "init", "-q", "-b", "main")
+        settled = mutating_calls(sandbox.endpoint)
+        push(daemon_repo, keys, sandbox.endpoint, IMAGE_V1, by="ssh", notifiers=hook)
+        wait_for(lambda: "history_rewritten" in daemon.log(), what="the rewind refusal")
+        assert 'reconciler_head_refused{reason="rewound"} 1.0' in metrics(port)
+        assert mutating_calls(sandbox.endpoint) == settled
     finally:
         daemon.stop()
+        webhook.close()
+
+
+def metrics(port: int) -> str:
+    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
 
 
 def test_the_daemon_refuses_to_start_without_a_usable_trusted_signers_file(
