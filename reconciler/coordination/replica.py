@@ -63,6 +63,15 @@ class Replica:
     def shown(self) -> str:
         return redact_urls(self.url)
 
+    def _env(self) -> dict[str, str]:
+        """Litestream's environment: ours, minus AWS_CA_BUNDLE for a plain-http
+        endpoint (Litestream 0.5 refuses to start with a CA bundle and a custom endpoint,
+        and no certificate is involved over http)."""
+        env = dict(os.environ)
+        if "endpoint=http://" in self.url:
+            env.pop("AWS_CA_BUNDLE", None)
+        return env
+
     def restore(self) -> dict[str, object]:
         """Replace the local ledger with the newest replica, if there is one."""
         ledger = self.state_dir / LEDGER_FILENAME
@@ -72,6 +81,7 @@ class Replica:
         done = subprocess.run(
             [litestream_binary(), "restore", "-if-replica-exists", "-o", str(staging), self.url],
             capture_output=True, text=True, timeout=RESTORE_TIMEOUT, check=False,
+            env=self._env(),
         )  # fmt: skip
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -109,7 +119,7 @@ class Replica:
         output = open(self.state_dir / LOG_FILE, "ab")  # noqa: SIM115 - owned by the child
         self._process = subprocess.Popen(
             [litestream_binary(), "replicate", str(ledger), self.url],
-            stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._env(),
         )  # fmt: skip
         output.close()
         log.info("ledger_replicating", replica=self.shown, pid=self._process.pid)
