@@ -100,7 +100,7 @@ MAX_PAGE = 1_000_000
 
 HISTORY_CSV = (
     "env", "service", "number", "state", "image", "size", "count", "commit",
-    "commit_subject", "created_at", "activated_at", "retired_at", "destroyed_at",
+    "commit_subject", "commit_signer", "created_at", "activated_at", "retired_at", "destroyed_at",
     "reason", "instances_created", "instances_live", "cost",
 )  # fmt: skip
 

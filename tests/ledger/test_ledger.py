@@ -466,7 +466,7 @@ def test_history_rows_count_created_and_live_instances(ledger: Ledger) -> None:
     ]
     assert set(rows[0]) == {
         "env", "service", "number", "state", "image", "size", "count", "commit",
-        "commit_author", "commit_subject",
+        "commit_author", "commit_subject", "commit_signer",
         "created_at", "activated_at", "retired_at", "destroyed_at", "reason",
         "instances_created", "instances_live", "cost",
     }  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -284,3 +285,82 @@ def test_the_daemon_refuses_to_start_without_a_usable_trusted_signers_file(
         done = cli("daemon", "--repo", str(tmp_path), "--verify-commits", "strict",
                    "--trusted-signers", str(path), "--once", timeout=60)  # fmt: skip
         assert done.code == 1 and "--trusted-signers" in done.stderr, done.stderr
+
+
+def test_the_daemon_refuses_each_kind_of_untrusted_commit_and_applies_openpgp(
+    tmp_path: Path, keys: Keys, sandbox: SandboxServer, daemon_repo: Path
+) -> None:
+    """The refusal corpus, end to end: each case lands on top of the last good commit,
+    is refused with its reason and nothing changed in the cloud, and the branch is put
+    back; then an OpenPGP-signed commit is applied."""
+    keys.expiring(fresh=True)
+    signers = keys.signers_file(expiring=True)
+    good = push(daemon_repo, keys, sandbox.endpoint, IMAGE_V1, by="ssh")
+    # Signed now, pushed later: by then its key has expired.
+    write_desired(daemon_repo / "desired", endpoint=sandbox.endpoint,
+                  environments={"prod": {"web": {"image": IMAGE_V2, "count": 1}}})  # fmt: skip
+    expired = keys.commit(daemon_repo, "signed by a key that expires", by="expiring")
+    git(daemon_repo, keys.env(), "reset", "-q", "--hard", good)
+    daemon = DaemonProcess(
+        state_dir=tmp_path / "state", repo=str(tmp_path / "remote.git"),
+        log_path=tmp_path / "daemon.log", interval="1s",
+        extra=("--verify-commits", "strict", "--trusted-signers", str(signers)),
+    )  # fmt: skip
+    remote = str(tmp_path / "remote.git")
+
+    def unsigned_merge() -> str:
+        git(daemon_repo, keys.env(), "checkout", "-q", "-b", "side")
+        keys.commit(daemon_repo, "side work", by="ssh")
+        git(daemon_repo, keys.env(), "checkout", "-q", "main")
+        keys.commit(daemon_repo, "main work", by="ssh")
+        git(daemon_repo, keys.env(), "merge", "-q", "--no-ff", "--no-gpg-sign", "-m",
+            "merged in the web UI", "side")  # fmt: skip
+        git(daemon_repo, keys.env(), "branch", "-q", "-D", "side")
+        return git(daemon_repo, keys.env(), "rev-parse", "HEAD").strip()
+
+    def under_signed_head() -> str:
+        keys.commit(daemon_repo, "unsigned, underneath", by="none")
+        return keys.commit(daemon_repo, "signed on top", by="ssh")
+
+    def tampered() -> str:
+        keys.commit(daemon_repo, "signed, then changed", by="ssh")
+        return tamper(daemon_repo, keys.env())
+
+    cases = [
+        ("unsigned", lambda: keys.commit(daemon_repo, "unsigned", by="none"), "not signed"),
+        ("stranger", lambda: keys.commit(daemon_repo, "by eve", by="stranger"),
+         "not in the trusted-signers file"),
+        ("tampered", tampered, "bad signature"),
+        ("expired key", lambda: expired, "expired"),
+        ("unsigned under a signed head", under_signed_head, "not signed"),
+        ("unsigned merge", unsigned_merge, "not signed"),
+    ]  # fmt: skip
+    try:
+        wait_for(lambda: running(sandbox.endpoint, IMAGE_V1) == 2, what="the signed commit")
+        keys.wait_expired()
+        for name, make, why in cases:
+            settled = mutating_calls(sandbox.endpoint)
+            sha = make()
+            git(daemon_repo, keys.env(), "push", "-q", "--force", remote, f"{sha}:refs/heads/main")
+            wait_for(lambda s=sha: _refusal(tmp_path, s), what=f"the refusal of {name}")
+            detail = _refusal(tmp_path, sha)
+            assert any(why in u["why"] for u in detail["untrusted"]), (name, detail)
+            time.sleep(2)  # passes go on against the last good commit
+            assert mutating_calls(sandbox.endpoint) == settled, name
+            git(daemon_repo, keys.env(), "reset", "-q", "--hard", good)
+            git(daemon_repo, keys.env(), "push", "-q", "--force", remote, f"{good}:refs/heads/main")
+        signed = push(daemon_repo, keys, sandbox.endpoint, IMAGE_V2, by="pgp")
+        wait_for(lambda: running(sandbox.endpoint, IMAGE_V2) == 2, what="the OpenPGP commit")
+        with Ledger.open(tmp_path / "state", check="none") as ledger:
+            row = ledger.commit_row(signed)
+        assert row is not None and row["signer_type"] == "openpgp"
+        assert row["signer_fingerprint"] == keys.pgp
+    finally:
+        daemon.stop()
+
+
+def _refusal(tmp_path: Path, sha: str) -> dict[str, Any] | None:
+    with Ledger.open(tmp_path / "state", check="none") as ledger:
+        rows = ledger.event_rows(kind="untrusted_commit")
+    found = [r["detail"] for r in rows if r["detail"]["commit"] == sha]
+    return found[-1] if found else None

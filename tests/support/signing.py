@@ -52,10 +52,14 @@ class Keys:
                                 env=self.env(), capture_output=True, text=True).stdout  # fmt: skip
         return next(line.split(":")[9] for line in listed.splitlines() if line.startswith("fpr"))
 
-    def expiring(self) -> str:
-        """An OpenPGP key that expires a few seconds from now (made once)."""
-        if self._expiring is None:
-            self._expiring = self._pgp_key("Short Lived <short@example.com>", "seconds=3")
+    def expiring(self, *, fresh: bool = False) -> str:
+        """An OpenPGP key that expires a few seconds after it is made (made once, or
+        again with `fresh`)."""
+        if self._expiring is None or fresh:
+            self._made = getattr(self, "_made", 0) + 1
+            self._expiring = self._pgp_key(
+                f"Short Lived {self._made} <short{self._made}@example.com>", "seconds=6"
+            )
         return self._expiring
 
     def armored(self, fingerprint: str) -> str:
@@ -93,7 +97,7 @@ class Keys:
         return git(repo, self.env(), "rev-parse", "HEAD").strip()
 
     def wait_expired(self) -> None:
-        time.sleep(4)
+        time.sleep(7)
 
 
 def git(repo: Path, env: dict[str, str], *args: str) -> str:
