@@ -36,6 +36,8 @@ from reconciler.service.daemon import Daemon, DaemonSettings, PassObserver, Verd
 from reconciler.service.gitsource import GitSource
 from reconciler.service.metrics import Metrics
 from reconciler.service.systemd import Notifier, Watchdog
+from reconciler.trust.signers import load_trusted_signers
+from reconciler.trust.verify import verify
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +85,13 @@ class CoordinatedDaemon:
         self.current: Daemon | None = None
         self.leadership: Leadership | None = None
         self.desired: DesiredState | None = None
+        # With --verify-commits, the owner (which names the leader key) is read from a
+        # trusted head only: an unsigned commit must not move a member to another key.
+        self.signers = (
+            load_trusted_signers(Path(settings.trusted_signers), state_dir / "trust")
+            if settings.verify_commits and settings.trusted_signers
+            else None
+        )
         self.source = GitSource(
             settings.repo, branch=settings.branch, workdir=state_dir / "source",
             timeout=settings.fetch_timeout, heartbeat=watchdog.beat,
@@ -149,6 +158,13 @@ class CoordinatedDaemon:
         the leader key and its notifiers hear `leader-changed`."""
         try:
             head = self.source.fetch()
+            if self.signers is not None:
+                # The newest commit signed by a trusted key (the head, usually).
+                history = verify(self.source.workdir, head, self.signers, mode="strict")
+                head = next((v.sha for v in history if v.trusted), "")
+                if not head:
+                    log.warning("owner_unknown", error="no commit signed by a trusted key")
+                    return None
             path = self.source.checkout(head, subdir=self.settings.path)
             return load_desired_state(path, commit=head)
         except (FetchFailed, InvalidDesiredState) as exc:

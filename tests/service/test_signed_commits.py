@@ -364,3 +364,30 @@ def _refusal(tmp_path: Path, sha: str) -> dict[str, Any] | None:
         rows = ledger.event_rows(kind="untrusted_commit")
     found = [r["detail"] for r in rows if r["detail"]["commit"] == sha]
     return found[-1] if found else None
+
+
+def test_a_member_reads_its_owner_from_the_newest_trusted_commit(
+    tmp_path: Path, keys: Keys, sandbox: SandboxServer, daemon_repo: Path
+) -> None:
+    """Under --coordination the owner names the leader key: an unsigned head must not
+    move a member to another owner's key (it campaigns for the trusted commit's)."""
+    from reconciler.service.daemon import DaemonSettings
+    from reconciler.service.ha import CoordinatedDaemon, CoordinationSettings
+    from reconciler.service.systemd import Notifier, Watchdog
+
+    trusted = push(daemon_repo, keys, sandbox.endpoint, IMAGE_V1, by="ssh")
+    write_desired(daemon_repo / "desired", endpoint=sandbox.endpoint, owner="mallory",
+                  environments={"prod": {"web": {"image": IMAGE_V1}}})  # fmt: skip
+    keys.commit(daemon_repo, "another owner, unsigned", by="none")
+    git(daemon_repo, keys.env(), "push", "-q", "--force", str(tmp_path / "remote.git"),
+        "HEAD:refs/heads/main")  # fmt: skip
+    settings = DaemonSettings(repo=str(tmp_path / "remote.git"), path="desired",
+                              verify_commits="strict",
+                              trusted_signers=str(keys.signers_file()))  # fmt: skip
+    notifier = Notifier.from_environ({})
+    member = CoordinatedDaemon(
+        settings, CoordinationSettings(url="etcd://127.0.0.1:2379", member="alpha"),
+        state_dir=tmp_path / "state", notifier=notifier, watchdog=Watchdog(notifier, {}),
+    )  # fmt: skip
+    desired = member._newest_desired()
+    assert desired is not None and desired.owner == "acme" and desired.commit == trusted
