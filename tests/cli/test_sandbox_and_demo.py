@@ -30,12 +30,16 @@ def wait_listening(port: int, timeout: float = 30) -> None:
 
 def test_sandbox_command_serves_ec2_until_interrupted(tmp_path: Path) -> None:
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "sandbox", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # Its output goes to a file, not an undrained pipe: a full pipe would block the
+    # server's last write at exit, and the file says what it did if it hangs.
+    output = tmp_path / "sandbox.out"
+    with output.open("w") as sink:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "sandbox", "--port", str(port)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     try:
         wait_listening(port)
         endpoint = f"http://127.0.0.1:{port}"
@@ -66,8 +70,13 @@ def test_sandbox_command_serves_ec2_until_interrupted(tmp_path: Path) -> None:
         assert fetch_stats(endpoint)["calls"]["RunInstances"] == 2
     finally:
         server.send_signal(signal.SIGINT)
-        server.wait(timeout=30)
-    assert server.returncode == 0
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            said = output.read_text()[-2000:]
+            raise AssertionError(f"sandbox did not stop on SIGINT: {said}") from None
+    assert server.returncode == 0, output.read_text()[-2000:]
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the port is released"
 

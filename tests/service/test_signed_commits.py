@@ -345,7 +345,7 @@ def test_the_daemon_refuses_each_kind_of_untrusted_commit_and_applies_openpgp(
             wait_for(lambda s=sha: _refusal(tmp_path, s), what=f"the refusal of {name}")
             detail = _refusal(tmp_path, sha)
             assert any(why in u["why"] for u in detail["untrusted"]), (name, detail)
-            time.sleep(2)  # passes go on against the last good commit
+            time.sleep(1)  # a pass or so goes on against the last good commit
             assert mutating_calls(sandbox.endpoint) == settled, name
             git(daemon_repo, keys.env(), "reset", "-q", "--hard", good)
             git(daemon_repo, keys.env(), "push", "-q", "--force", remote, f"{good}:refs/heads/main")
