@@ -96,16 +96,23 @@ class GitSource:
             env=env,
             start_new_session=True,  # its own process group, so a kill takes helpers too
         ) as process:
-            while process.poll() is None:
+            # communicate() in short slices: it returns the moment git exits (no fixed
+            # sleep per command) and keeps draining both pipes, so a large output cannot
+            # fill a pipe and stall git until the timeout.
+            while True:
                 self.heartbeat()
-                if time.monotonic() >= deadline:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
+                    process.communicate()
                     raise FetchFailed(
                         f"git {args[0]} timed out after {timeout or self.timeout:.0f}s"
                     )
-                time.sleep(_POLL)
-            stdout, stderr = process.communicate()
+                try:
+                    stdout, stderr = process.communicate(timeout=min(_POLL, remaining))
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
         if process.returncode != 0:
             # All of it: git's cause is often on an earlier line than its last ("detected
             # dubious ownership ... and the repository exists."). Bounded, credentials out.
