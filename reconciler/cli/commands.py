@@ -3,6 +3,7 @@ sandbox, demo. Each only calls the engine, ledger or renderers."""
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from contextlib import suppress
@@ -569,6 +570,13 @@ def sandbox(ctx: click.Context, port: int) -> None:
     click.echo(f"sandbox EC2 endpoint on {server.endpoint} (Ctrl-C to stop)", err=True)
     with suppress(KeyboardInterrupt):
         server.serve_forever()
+    click.echo("sandbox stopping", err=True)
+    server.stop()
+    sys.stderr.flush()
+    sys.stdout.flush()
+    # A foreground dev server: nothing is left to save, and a library thread that is not
+    # a daemon (moto's) must not keep Ctrl-C from ending the process.
+    os._exit(EXIT_OK)
 
 
 @cli.command()
