@@ -3,7 +3,7 @@ sandbox, demo. Each only calls the engine, ledger or renderers."""
 
 from __future__ import annotations
 
-import os
+import signal
 import socket
 import sys
 from contextlib import suppress
@@ -568,15 +568,14 @@ def sandbox(ctx: click.Context, port: int) -> None:
     except OSError as exc:
         fail(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}")
     click.echo(f"sandbox EC2 endpoint on {server.endpoint} (Ctrl-C to stop)", err=True)
+    # Ctrl-C (SIGINT) and SIGTERM stop it even when it was started with SIGINT ignored,
+    # as every command started in the background by a non-interactive shell is.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with suppress(KeyboardInterrupt):
         server.serve_forever()
     click.echo("sandbox stopping", err=True)
     server.stop()
-    sys.stderr.flush()
-    sys.stdout.flush()
-    # A foreground dev server: nothing is left to save, and a library thread that is not
-    # a daemon (moto's) must not keep Ctrl-C from ending the process.
-    os._exit(EXIT_OK)
 
 
 @cli.command()
