@@ -89,7 +89,6 @@ class Leadership:
         self._why = "started"
         self._keeper: threading.Thread | None = None
         self._stop_keeper = threading.Event()
-        self.changes = 0  # bumped on every change of role, for callers that poll
         self._last_beat = clock()
         # How far the ledger's replica trails (set by the daemon when it has one).
         self.replica_lag: Callable[[], float | None] = lambda: None
@@ -228,7 +227,6 @@ class Leadership:
     def _became(self, role: str, why: str) -> None:
         self._since = datetime.now(UTC)
         self._why = why
-        self.changes += 1
         self._write_status()
 
     # ------------------------------------------------------------ what others see

@@ -88,6 +88,19 @@ class PassObserver(Protocol):
     ) -> None: ...
 
 
+def load_signers(settings: DaemonSettings, state_dir: Path) -> TrustedSigners | None:
+    """The trusted signers under --verify-commits, loaded before anything runs: a
+    missing, empty or unreadable file refuses the start (ConfigurationError) rather
+    than trusting every commit."""
+    if not settings.verify_commits:
+        return None
+    if not settings.trusted_signers:
+        raise ConfigurationError("--verify-commits needs --trusted-signers FILE")
+    signers = load_trusted_signers(Path(settings.trusted_signers), state_dir / "trust")
+    log.info("commit_verification", mode=settings.verify_commits, signers=signers.describe())
+    return signers
+
+
 class Daemon:
     def __init__(
         self,
@@ -100,6 +113,7 @@ class Daemon:
         observer: PassObserver | None = None,
         on_call: engine.ApiCallListener | None = None,
         leading: Callable[[], bool] = lambda: True,
+        signers: TrustedSigners | None = None,
     ) -> None:
         self.settings = settings
         # Under `--coordination`: whether this member still leads. When it stops, so does
@@ -121,15 +135,7 @@ class Daemon:
             timeout=settings.fetch_timeout,
             heartbeat=watchdog.beat,
         )
-        # Loaded before anything runs: a missing, empty or unreadable file refuses the
-        # start (ConfigurationError) rather than trusting every commit.
-        self.signers: TrustedSigners | None = None
-        if settings.verify_commits:
-            if not settings.trusted_signers:
-                raise ConfigurationError("--verify-commits needs --trusted-signers FILE")
-            self.signers = load_trusted_signers(Path(settings.trusted_signers), state_dir / "trust")
-            log.info("commit_verification", mode=settings.verify_commits,
-                     signers=self.signers.describe())  # fmt: skip
+        self.signers = signers if signers is not None else load_signers(settings, state_dir)
         self.untrusted_head: str | None = None
         # The branch head this daemon will not apply, and why (invalid, untrusted,
         # rewound): shown by the metrics while it lasts.

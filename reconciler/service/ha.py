@@ -32,11 +32,16 @@ from reconciler.extensions.notify import Notifications
 from reconciler.ledger import Ledger
 from reconciler.model import DesiredState
 from reconciler.ops.rebuild import rebuild_ledger
-from reconciler.service.daemon import Daemon, DaemonSettings, PassObserver, Verdict
+from reconciler.service.daemon import (
+    Daemon,
+    DaemonSettings,
+    PassObserver,
+    Verdict,
+    load_signers,
+)
 from reconciler.service.gitsource import GitSource
 from reconciler.service.metrics import Metrics
 from reconciler.service.systemd import Notifier, Watchdog
-from reconciler.trust.signers import load_trusted_signers
 from reconciler.trust.verify import verify
 
 log = structlog.get_logger(__name__)
@@ -87,11 +92,7 @@ class CoordinatedDaemon:
         self.desired: DesiredState | None = None
         # With --verify-commits, the owner (which names the leader key) is read from a
         # trusted head only: an unsigned commit must not move a member to another key.
-        self.signers = (
-            load_trusted_signers(Path(settings.trusted_signers), state_dir / "trust")
-            if settings.verify_commits and settings.trusted_signers
-            else None
-        )
+        self.signers = load_signers(settings, state_dir)
         self.source = GitSource(
             settings.repo, branch=settings.branch, workdir=state_dir / "source",
             timeout=settings.fetch_timeout, heartbeat=watchdog.beat,
@@ -202,7 +203,7 @@ class CoordinatedDaemon:
                         self.settings, state_dir=self.state_dir, ledger=ledger,
                         notifier=self.notifier, watchdog=self.watchdog,
                         observer=self.observer, on_call=self.on_call,
-                        leading=leadership.is_leader,
+                        leading=leadership.is_leader, signers=self.signers,
                     )  # fmt: skip
                     if self.stop_requested:
                         self.current.stop_requested = True

@@ -261,6 +261,11 @@ def test_status_of_a_single_daemon_says_single_with_epoch_zero(cli: Any) -> None
             "must be shorter than --lease-ttl",
         ),
         (
+            ("--coordination", "etcd://127.0.0.1:2379", "--verify-commits", "strict"),
+            {},
+            "--verify-commits needs --trusted-signers",
+        ),
+        (
             ("--coordination", "etcd://127.0.0.1:2379", "--ledger-replica", "ftp://x/y"),
             {},
             "expected file:///DIRECTORY or s3://BUCKET/PATH",
