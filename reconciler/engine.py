@@ -60,6 +60,7 @@ from reconciler.planning.guards import (
     thrashing,
 )
 from reconciler.planning.planner import compute_plan
+from reconciler.planning.promotion import Lag, lags
 from reconciler.providers import ComputeProvider, build_provider
 from reconciler.providers.base import LoadBalancerPort
 from reconciler.providers.fenced import FencedProvider
@@ -78,6 +79,7 @@ class PassOutcome:
     guards: list[str] = field(default_factory=list)
     costs: PlanCosts | None = None  # plan_pass only: monthly delta and overlap cost
     result_name: str | None = None  # apply_pass only: the run's result, as logged
+    lags: list[Lag] = field(default_factory=list)  # plan_pass only: environments behind
 
 
 def read_desired(desired_dir: str | Path) -> DesiredState:
@@ -223,6 +225,7 @@ def plan_pass(desired_dir: str | Path, ledger: Ledger) -> PassOutcome:
     outcome.costs = accounting.plan_costs(
         plan, desired=desired, observed=observed, providers=providers, ledger=ledger
     )
+    outcome.lags = lags(ledger.view(), now=now)
     return outcome
 
 

@@ -188,3 +188,16 @@ class StateLocked(RetryLater):
 
 class StateUnusable(OperatorActionNeeded):
     """The state directory cannot hold the lock (read-only, not a directory, ...)."""
+
+
+class PromotionRefused(OperatorActionNeeded):
+    """`promote` or `set-image` would commit something that has not proven itself (or
+    cannot be committed safely); no commit was written. Every reason is listed."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        self.reasons = tuple(reasons)
+        super().__init__("; ".join(self.reasons))
+
+
+class GitFailed(OperatorActionNeeded):
+    """A git command in the operator's checkout failed; the message says which and why."""

@@ -64,10 +64,25 @@ class HealthSpec:
 
 @dataclass(frozen=True)
 class TrafficSpec:
-    """How traffic moves to a new generation: a plugin name and its one setting."""
+    """How traffic moves to a new generation: a plugin name and its one setting, and
+    when (`switch:`): as soon as it is healthy, on `reconciler switch`, or after a delay."""
 
     kind: str  # "command" or "libcloud-lb" (or a third-party plugin's name)
     target: str  # the command line, or the load balancer's name
+    manual: bool = False  # `switch: manual`: only `reconciler switch` moves it
+    switch_after: float | None = None  # `switch: after 30m`: seconds after it is ready
+
+    @property
+    def waits(self) -> bool:
+        """Whether a healthy new generation waits `ready` instead of taking the traffic."""
+        return self.manual or self.switch_after is not None
+
+    def describe_switch(self) -> str:
+        if self.manual:
+            return "manual"
+        if self.switch_after is not None:
+            return f"after {self.switch_after:g}s"
+        return "at once"
 
 
 @dataclass(frozen=True)
@@ -204,6 +219,9 @@ class ObservedInstance:
 class GenerationState(StrEnum):
     CREATING = "creating"
     ACTIVE = "active"
+    # Healthy beside the serving generation, waiting for its traffic (`switch: manual`
+    # or `after D`) until `reconciler switch`, the delay, or `reconciler abort`.
+    READY = "ready"
     STANDBY = "standby"
     FAILED = "failed"
     DESTROYED = "destroyed"
@@ -290,6 +308,12 @@ class ActionKind(StrEnum):
     ACTIVATE = "activate"
     ADOPT = "adopt"  # record a generation the cloud has and the ledger lacks
     RETIRE = "retire"  # mark a generation destroyed once it has no instances
+    # `switch: manual | after D`: health-gate a new generation and leave it `ready`
+    # beside the serving one, the traffic unmoved.
+    PREPARE = "prepare"
+    # Health-check a generation waiting `ready`: changes nothing unless it fails (then
+    # it is failed and destroyed, never switched). Not a change for `plan`.
+    CHECK = "check"
 
 
 class Reason(StrEnum):
@@ -308,6 +332,10 @@ class Reason(StrEnum):
     # such, not as instances of nothing desired.
     ENVIRONMENT_REMOVED = "environment-removed"
     SERVICE_REMOVED = "service-removed"
+    # A generation waiting `ready` for its switch: kept health-checked each pass, or
+    # dropped when a newer commit supersedes it before it ever took traffic.
+    AWAITING_SWITCH = "awaiting-switch"
+    SUPERSEDED = "superseded"
 
 
 # Destroys that take away serving capacity without a same-plan replacement:
@@ -358,6 +386,7 @@ class HoldReason(StrEnum):
     FAILED = "failed"  # its spec failed; waits for a new commit or `retry`
     FROZEN = "frozen"  # a guard or `frozen: true` stops every change
     DOWN = "down"  # desired instances, none running, and nothing planned starts one
+    WAITING = "waiting"  # a new generation is ready; traffic waits for `switch` or a delay
 
 
 HOLD_REASONS: tuple[HoldReason, ...] = tuple(HoldReason)
@@ -389,7 +418,11 @@ class Plan:
 
     @property
     def empty(self) -> bool:
-        return not self.actions
+        """Nothing to change: health checks of a waiting generation are not changes."""
+        return not self.changes()
+
+    def changes(self) -> tuple[Action, ...]:
+        return tuple(a for a in self.actions if a.kind is not ActionKind.CHECK)
 
     def count(self, kind: ActionKind) -> int:
         return sum(1 for a in self.actions if a.kind == kind)

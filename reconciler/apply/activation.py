@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import NoReturn
 
 import structlog
@@ -92,27 +92,7 @@ class Activator:
     def activate(self, action: Action) -> None:
         """Healthy → switch traffic → mark active → previous to standby."""
         run = self.run
-        spec = run.spec(action)
-        key = (action.env, action.service, action.generation)
-        launched = run.launched.get(key, [])
-        gated = {i.id for i in launched}
-        new = launched + [
-            i for i in self._alive(action.env, action.service, action.generation)
-            if i.id not in gated
-        ]  # fmt: skip
-        try:
-            failure = self.gate.wait_healthy([i for i in new if i.id not in gated], spec)
-        except Interrupted:
-            raise  # a stop: the next pass resumes this rollout
-        except ReconcilerError as exc:
-            failure = str(exc)
-        # Last resort, as in launching: an unexpected error fails the rollout, compensated.
-        except Exception as exc:
-            log.exception("activation_gate_crashed", service=spec.name,
-                          error_type=type(exc).__name__)  # fmt: skip
-            failure = f"unexpected {type(exc).__name__}"
-        if failure:
-            self._fail_activation(action, spec, f"health gate: {failure}")
+        spec, new = self._gated(action, what="health gate")
         where = f"{action.env}/{action.service} g{action.generation}"
         run.progress.phase(f"switching traffic to {where}")
         old = self._alive(action.env, action.service, action.previous)
@@ -133,6 +113,75 @@ class Activator:
             commit=run.desired.commit, detail={"previous": action.previous},
         )  # fmt: skip
 
+    def prepare(self, action: Action) -> None:
+        """`switch: manual | after D`: healthy → `ready` beside the serving generation,
+        which keeps the traffic; said in an event, the log and a notification."""
+        run = self.run
+        spec, _new = self._gated(action, what="health gate")
+        now = run.now()
+        run.ledger.set_generation_state(
+            action.env, action.service, action.generation, state=GenerationState.READY, at=now
+        )
+        switch = spec.traffic.describe_switch() if spec.traffic else "manual"
+        due_at = (
+            now + timedelta(seconds=spec.traffic.switch_after)
+            if spec.traffic is not None and spec.traffic.switch_after is not None
+            else None
+        )
+        run.ledger.record_event(
+            kind="generation_ready", at=now, run=run.run_id, env=action.env,
+            service=action.service, generation=action.generation,
+            detail={"previous": action.previous, "switch": switch,
+                    "due_at": due_at.isoformat() if due_at else None, "note": action.detail},
+        )  # fmt: skip
+        log.info("generation_ready", run=run.run_id, env=action.env, service=action.service,
+                 generation=action.generation, serving=action.previous, switch=switch)  # fmt: skip
+        when = f" or at {due_at.isoformat(timespec='seconds')}" if due_at else ""
+        self.notifications.send(
+            "generation-ready",
+            f"{spec.env}/{spec.name} generation {action.generation} ({spec.image}) is ready and "
+            f"healthy since {now.isoformat(timespec='seconds')}; traffic stays on generation "
+            f"{action.previous} until `reconciler switch {spec.env} {spec.name}`{when}",
+            env=spec.env, service=spec.name, generation=action.generation,
+            commit=run.desired.commit,
+            detail={"previous": action.previous, "switch": switch,
+                    "due_at": due_at.isoformat() if due_at else None},
+        )  # fmt: skip
+
+    def check(self, action: Action) -> None:
+        """A generation waiting `ready` is health-checked each pass; one that turns
+        unhealthy is failed and destroyed, never switched."""
+        self._gated(action, what="health check while waiting for the switch")
+        log.info("generation_waiting", run=self.run.run_id, env=action.env,
+                 service=action.service, generation=action.generation)  # fmt: skip
+
+    def _gated(self, action: Action, *, what: str) -> tuple[ServiceSpec, list[ObservedInstance]]:
+        """The generation's running instances once those not gated by this apply's
+        launches pass the health gate; a failure fails the generation (compensated)."""
+        run = self.run
+        spec = run.spec(action)
+        key = (action.env, action.service, action.generation)
+        launched = run.launched.get(key, [])
+        gated = {i.id for i in launched}
+        new = launched + [
+            i for i in self._alive(action.env, action.service, action.generation)
+            if i.id not in gated
+        ]  # fmt: skip
+        try:
+            failure = self.gate.wait_healthy([i for i in new if i.id not in gated], spec)
+        except Interrupted:
+            raise  # a stop: the next pass resumes this rollout
+        except ReconcilerError as exc:
+            failure = str(exc)
+        # Last resort, as in launching: an unexpected error fails the rollout, compensated.
+        except Exception as exc:
+            log.exception("activation_gate_crashed", service=spec.name,
+                          error_type=type(exc).__name__)  # fmt: skip
+            failure = f"unexpected {type(exc).__name__}"
+        if failure:
+            self._fail_activation(action, spec, f"{what}: {failure}")
+        return spec, new
+
     def _alive(self, env: str, service: str, generation: int | None) -> list[ObservedInstance]:
         if generation is None:
             return []
@@ -150,7 +199,7 @@ class Activator:
         state = next((r["state"] for r in rows if r["number"] == action.generation), None)
         launched = run.launched.get((action.env, action.service, action.generation), [])
         doomed = {i.id for i in launched}
-        if state == GenerationState.CREATING.value:
+        if state in (GenerationState.CREATING.value, GenerationState.READY.value):
             doomed |= {i.id for i in self._alive(action.env, action.service, action.generation)}
             run.ledger.set_generation_state(
                 action.env, action.service, action.generation, state=GenerationState.FAILED,

@@ -54,6 +54,10 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
+# Generations whose instances take traffic only when activated (or never, while they
+# wait `ready`): their creates are not switched in one by one.
+GATED_KINDS = frozenset({ActionKind.ACTIVATE, ActionKind.PREPARE, ActionKind.CHECK})
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -134,7 +138,12 @@ class Applier:
         first = actions[0]
         bound = log.bind(run=self.run_id, env=first.env, service=first.service)
         run.activating.update(
-            (a.env, a.service, a.generation) for a in actions if a.kind is ActionKind.ACTIVATE
+            (a.env, a.service, a.generation) for a in actions if a.kind in GATED_KINDS
+        )
+        run.waiting.update(
+            (a.env, a.service, a.generation)
+            for a in actions
+            if a.kind in (ActionKind.PREPARE, ActionKind.CHECK)
         )
         batch: list[Action] = []
         try:
@@ -173,6 +182,8 @@ class Applier:
         handlers = {
             ActionKind.DESTROY: self._teardown.destroy,
             ActionKind.ACTIVATE: self._activation.activate,
+            ActionKind.PREPARE: self._activation.prepare,
+            ActionKind.CHECK: self._activation.check,
             ActionKind.RETIRE: self._bookkeeping.retire,
             ActionKind.ADOPT: self._bookkeeping.adopt,
         }

@@ -71,6 +71,8 @@ class ApplyRun:
     # Per (env, service, generation): instances launched (and gated) by this apply.
     launched: dict[tuple[str, str, int], list[ObservedInstance]] = field(default_factory=dict)
     activating: set[tuple[str, str, int]] = field(default_factory=set)
+    # Generations that are (or become) `ready` in this apply: they take no traffic.
+    waiting: set[tuple[str, str, int]] = field(default_factory=set)
     destroyed: set[str] = field(default_factory=set)
     # Rolling updates: old instances taken out so far, and the user data to relaunch them.
     rolled: dict[tuple[str, str], list[ObservedInstance]] = field(default_factory=dict)

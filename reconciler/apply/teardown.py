@@ -50,7 +50,8 @@ class Teardown:
                 # Read before the first old instance goes: a rollback relaunches its like.
                 run.old_user_data[key] = provider.user_data_of(action.instance_id)
             run.rolled.setdefault(key, []).extend(serving)
-        if spec is not None and serving and action.reason in TAKES_TRAFFIC:
+        waiting = (action.env, action.service, action.generation) in run.waiting
+        if spec is not None and serving and action.reason in TAKES_TRAFFIC and not waiting:
             # Out of the load balancer before it goes, so no request hits a dying instance.
             try:
                 self.traffic.switch(spec, old=serving, new=[])

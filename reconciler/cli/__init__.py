@@ -4,7 +4,7 @@ Owns: argument parsing and presenting results. Must not: contain logic beyond ca
 the engine, ledger and renderers.
 """
 
-from reconciler.cli import commands, ledger, trust  # noqa: F401  (registers the commands)
+from reconciler.cli import commands, ledger, promotion, trust  # noqa: F401  (registers the commands)
 from reconciler.cli.root import cli
 
 

@@ -7,6 +7,7 @@ import signal
 import socket
 import sys
 from contextlib import suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ from reconciler.cli.common import (
     json_option,
     open_ledger,
     refuse_libcloud_debug,
+    who_is_asking,
 )
 from reconciler.cli.root import cli
 from reconciler.coordination.leadership import read_status as read_coordination
@@ -38,6 +40,7 @@ from reconciler.errors import GuardRefused
 from reconciler.ledger import Ledger
 from reconciler.model import Plan
 from reconciler.planning.guards import static_refusals
+from reconciler.planning.promotion import lags
 from reconciler.present import render
 from reconciler.present.terminal import shown
 from reconciler.service.statelock import StateLock
@@ -83,12 +86,14 @@ def plan(ctx: click.Context, desired_dir: Path, as_json: bool, detailed_exitcode
             costs=outcome.costs,
         )  # fmt: skip
         document["uncommitted_changes"] = uncommitted
+        document["behind"] = [lag.as_dict() for lag in outcome.lags]
         render.print_json(document)
     else:
         render.print_plan(
             Console(), outcome.plan, commit=outcome.desired.commit, costs=outcome.costs,
             uncommitted=uncommitted,
         )  # fmt: skip
+        render.print_lags(Console(), [lag.describe() for lag in outcome.lags])
     if outcome.guards:
         for reason in outcome.guards:
             err_console.print(f"[red]apply would be refused:[/red] {reason}", highlight=False)
@@ -384,11 +389,12 @@ def status_document(store: Ledger) -> dict[str, Any]:
         return services.setdefault(
             f"{env}/{service}",
             {"env": env, "service": service, "state": "ok", "active": None, "standby": [],
-             "image": None, "desired": None, "running": 0, "held": []},
+             "ready": None, "ready_image": None, "image": None, "desired": None, "running": 0,
+             "held": []},
         )  # fmt: skip
 
     for row in store.generation_rows():
-        if row["state"] not in ("active", "standby", "creating"):
+        if row["state"] not in ("active", "standby", "creating", "ready"):
             continue
         item = entry(row["env"], row["service"])
         if row["state"] == "active":
@@ -398,11 +404,27 @@ def status_document(store: Ledger) -> dict[str, Any]:
             item["running"] = running.get((row["env"], row["service"], row["number"]), 0)
         elif row["state"] == "standby":
             item["standby"].append(row["number"])
+        elif row["state"] == "ready":
+            item["ready"] = row["number"]
+            item["ready_image"] = row["image_id"] or row["image"]
     held_run = store.last_run_with_holds()
     for hold in (held_run or {}).get("held") or []:
         item = entry(hold["env"], hold["service"])
+        if hold["reason"] == "waiting" and item["ready"] is None:
+            continue  # switched or aborted since that pass: nothing waits any more
         item["held"].append({k: hold[k] for k in ("reason", "why", "since")})
-        item["state"] = "down" if hold["reason"] == "down" or item["state"] == "down" else "held"
+        reasons = {h["reason"] for h in item["held"]}
+        # The worst first: down, then held (pinned, failed, frozen), then waiting.
+        item["state"] = (
+            "down" if "down" in reasons else "held" if reasons - {"waiting"} else "waiting"
+        )
+    for lag in lags(store.view(), now=datetime.now(UTC)):
+        behind = {k: v for k, v in lag.as_dict().items() if k not in ("env", "service")}
+        entry(lag.env, lag.service).setdefault("behind", []).append(
+            {**behind, "text": lag.describe()}
+        )
+    for item in services.values():
+        item.setdefault("behind", [])
     commits = store.commit_rows(limit=20)
     newest_valid = next((c for c in commits if c["valid"]), None)
     invalid = next((c for c in commits if not c["valid"]), None)
@@ -522,6 +544,44 @@ def unfreeze(
     act_or_request(
         ctx, "unfreeze", env, service, wait=wait,
         act=lambda ledger: operator.unfreeze(ledger, desired_dir, env, service),
+    )  # fmt: skip
+
+
+@cli.command()
+@click.argument("env", shell_complete=complete_env)
+@click.argument("service", shell_complete=complete_service)
+@desired_option
+@wait_option
+@click.pass_context
+def switch(ctx: click.Context, env: str, service: str, desired_dir: Path, wait: float) -> None:
+    """Move the traffic to the generation waiting `ready` (traffic.switch: manual or after
+    D); the serving one becomes the standby. Works while the daemon runs."""
+    from reconciler.ops import operator
+
+    refuse_libcloud_debug()
+    by = who_is_asking()
+    act_or_request(
+        ctx, "switch", env, service, wait=wait,
+        act=lambda ledger: operator.switch(desired_dir, ledger, env, service, by=by),
+    )  # fmt: skip
+
+
+@cli.command()
+@click.argument("env", shell_complete=complete_env)
+@click.argument("service", shell_complete=complete_service)
+@desired_option
+@wait_option
+@click.pass_context
+def abort(ctx: click.Context, env: str, service: str, desired_dir: Path, wait: float) -> None:
+    """Destroy the generation waiting `ready` for its switch; the serving one stays.
+    Its spec is not launched again until a new commit or `reconciler retry`."""
+    from reconciler.ops import operator
+
+    refuse_libcloud_debug()
+    by = who_is_asking()
+    act_or_request(
+        ctx, "abort", env, service, wait=wait,
+        act=lambda ledger: operator.abort(desired_dir, ledger, env, service, by=by),
     )  # fmt: skip
 
 

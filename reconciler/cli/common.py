@@ -21,8 +21,14 @@ from rich.console import Console
 
 from reconciler.cli.exitcodes import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, EXIT_REFUSED
 from reconciler.desired import parse_duration
-from reconciler.desired.durations import format_duration
-from reconciler.errors import GuardRefused, InvalidDesiredState, ReconcilerError, StateLocked
+from reconciler.durations import format_duration
+from reconciler.errors import (
+    GuardRefused,
+    InvalidDesiredState,
+    PromotionRefused,
+    ReconcilerError,
+    StateLocked,
+)
 from reconciler.ledger import Ledger
 from reconciler.present.terminal import shown
 from reconciler.service.statelock import StateLock
@@ -51,6 +57,11 @@ def domain_errors() -> Iterator[None]:
         sys.exit(EXIT_ERROR)
     except GuardRefused as exc:
         err_console.print("[red]refused by a guard; nothing was changed:[/red]")
+        for reason in exc.reasons:
+            err_console.print(f"  {shown(reason)}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_REFUSED)
+    except PromotionRefused as exc:
+        err_console.print("[red]refused; no commit was written:[/red]")
         for reason in exc.reasons:
             err_console.print(f"  {shown(reason)}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_REFUSED)
@@ -136,7 +147,7 @@ def act_or_request(
         return
     with open_ledger(ctx) as ledger, domain_errors():
         request = ledger.add_request(
-            kind=kind, env=env, service=service, requested_by=_who(), at=datetime.now(UTC)
+            kind=kind, env=env, service=service, requested_by=who_is_asking(), at=datetime.now(UTC)
         )
         err_console.print(
             f"the state directory is held by a running reconciler (pid {holder}): request "
@@ -176,7 +187,7 @@ def _await_answer(ledger: Ledger, request: int, wait: float) -> dict[str, Any] |
         time.sleep(0.1)
 
 
-def _who() -> str:
+def who_is_asking() -> str:
     try:
         user = getpass.getuser()
     except (KeyError, OSError):

@@ -5,7 +5,7 @@ Must not: perform any I/O besides reading the desired-state files, or import
 click, structlog, libcloud or the ledger.
 """
 
-from reconciler.desired.durations import parse_duration
 from reconciler.desired.loader import load_desired_state
+from reconciler.durations import parse_duration
 
 __all__ = ["load_desired_state", "parse_duration"]

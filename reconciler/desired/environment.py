@@ -178,6 +178,15 @@ def _build_service(
     )  # fmt: skip
     if not capable:
         return None
+    if traffic is not None and traffic.waits and strategy is not Strategy.BLUE_GREEN:
+        # Only blue-green keeps the old generation serving while the new one waits.
+        reporter.add(
+            node.line,
+            join(path, "traffic.switch"),
+            f"needs strategy blue-green, not {strategy.value}: a generation can wait for its "
+            "switch only beside an old one that keeps serving",
+        )
+        return None
     count = _inherit(own.count, defaults.count)
     keep = _inherit(own.keep_previous, defaults.keep_previous)
     batch = _inherit(own.batch, defaults.batch)

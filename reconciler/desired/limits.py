@@ -19,6 +19,7 @@ MAX_COUNT_HARD: Final = 10_000  # one service's instances, whatever policy.max_c
 MAX_KEEP_PREVIOUS: Final = 30 * DAY
 MAX_PRICE_PER_HOUR: Final = 10_000.0  # dollars; the largest instance types cost ~$100
 MAX_BATCH: Final = 10_000
+MAX_SWITCH_DELAY: Final = 30 * DAY  # `switch: after D`
 # Health checks.
 MAX_HEALTH_TIMEOUT: Final = DAY
 MAX_HEALTH_INTERVAL: Final = HOUR

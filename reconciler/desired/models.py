@@ -84,6 +84,8 @@ DEFAULT_MAX_COUNT: Final = 100
 MAX_NOTIFY_TIMEOUT: Final = 120.0  # a delivery never holds a pass longer than this
 NOTIFIER_EVENTS: Final = (
     "generation-activated",
+    "generation-ready",
+    "generation-aborted",
     "generation-failed",
     "rollback",
     "guard-tripped",
@@ -333,11 +335,38 @@ def _health_target_problem(kind: str, target: str) -> str | None:
     return None
 
 
+SWITCH_HINT: Final = "use manual, or after DURATION (e.g. after 30m)"
+
+
+@dataclass(frozen=True)
+class SwitchWhen:
+    """`switch:` read: manual, or a delay after the new generation is ready."""
+
+    manual: bool
+    after: float | None
+
+
+def _switch(node: YNode) -> SwitchWhen:
+    text = check_str(node)
+    if text == "manual":
+        return SwitchWhen(manual=True, after=None)
+    words = text.split()
+    if len(words) != 2 or words[0] != "after":
+        raise InvalidValue(f"invalid value {text!r}: {SWITCH_HINT}")
+    delay = YScalar(value=words[1], line=node.line, text=words[1])
+    try:
+        seconds = check_duration(delay, maximum=limits.MAX_SWITCH_DELAY)
+    except InvalidValue as exc:
+        raise InvalidValue(f"invalid delay in {text!r}: {exc.message}") from None
+    return SwitchWhen(manual=False, after=seconds)
+
+
 class TrafficModel(Document):
     ONE_OF = ("command", "libcloud-lb")
 
     command: Text = None
     libcloud_lb: Text = Field(default=None, alias="libcloud-lb")
+    switch: Annotated[SwitchWhen | None, leaf(_switch)] = None
 
     @model_validator(mode="after")
     def _command_line(self) -> TrafficModel:
@@ -347,10 +376,12 @@ class TrafficModel(Document):
         return self
 
     def to_spec(self) -> TrafficSpec:
+        manual = self.switch.manual if self.switch is not None else False
+        after = self.switch.after if self.switch is not None else None
         if self.command is not None:
-            return TrafficSpec(kind="command", target=self.command)
+            return TrafficSpec("command", self.command, manual=manual, switch_after=after)
         assert self.libcloud_lb is not None
-        return TrafficSpec(kind="libcloud-lb", target=self.libcloud_lb)
+        return TrafficSpec("libcloud-lb", self.libcloud_lb, manual=manual, switch_after=after)
 
 
 # --- Services ------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Final
 
-from reconciler.desired.durations import DURATION_HINT, format_duration, parse_duration
 from reconciler.desired.yamlsource import REJECTED, YMap, YNode, YScalar, YSeq
+from reconciler.durations import DURATION_HINT, format_duration, parse_duration
 from reconciler.errors import InvalidValue, Problem
 
 SILENT: Final = ""

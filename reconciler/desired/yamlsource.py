@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -66,6 +66,11 @@ class YScalar:
     value: ScalarValue
     text: str  # the source text, for messages ("1.10", not 1.1)
     line: int  # line of the key that holds this value, else of the value
+    # Where the value is written (start and end character offsets, quotes included) and
+    # how (None plain, "'" or '"' quoted, "|" or ">" block): what an edit of this one
+    # value needs to leave every other character of the file as it was.
+    span: tuple[int, int] | None = field(default=None, compare=False)
+    style: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -339,7 +344,8 @@ class _Walker:
                 self.fail(line, path, f"contains the control character {hidden} (written as an "
                           "escape); remove it")  # fmt: skip
                 return YScalar(REJECTED, "", line)
-        return YScalar(value, node.value, line)
+        span = (node.start_mark.index, node.end_mark.index)
+        return YScalar(value, node.value, line, span=span, style=node.style)
 
     def convert_mapping(self, node: MappingNode, *, line: int, depth: int, path: str) -> YMap:
         entries: dict[str, YNode] = {}

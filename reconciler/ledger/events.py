@@ -21,6 +21,10 @@ EVENT_KINDS: Final[dict[str, str]] = {
     "generation_state": "a generation changed state (from, to, why): the history",
     "generation_activated": "a new generation took the traffic",
     "generation_demoted": "recovery found two active generations and kept one",
+    "generation_ready": "a new generation is healthy and waits for its switch (manual or after D)",
+    "switched": "`reconciler switch` moved traffic to a generation waiting ready (who)",
+    "aborted": "`reconciler abort` destroyed a generation waiting ready (who, how many)",
+    "promoted": "`reconciler promote` committed an image from one environment to another",
     "rollout_failed": "a rollout failed (launch, boot, health gate or switch), with why",
     # services and environments
     "environment_removed": "an environment file was deleted: its services are dismantled",

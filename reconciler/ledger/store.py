@@ -31,7 +31,7 @@ RUN_RESULTS = frozenset({"ok", "changes", "failed", "refused", "no-op", "interru
 # "stopped" is accepted beside DESIGN's four so an observed InstanceState can be recorded as is.
 INSTANCE_STATES = frozenset({"pending", "running", "stopped", "destroyed", "gone"})
 OPERATION_OUTCOMES = frozenset({"issued", "done", "failed"})
-REQUEST_KINDS = frozenset({"rollback", "release", "retry", "unfreeze"})
+REQUEST_KINDS = frozenset({"rollback", "release", "retry", "unfreeze", "switch", "abort"})
 REQUEST_ANSWERS = frozenset({"done", "refused", "failed"})
 SNAPSHOTS_KEPT = 5  # observations kept per provider: enough to compare, never a history
 

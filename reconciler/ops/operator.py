@@ -1,8 +1,10 @@
-"""Operator commands that act outside the loop: rollback, release, retry, unfreeze.
+"""Operator commands that act outside the loop: rollback, release, retry, unfreeze,
+switch, abort.
 
 Owns: switching a service back to its standby generation and pinning it, lifting a
-pin, allowing a failed spec to be tried again, lifting a guard's freeze, and answering
-these as requests recorded for a running daemon (`answer_requests`). Must not: create
+pin, allowing a failed spec to be tried again, lifting a guard's freeze, moving the
+traffic to a generation waiting `ready` or destroying it, and answering these as
+requests recorded for a running daemon (`answer_requests`). Must not: create
 instances (rollback only re-uses a live standby) or run without the state lock (the
 CLI holds it, or the daemon that answers the request does).
 """
@@ -17,12 +19,16 @@ import structlog
 
 from reconciler import engine
 from reconciler.apply.activation import mark_activated, switch_traffic
-from reconciler.apply.gates import Rollout
+from reconciler.apply.gates import Rollout, TrafficPort
+from reconciler.apply.progress import NoProgress
+from reconciler.apply.run import ApplyResult, ApplyRun
+from reconciler.apply.teardown import Teardown
 from reconciler.errors import NothingToDo, ReconcilerError
 from reconciler.extensions.notify import Notifications
 from reconciler.ledger import Ledger
 from reconciler.ledger.holds import current_freezes, current_pins
-from reconciler.model import DesiredState, ObservedInstance
+from reconciler.model import DesiredState, GenerationState, ObservedInstance
+from reconciler.providers import ComputeProvider
 
 log = structlog.get_logger(__name__)
 
@@ -90,6 +96,170 @@ def rollback(desired_dir: DesiredSource, ledger: Ledger, env: str, service: str)
     )  # fmt: skip
     log.info("rolled_back", env=env, service=service, generation=target, previous=active)
     return message
+
+
+def _observed(
+    desired: DesiredState, ledger: Ledger
+) -> tuple[dict[str, ComputeProvider], list[ObservedInstance]]:
+    providers = engine.build_providers(desired, fence=ledger.fence)
+    observed = engine.settle_deletions(
+        engine.observe(desired, providers), ledger, now=datetime.now(UTC)
+    )
+    return providers, observed
+
+
+def _members(
+    observed: list[ObservedInstance], env: str, service: str, number: int | None
+) -> list[ObservedInstance]:
+    return [
+        i for i in observed
+        if (i.env, i.service, i.generation) == (env, service, number) and i.alive
+    ]  # fmt: skip
+
+
+def _waiting_generation(ledger: Ledger, env: str, service: str) -> dict[str, Any]:
+    rows = ledger.generation_rows(env=env, service=service)
+    ready = [r for r in rows if r["state"] == GenerationState.READY.value]
+    if not ready:
+        raise NothingToDo(f"no generation of {env}/{service} is waiting for a switch")
+    return max(ready, key=lambda r: int(r["number"]))
+
+
+def switch(desired_dir: DesiredSource, ledger: Ledger, env: str, service: str, *, by: str) -> str:
+    """Move the traffic to the generation waiting `ready` (`switch: manual | after D`):
+    gated once more, switched (moved back if the switch fails), then active, and the
+    one it replaces standby for keep_previous, as for any activation."""
+    desired = _desired(desired_dir)
+    spec = desired.service(env, service)
+    if spec is None:
+        raise NothingToDo(f"{env}/{service} is not in the desired state")
+    waiting = _waiting_generation(ledger, env, service)
+    number = int(waiting["number"])
+    if waiting["fingerprint"] != spec.fingerprint:
+        raise NothingToDo(
+            f"generation {number} of {env}/{service} waits with a spec the desired state no "
+            "longer asks for; the next pass replaces it"
+        )
+    providers, observed = _observed(desired, ledger)
+    rows = ledger.generation_rows(env=env, service=service)
+    active = next((r["number"] for r in rows if r["state"] == "active"), None)
+    new = _members(observed, env, service, number)
+    if len(new) < spec.count:
+        raise NothingToDo(
+            f"generation {number} runs {len(new)} of {spec.count} instances; not switching to "
+            "less than the desired count (the next pass replaces what is missing)"
+        )
+    rollout = Rollout(
+        desired, load_balancers=engine.load_balancer_ports(desired, providers), fence=ledger.fence
+    )
+    failure = rollout.wait_healthy(new, spec)
+    if failure:
+        raise NothingToDo(
+            f"generation {number} is not healthy, not switching: {failure} (the next pass "
+            "checks it again and destroys it if it stays unhealthy)"
+        )
+    failure = switch_traffic(rollout, spec, old=_members(observed, env, service, active), new=new)
+    if failure is not None:
+        raise ReconcilerError(f"traffic switch failed, traffic left where it was: {failure}")
+    now = datetime.now(UTC)
+    mark_activated(
+        ledger, env=env, service=service, generation=number, previous=active, at=now,
+        run=None, why_previous=f"replaced by g{number} (switched by {by})", note="switch",
+    )  # fmt: skip
+    ledger.record_event(
+        kind="switched", at=now, env=env, service=service, generation=number,
+        detail={"from": active, "by": by, "waited_since": waiting.get("state_since")},
+    )  # fmt: skip
+    replacing = f", replacing generation {active}" if active is not None else ""
+    message = (
+        f"{env}/{service} generation {number} ({waiting['image_id'] or waiting['image']}) "
+        f"takes the traffic{replacing} (switched by {by})"
+    )
+    Notifications(desired.notifiers).send(
+        "generation-activated", message, env=env, service=service, generation=number,
+        commit=desired.commit, detail={"previous": active, "switched_by": by},
+    )  # fmt: skip
+    log.info("switched", env=env, service=service, generation=number, previous=active, by=by)
+    return message
+
+
+def abort(desired_dir: DesiredSource, ledger: Ledger, env: str, service: str, *, by: str) -> str:
+    """Destroy the generation waiting `ready`: recorded failed (aborted), so its spec
+    is not launched again until the desired state changes or `reconciler retry`; the
+    serving generation is not touched."""
+    desired = _desired(desired_dir)
+    waiting = _waiting_generation(ledger, env, service)
+    number = int(waiting["number"])
+    now = datetime.now(UTC)
+    why = f"aborted by {by} while waiting for the switch"
+    ledger.set_generation_state(
+        env, service, number, state=GenerationState.FAILED, at=now, reason=f"failed: {why}"
+    )
+    providers, observed = _observed(desired, ledger)
+    doomed = [i for i in observed if (i.env, i.service, i.generation) == (env, service, number)
+              and i.state.value != "gone"]  # fmt: skip
+    destroyed, errors = destroy_instances(
+        desired, ledger, providers, observed, doomed, command="abort", reason=f"failed: {why}"
+    )
+    ledger.record_event(
+        kind="aborted", at=datetime.now(UTC), env=env, service=service, generation=number,
+        detail={"by": by, "destroyed": destroyed, "errors": errors},
+    )  # fmt: skip
+    message = f"{env}/{service} generation {number} aborted: {len(destroyed)} instance(s) destroyed"
+    if errors:
+        message += f"; {len(errors)} could not be destroyed yet, the next pass retries: " + (
+            "; ".join(errors)
+        )
+    message += (
+        f"; its spec is not launched again until the desired state changes or "
+        f"`reconciler retry {env} {service}`"
+    )
+    Notifications(desired.notifiers).send(
+        "generation-aborted", message, env=env, service=service, generation=number,
+        commit=desired.commit, detail={"by": by, "destroyed": destroyed},
+    )  # fmt: skip
+    log.info("aborted", env=env, service=service, generation=number, by=by,
+             destroyed=len(destroyed))  # fmt: skip
+    if errors:
+        raise ReconcilerError(message)
+    return message
+
+
+def destroy_instances(
+    desired: DesiredState,
+    ledger: Ledger,
+    providers: dict[str, ComputeProvider],
+    observed: list[ObservedInstance],
+    doomed: list[ObservedInstance],
+    *,
+    command: str,
+    reason: str,
+) -> tuple[list[str], list[str]]:
+    """Terminate `doomed` the way an apply does (an operation row before each call),
+    in a run of its own so the ledger's history says who did it. Returns the ids
+    destroyed and the errors of those that were not."""
+    run_id = ledger.start_run(command=command, commit=desired.commit)
+    run = ApplyRun(
+        desired=desired, observed=observed, providers=providers, ledger=ledger, run_id=run_id,
+        now=lambda: datetime.now(UTC), should_stop=lambda: False, heartbeat=lambda: None,
+        progress=NoProgress(), result=ApplyResult(),
+    )  # fmt: skip
+    teardown = Teardown(run=run, traffic=TrafficPort())
+    destroyed: list[str] = []
+    errors: list[str] = []
+    for instance in doomed:
+        try:
+            teardown.terminate(
+                instance.id, instance.provider, providers[instance.provider], reason=reason
+            )
+            destroyed.append(instance.id)
+        except ReconcilerError as exc:
+            errors.append(f"{instance.id}: {exc}")
+    ledger.finish_run(
+        run_id, result="failed" if errors else "changes", counts={"destroy": len(destroyed)},
+        error="; ".join(errors) or None,
+    )  # fmt: skip
+    return destroyed, errors
 
 
 def release(ledger: Ledger, desired_dir: DesiredSource, env: str, service: str) -> str:
@@ -179,6 +349,10 @@ def _act(ledger: Ledger, desired: DesiredState | None, request: dict[str, Any]) 
             return "done", release(ledger, desired, env, service)
         if kind == "unfreeze":
             return "done", unfreeze(ledger, desired, env, service)
+        if kind == "switch":
+            return "done", switch(desired, ledger, env, service, by=request["requested_by"])
+        if kind == "abort":
+            return "done", abort(desired, ledger, env, service, by=request["requested_by"])
         return "refused", f"unknown request kind {kind!r}"
     except NothingToDo as exc:
         return "refused", str(exc)

@@ -116,7 +116,8 @@ def _write(
         groups.setdefault(instance.generation, []).append(instance)
     for (env, service), generations in sorted(by_service.items()):
         spec = desired.service(env, service)
-        states = _states(generations, spec.fingerprint if spec else None)
+        waits = bool(spec and spec.traffic and spec.traffic.waits)
+        states = _states(generations, spec.fingerprint if spec else None, waits=waits)
         for number, members in sorted(generations.items()):
             present = [i for i in members if i.state is not InstanceState.GONE]
             alive = [i for i in present if i.alive]
@@ -160,16 +161,30 @@ def _write(
 
 
 def _states(
-    generations: Mapping[int, Sequence[ObservedInstance]], fingerprint: str | None
+    generations: Mapping[int, Sequence[ObservedInstance]],
+    fingerprint: str | None,
+    *,
+    waits: bool = False,
 ) -> dict[int, GenerationState]:
     """The newest running generation with the desired fingerprint is active (the newest
-    running one if none has it); every other with instances left is a standby."""
+    running one if none has it); every other with instances left is a standby.
+
+    Under `traffic.switch` (`waits`) the tags cannot say whether that generation was
+    ever switched to: when an older one runs too, the older one is taken as serving and
+    the newer one as `ready`, so the operator's `switch` decides (a switch to where the
+    traffic already is changes nothing), never a rebuild."""
     running = [n for n, members in generations.items() if any(i.alive for i in members)]
     matching = [n for n in running if any(i.fingerprint == fingerprint for i in generations[n])]
     active = max(matching or running, default=None)
+    ready = None
+    older = [n for n in running if active is not None and n < active and n not in matching]
+    if waits and matching and older:
+        ready, active = active, max(older)
     states: dict[int, GenerationState] = {}
     for number, members in generations.items():
-        if number == active:
+        if number == ready:
+            states[number] = GenerationState.READY
+        elif number == active:
             states[number] = GenerationState.ACTIVE
         elif any(i.state is not InstanceState.GONE for i in members):
             states[number] = GenerationState.STANDBY

@@ -118,6 +118,9 @@ def clean_up_others(
                 actions += dismantle(facts, gen, Reason.STANDBY_EXPIRED, detail="no instances")
         elif gen.state is GenerationState.CREATING:
             actions += dismantle(facts, gen, Reason.SPEC_CHANGED, detail="abandoned rollout")
+        elif gen.state is GenerationState.READY:
+            # It never took traffic: a newer commit (or a revert) replaces it.
+            actions += dismantle(facts, gen, Reason.SUPERSEDED, detail="never switched")
         elif gen.state is GenerationState.FAILED:
             actions += [destroy(i, Reason.FAILED_GENERATION) for i in facts.present(number)]
     return actions

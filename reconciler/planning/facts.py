@@ -7,7 +7,7 @@ Part of the planner: pure, like it (see `planner`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from reconciler.model import (
     Action,
@@ -149,4 +149,25 @@ def activate(
         spec.provider,
         previous=previous,
         detail=detail,
+    )
+
+
+def prepare(
+    gen: GenerationRecord, previous: int | None, spec: ServiceSpec, *, detail: str = ""
+) -> Action:
+    """Gate `gen` and leave it `ready` beside `previous`, which keeps the traffic."""
+    return replace(activate(gen, previous, spec, detail=detail), kind=ActionKind.PREPARE)
+
+
+def check(gen: GenerationRecord, previous: int | None, spec: ServiceSpec) -> Action:
+    """Health-check `gen`, waiting `ready` for its switch."""
+    return Action(
+        ActionKind.CHECK,
+        Reason.AWAITING_SWITCH,
+        gen.env,
+        gen.service,
+        gen.number,
+        spec.provider,
+        previous=previous,
+        detail="ready, waiting for the switch",
     )

@@ -29,6 +29,7 @@ from reconciler.model import (
     Pin,
     Plan,
     Reason,
+    ServiceSpec,
 )
 from reconciler.planning.cleanup import (
     adopt_unrecorded,
@@ -45,7 +46,7 @@ from reconciler.planning.facts import (
     gather,
 )
 from reconciler.planning.repair import maintain
-from reconciler.planning.rollout import roll_out
+from reconciler.planning.rollout import roll_out, switch_due_at
 
 
 def compute_plan(
@@ -132,6 +133,23 @@ def _down(facts: ServiceFacts, planned: Sequence[Action]) -> Hold | None:
     )  # fmt: skip
 
 
+def _waiting_hold(facts: ServiceFacts, spec: ServiceSpec, planned: Sequence[Action]) -> Hold | None:
+    """A generation ready and healthy, waiting for its traffic: what the operator must
+    act on (or wait for), said with since when and how it ends."""
+    check = next((a for a in planned if a.kind is ActionKind.CHECK), None)
+    if check is None:
+        return None
+    gen = facts.generations[check.generation]
+    due_at = switch_due_at(gen, spec)
+    when = f" or at {due_at.isoformat(timespec='seconds')}" if due_at else ""
+    why = (
+        f"generation {gen.number} ({gen.image_id or gen.image}) is ready and healthy; traffic "
+        f"stays on generation {check.previous} until `reconciler switch {facts.env} "
+        f"{facts.service}`{when}; `reconciler abort {facts.env} {facts.service}` destroys it"
+    )
+    return Hold(facts.env, facts.service, HoldReason.WAITING, why, gen.state_since)
+
+
 def prune_unidentified(observed: Iterable[ObservedInstance]) -> list[Action]:
     """Owned instances without env/service/generation tags: ours, but of nothing desired.
     One whose tags are there but unreadable is not among them: it is left alone."""
@@ -181,8 +199,9 @@ def _plan_service(
         hold = Hold(facts.env, facts.service, HoldReason.FAILED, why, failed.state_since)
         target = active.number if active else None
     else:
-        rollout, target = roll_out(facts, spec, active, live)
+        rollout, target = roll_out(facts, spec, active, live, now=now)
         actions += rollout
+        hold = _waiting_hold(facts, spec, rollout)
     actions += clean_up_others(facts, live, keep=target, active=active, spec=spec, now=now)
     actions += drop_useless_spare(facts, live, actions, spec)
     return actions, notes, hold

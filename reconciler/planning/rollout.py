@@ -7,6 +7,7 @@ Part of the planner: pure, like it (see `planner`).
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime, timedelta
 
 from reconciler.model import (
     Action,
@@ -17,10 +18,77 @@ from reconciler.model import (
     ServiceSpec,
     Strategy,
 )
-from reconciler.planning.facts import ServiceFacts, activate, create, destroy, dismantle
+from reconciler.planning.facts import (
+    ServiceFacts,
+    activate,
+    check,
+    create,
+    destroy,
+    dismantle,
+    prepare,
+)
 from reconciler.planning.repair import repair
 
 ServiceKey = tuple[str, str]
+
+
+def waits_for_switch(
+    facts: ServiceFacts, spec: ServiceSpec, active: GenerationRecord | None
+) -> bool:
+    """Whether a healthy new generation waits `ready` (`traffic.switch`) instead of taking
+    the traffic: only while an old generation still serves it. With nothing running
+    (the first generation, or a serving one that is gone) waiting would keep the
+    service down, so it takes the traffic at once (as Argo Rollouts skips its pauses
+    on an initial deploy)."""
+    if spec.traffic is None or not spec.traffic.waits or active is None:
+        return False
+    return bool(facts.alive(active.number))
+
+
+def switch_due_at(gen: GenerationRecord, spec: ServiceSpec) -> datetime | None:
+    """When a generation waiting under `switch: after D` takes the traffic by itself."""
+    if spec.traffic is None or spec.traffic.switch_after is None or gen.state_since is None:
+        return None
+    return gen.state_since + timedelta(seconds=spec.traffic.switch_after)
+
+
+def _bring_in(
+    gen: GenerationRecord,
+    previous: int | None,
+    spec: ServiceSpec,
+    *,
+    waits: bool,
+    detail: str = "",
+) -> Action:
+    """The step that makes a generation serve: activate it, or (`switch:` set and an old
+    generation serving) gate it and leave it `ready` for its switch."""
+    if waits:
+        return prepare(gen, previous, spec, detail=detail or "then wait for the switch")
+    return activate(gen, previous, spec, detail=detail)
+
+
+def _waiting(
+    facts: ServiceFacts,
+    gen: GenerationRecord,
+    spec: ServiceSpec,
+    active: GenerationRecord | None,
+    *,
+    now: datetime,
+) -> list[Action]:
+    """A generation `ready` for the desired spec: kept whole and health-checked each
+    pass while it waits, activated once its switch is due (the delay ran out, `switch:`
+    was removed, or the old generation has nothing running any more)."""
+    previous = active.number if active else None
+    creates, destroys = repair(facts, gen, spec)
+    due_at = switch_due_at(gen, spec)
+    if not waits_for_switch(facts, spec, active):
+        why = "nothing else serves" if spec.traffic and spec.traffic.waits else "switch: removed"
+        return [*creates, activate(gen, previous, spec, detail=f"switch ({why})"), *destroys]
+    if due_at is not None and due_at <= now:
+        assert spec.traffic is not None
+        delay = f"switch: after {spec.traffic.switch_after:g}s"
+        return [*creates, activate(gen, previous, spec, detail=f"switch ({delay})"), *destroys]
+    return [*creates, check(gen, previous, spec), *destroys]
 
 
 def roll_out(
@@ -28,10 +96,14 @@ def roll_out(
     spec: ServiceSpec,
     active: GenerationRecord | None,
     live: dict[int, GenerationRecord],
+    *,
+    now: datetime,
 ) -> tuple[list[Action], int | None]:
     """Bring the desired spec into service: re-activate a standby, resume an interrupted
-    rollout, or start a new generation (blue-green or recreate)."""
+    rollout, switch or keep checking a generation waiting `ready`, or start a new
+    generation (blue-green or recreate)."""
     previous = active.number if active else None
+    waits = waits_for_switch(facts, spec, active)
     if spec.count == 0:
         # A generation is recorded by its first create, so one without instances would
         # never exist and its activation would be planned again on every run: scaling
@@ -45,15 +117,19 @@ def roll_out(
         # A reused generation is made whole around its activation (missing slots filled
         # before, stopped/tampered/surplus instances dropped after), so the next run has
         # nothing left to do.
+        if gen.state is GenerationState.READY:
+            return _waiting(facts, gen, spec, active, now=now), gen.number
         if gen.state is GenerationState.STANDBY and facts.alive(gen.number):
             creates, destroys = repair(facts, gen, spec)
-            revert = activate(gen, previous, spec, detail="revert to standby generation")
+            revert = _bring_in(
+                gen, previous, spec, waits=waits, detail="revert to standby generation"
+            )
             return [*creates, revert, *destroys], gen.number
         if gen.state is GenerationState.CREATING:
             creates, destroys = repair(facts, gen, spec)
             # Still part of the rollout: a failed create must mark the generation failed.
             creates = [replace(c, reason=Reason.SPEC_CHANGED) for c in creates]
-            resume = activate(gen, previous, spec, detail="resume rollout")
+            resume = _bring_in(gen, previous, spec, waits=waits, detail="resume rollout")
             return [*creates, resume, *destroys], gen.number
     number = facts.next_number()
     new = GenerationRecord(
@@ -73,7 +149,7 @@ def roll_out(
         actions += dismantle(facts, active, Reason.SPEC_CHANGED, detail="recreate")
         previous = None
     actions += [create(new, spec, slot, Reason.SPEC_CHANGED) for slot in range(1, spec.count + 1)]
-    actions.append(activate(new, previous, spec))
+    actions.append(_bring_in(new, previous, spec, waits=waits))
     return actions, number
 
 

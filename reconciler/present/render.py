@@ -27,6 +27,8 @@ _SYMBOL = {
     ActionKind.ACTIVATE: "*",
     ActionKind.RETIRE: "x",
     ActionKind.ADOPT: "=",
+    ActionKind.PREPARE: "~",
+    ActionKind.CHECK: "?",
 }
 
 
@@ -130,7 +132,15 @@ def print_plan(
         console.print(shown(line))
 
 
-_HOLD_STYLE = {"down": "bold red", "failed": "red", "frozen": "yellow", "pinned": "yellow"}
+def print_lags(console: Console, lines: Sequence[str]) -> None:
+    """Which environment runs behind which (what `reconciler promote` would move)."""
+    for line in lines:
+        console.print(shown(f"Behind: {line}"), highlight=False)
+
+
+_HOLD_STYLE = {
+    "down": "bold red", "failed": "red", "frozen": "yellow", "pinned": "yellow", "waiting": "cyan",
+}  # fmt: skip
 
 
 def print_holds(console: Console, holds: Sequence[Mapping[str, Any]]) -> None:
@@ -232,7 +242,7 @@ TIME_COLUMNS = frozenset(
         "since",
     }
 )
-STATUS_COLUMNS = ("service", "state", "image", "running", "active", "standby")
+STATUS_COLUMNS = ("service", "state", "image", "running", "active", "standby", "ready")
 COMPACT_COLUMNS = ("generation", "state", "image", "commit", "created", "ended", "reason")
 
 
@@ -305,6 +315,7 @@ def print_status(console: Console, document: Mapping[str, Any]) -> None:
             else "0",
             "active": f"g{s['active']}" if s["active"] is not None else None,
             "standby": ", ".join(f"g{n}" for n in s["standby"]) or None,
+            "ready": f"g{s['ready']}" if s.get("ready") is not None else None,
         }
         for s in services
     ]  # fmt: skip
@@ -315,6 +326,7 @@ def print_status(console: Console, document: Mapping[str, Any]) -> None:
         for s in services for hold in s.get("held", [])
     ]  # fmt: skip
     print_holds(console, holds)
+    print_lags(console, [lag["text"] for s in services for lag in s.get("behind", [])])
     for request in document.get("requests") or []:
         target = "/".join(x for x in (request["env"], request["service"]) if x)
         console.print(shown(

@@ -70,7 +70,8 @@ class Metrics:
         )  # fmt: skip
         self.held = Gauge(
             "reconciler_service_held",
-            "1 when the service's drift is held (pinned, failed, frozen) or it is down.",
+            "1 when the service's drift is held (pinned, failed, frozen), it is down, or a new "
+            "generation waits for its switch (waiting).",
             ["env", "service", "reason"], registry=r,
         )  # fmt: skip
         self.failed_generations = Gauge(

@@ -49,6 +49,7 @@ defaults:
   price_per_hour: 0.01
   traffic:
     command: "switch {id}"
+    switch: after 30m
   batch: 1
 policy:
   max_parallel: 4

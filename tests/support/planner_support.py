@@ -30,6 +30,7 @@ from reconciler.model import (
     Reason,
     ServiceSpec,
     Strategy,
+    TrafficSpec,
 )
 from reconciler.providers.base import instance_from_tags
 
@@ -67,7 +68,13 @@ def make_service(
     count: int = 1,
     strategy: str | Strategy = Strategy.BLUE_GREEN,
     keep_previous: float = DEFAULT_KEEP,
+    switch: str | None = None,
 ) -> ServiceSpec:
+    """`switch`: None, "manual", or "after N" (seconds), as `traffic.switch` reads."""
+    traffic = None
+    if switch is not None:
+        after = float(switch.split()[1]) if switch.startswith("after ") else None
+        traffic = TrafficSpec("command", "switch", manual=switch == "manual", switch_after=after)
     return ServiceSpec(
         env=env,
         name=name,
@@ -78,6 +85,7 @@ def make_service(
         strategy=Strategy(strategy),
         keep_previous=float(keep_previous),
         fingerprint=fingerprint_of(image, size),
+        traffic=traffic,
     )
 
 
@@ -125,6 +133,7 @@ def make_generation(entry: Mapping[str, Any], *, now: datetime) -> GenerationRec
         retired_at=ago("retired_ago"),
         image_id=entry.get("image_id"),
         reason=entry.get("reason"),
+        state_since=ago("since_ago"),
     )
 
 
@@ -463,6 +472,13 @@ def _dispatch(state: _Mutable, action: Action) -> None:
         )
     elif action.kind is ActionKind.ADOPT:
         _adopt(state, action)
+    elif action.kind is ActionKind.PREPARE:
+        state.set_generation(
+            action.env, action.service, action.generation,
+            state=GenerationState.READY, state_since=state.now,
+        )  # fmt: skip
+    elif action.kind is ActionKind.CHECK:
+        pass  # a health check of a generation waiting ready changes nothing
     else:  # pragma: no cover - every kind is handled above
         raise AssertionError(action.kind)
 
