@@ -434,3 +434,23 @@ def test_daemon_applies_a_pushed_promotion_and_answers_a_switch(
         assert production["image_id"] == staging["image_id"] == V2
     finally:
         assert daemon.stop() == 0
+
+
+def test_the_promotion_commit_is_signed_when_the_operators_git_signs(
+    cli: Cli, repo: Repo, tmp_path: Path
+) -> None:
+    """Nothing is passed to git about signing: the operator's configuration decides."""
+    key = tmp_path / "operator-key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ada@example.invalid",
+                    "-f", str(key)], check=True)  # fmt: skip
+    (tmp_path / "gitconfig").write_text(
+        f"[gpg]\n\tformat = ssh\n[user]\n\tsigningkey = {key}\n[commit]\n\tgpgsign = true\n"
+    )
+    public = (tmp_path / "operator-key.pub").read_text()
+    (tmp_path / "allowed").write_text(f"ada@example.invalid {public}")
+    staged_v2(cli, repo)
+    result = promote(cli, repo, "staging", "web", "--to", "production", "--min-soak", "0s")
+    assert result.code == 0, result.stderr
+    verdict = git(repo.work, "-c", f"gpg.ssh.allowedSignersFile={tmp_path / 'allowed'}", "log",
+                  "-1", "--format=%G? %GS")  # fmt: skip
+    assert verdict == "G ada@example.invalid"

@@ -156,6 +156,7 @@ def test_invalid_commit_is_not_applied_while_drift_is_still_healed(
     assert document["services"] == [{
         "env": "prod", "service": "web", "state": "ok", "active": 1, "standby": [],
         "image": IMAGE_V1, "desired": 2, "running": 2, "held": [],
+        "ready": None, "ready_image": None, "behind": [],
     }]  # fmt: skip
 
 
