@@ -454,3 +454,34 @@ def test_the_promotion_commit_is_signed_when_the_operators_git_signs(
     verdict = git(repo.work, "-c", f"gpg.ssh.allowedSignersFile={tmp_path / 'allowed'}", "log",
                   "-1", "--format=%G? %GS")  # fmt: skip
     assert verdict == "G ada@example.invalid"
+
+
+def test_push_from_a_checkout_behind_the_remote_fast_forwards_and_one_ahead_is_refused(
+    cli: Cli, repo: Repo, tmp_path: Path
+) -> None:
+    staged_v2(cli, repo)
+    git(repo.work, "push", "-q", "origin", "main")
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(repo.bare), str(other))
+    (other / "NOTES").write_text("a colleague's notes\n")
+    git(other, "add", "NOTES")
+    git(other, "commit", "-qm", "notes")
+    git(other, "push", "-q", "origin", "HEAD:main")
+    theirs = git(other, "rev-parse", "HEAD")
+
+    result = promote(cli, repo, "staging", "web", "--to", "production", "--min-soak", "0s",
+                     "--push")  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert git(repo.work, "rev-parse", "HEAD~1") == theirs
+    assert git(repo.bare, "rev-parse", "main") == repo.head()
+
+    # A local commit not on the remote: --push would publish it too, so it refuses.
+    (repo.work / "LOCAL").write_text("not pushed\n")
+    git(repo.work, "add", "LOCAL")
+    git(repo.work, "commit", "-qm", "local only")
+    head = repo.head()
+    repo.write_staging(V2)  # unchanged content: the checkout stays clean
+    again = cli("set-image", "production", "web", "ami-0aaaaaaa", "--repo", str(repo.work),
+                "--path", "desired", "--push")  # fmt: skip
+    assert again.code != 0 and "commits that are not on origin" in again.stderr
+    assert repo.head() == head and git(repo.bare, "rev-parse", "main") != head
