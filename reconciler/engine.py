@@ -50,6 +50,7 @@ from reconciler.model import (
     HoldReason,
     InstanceState,
     ObservedInstance,
+    ObservedVolume,
     Plan,
     Reason,
 )
@@ -163,6 +164,20 @@ def observe(
     return observed
 
 
+def observe_volumes(
+    desired: DesiredState, providers: Mapping[str, ComputeProvider]
+) -> list[ObservedVolume]:
+    """The owned data volumes of the providers that have a service with `volume:` (no
+    request at all where none has: a pass costs what it cost before volumes)."""
+    wanted = sorted({s.provider for s in desired.services() if s.volume is not None})
+    found: list[ObservedVolume] = []
+    for name in wanted:
+        port = providers[name].volumes() if name in providers else None
+        if port is not None:
+            found.extend(port.list_owned(desired.owner))
+    return found
+
+
 def settle_deletions(
     observed: Sequence[ObservedInstance], ledger: Ledger, *, now: datetime
 ) -> list[ObservedInstance]:
@@ -212,6 +227,7 @@ def plan_pass(desired_dir: str | Path, ledger: Ledger) -> PassOutcome:
     check_capabilities(desired, providers)
     now = datetime.now(UTC)
     observed = observe(desired, providers)
+    volumes = observe_volumes(desired, providers)
     plan = compute_plan(
         desired=desired,
         observed=settle_deletions(observed, ledger, now=now),
@@ -219,9 +235,12 @@ def plan_pass(desired_dir: str | Path, ledger: Ledger) -> PassOutcome:
         now=now,
         pins=current_pins(ledger, desired),
         frozen=current_freezes(ledger, desired),
+        volumes=volumes,
     )
     outcome = PassOutcome(desired=desired, observed=observed, plan=dated_holds(plan, ledger))
-    outcome.guards = check_guards(desired, observed, plan, allow_mass_destroy=False)
+    outcome.guards = check_guards(
+        desired, observed, plan, allow_mass_destroy=False, volumes=volumes
+    )
     outcome.costs = accounting.plan_costs(
         plan, desired=desired, observed=observed, providers=providers, ledger=ledger
     )
@@ -296,6 +315,7 @@ def _apply_run(
         # What an interrupted pass left open is closed first, so the plan sees it settled.
         resolve_open_operations(ledger, providers, desired, now=started, run=run_id, frozen=frozen)
         observed = observe(desired, providers)
+        volumes = observe_volumes(desired, providers)
         report_odd_instances(ledger, observed, run=run_id, at=started)
         # One ledger row per provider: what `ledger orphans` judges between passes.
         accounting.record_observation(
@@ -308,8 +328,9 @@ def _apply_run(
         pins = current_pins(ledger, desired, release_stale=True)
         view = ledger.view()
         plan = compute_plan(
-            desired=desired, observed=observed, ledger=view, now=started, pins=pins, frozen=frozen
-        )
+            desired=desired, observed=observed, ledger=view, now=started, pins=pins,
+            frozen=frozen, volumes=volumes,
+        )  # fmt: skip
         planned = replacements_planned(plan)
         recent = recent_replacements(
             ledger, planned, now=started, window_seconds=desired.policy.thrash_window
@@ -328,10 +349,12 @@ def _apply_run(
         if tripped:
             plan = compute_plan(
                 desired=desired, observed=observed, ledger=view, now=started, pins=pins,
-                frozen=frozen,
+                frozen=frozen, volumes=volumes,
             )  # fmt: skip
         outcome = PassOutcome(desired=desired, observed=observed, plan=plan, run_id=run_id)
-        reasons = check_guards(desired, observed, plan, allow_mass_destroy=allow_mass_destroy)
+        reasons = check_guards(
+            desired, observed, plan, allow_mass_destroy=allow_mass_destroy, volumes=volumes
+        )
         if reasons:
             ledger.record_event(
                 kind="guard_tripped",
@@ -365,6 +388,7 @@ def _apply_run(
             plan,
             desired=desired,
             observed=observed,
+            volumes=volumes,
             providers=providers,
             ledger=ledger,
             run_id=run_id,

@@ -86,6 +86,17 @@ class TrafficSpec:
 
 
 @dataclass(frozen=True)
+class VolumeSpec:
+    """A data volume that outlives the service's instances and is handed from one
+    generation to the next (the service is a singleton: count 1, strategy recreate)."""
+
+    size: int  # GiB
+    device: str  # where the instance sees it, e.g. /dev/sdf
+    type: str | None = None  # the cloud's volume type (EC2: gp3, io2, ...); None: its default
+    snapshot_before_handover: bool = True
+
+
+@dataclass(frozen=True)
 class NotifierSpec:
     kind: str  # "webhook" or "command" (or a third-party plugin's name)
     target: str  # URL or command line
@@ -113,6 +124,7 @@ class ServiceSpec:
     traffic: TrafficSpec | None = None
     batch: int = 1  # rolling: instances replaced at a time
     frozen: bool = False  # observed and reported, never changed
+    volume: VolumeSpec | None = None  # not in the fingerprint: it is never replaced
 
     @property
     def key(self) -> tuple[str, str]:
@@ -207,10 +219,30 @@ class ObservedInstance:
     # Why its identity tags (env, service, generation) cannot be read, when they
     # cannot: such an instance is reported and left alone, never adopted or destroyed.
     unreadable: str | None = None
+    zone: str | None = None  # availability zone, where the cloud has them
 
     @property
     def alive(self) -> bool:
         return self.state in ALIVE_STATES
+
+
+@dataclass(frozen=True)
+class ObservedVolume:
+    """A data volume with our owner tag, as the cloud lists it."""
+
+    id: str
+    provider: str
+    state: str  # the cloud's word: creating, available, in-use, deleting, ...
+    size: int  # GiB
+    zone: str
+    type: str | None = None
+    attached_to: str | None = None  # the instance it is attached to (attaching or attached)
+    attachment: str | None = None  # attaching, attached, detaching
+    device: str | None = None
+    env: str | None = None
+    service: str | None = None
+    op: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- ledger view
@@ -314,6 +346,10 @@ class ActionKind(StrEnum):
     # Health-check a generation waiting `ready`: changes nothing unless it fails (then
     # it is failed and destroyed, never switched). Not a change for `plan`.
     CHECK = "check"
+    # `volume:`: bring the service's data volume to the generation's instance (created
+    # there when it has none): snapshot when asked, stop the instance holding it,
+    # detach, attach. Each step is planned again from what the cloud shows.
+    HANDOVER = "handover"
 
 
 class Reason(StrEnum):

@@ -59,6 +59,13 @@ class RecoveryReport:
         return not any(asdict(self).values())
 
 
+VOLUME_STEPS = frozenset(
+    {"volume-create", "volume-attach", "volume-detach", "snapshot", "instance-stop",
+     "instance-start"}
+)  # fmt: skip
+RESOLVED_BY_OBSERVATION = "interrupted; the next step is planned from what the cloud shows"
+
+
 def resolve_open_operations(
     ledger: Ledger,
     providers: Mapping[str, ComputeProvider],
@@ -81,6 +88,12 @@ def resolve_open_operations(
             _resolve_create(ledger, providers, desired, op, report, now=now)
         elif op["kind"] == "destroy":
             _resolve_destroy(ledger, providers, listings, op, report, now=now, held=held)
+        elif op["kind"] == "volume-create":
+            _resolve_volume_create(ledger, providers, desired, op, report, now=now, run=run)
+        elif op["kind"] in VOLUME_STEPS:
+            # Each hand-over step is planned again from what the cloud shows.
+            ledger.mark_operation(op["id"], state="done", at=now, detail=RESOLVED_BY_OBSERVATION)
+            report.skipped += 1
         else:
             log.warning("operation_kind_unknown", op=op["id"], kind=op["kind"])
             report.skipped += 1
@@ -88,6 +101,36 @@ def resolve_open_operations(
         ledger.record_event(kind="operations_recovered", at=now, run=run, detail=asdict(report))
         log.info("operations_recovered", **asdict(report))
     return report
+
+
+def _resolve_volume_create(
+    ledger: Ledger,
+    providers: Mapping[str, ComputeProvider],
+    desired: DesiredState,
+    op: Mapping[str, Any],
+    report: RecoveryReport,
+    *,
+    now: datetime,
+    run: int | None,
+) -> None:
+    """A volume whose create was interrupted: found by its operation tag (then recorded,
+    and the hand-over goes on with it), or never made."""
+    env, _, service = str(op["target"]).partition("/")
+    for name in sorted(providers):
+        port = providers[name].volumes()
+        found = [v for v in port.list_owned(desired.owner) if v.op == op["id"]] if port else []
+        if found:
+            volume = found[0]
+            ledger.record_event(
+                kind="volume_created", at=now, run=run, env=env, service=service,
+                detail={"volume": volume.id, "size": volume.size, "type": volume.type,
+                        "zone": volume.zone, "recovered": True},
+            )  # fmt: skip
+            ledger.mark_operation(op["id"], state="done", at=now, detail=volume.id)
+            report.adopted += 1
+            return
+    ledger.mark_operation(op["id"], state="failed", at=now, detail="no volume was made")
+    report.skipped += 1
 
 
 # ------------------------------------------------------------------ creates

@@ -19,6 +19,7 @@ from typing import NoReturn
 import structlog
 
 from reconciler.apply.gates import TrafficPort
+from reconciler.apply.handover import VolumeMover
 from reconciler.apply.run import ApplyRun, HealthGate
 from reconciler.apply.teardown import Teardown
 from reconciler.errors import Interrupted, ReconcilerError, RolloutFailed
@@ -88,6 +89,18 @@ class Activator:
     traffic: TrafficPort
     notifications: Notifications
     teardown: Teardown
+    mover: VolumeMover | None = None
+
+    def hand_over(self, action: Action) -> None:
+        """`volume:`: the volume to the generation's instance; a failure gives it back
+        to the previous generation's instance and fails the rollout as any other."""
+        try:
+            assert self.mover is not None
+            self.mover.handover(action)
+        except Interrupted:
+            raise  # a stop: the next pass goes on from the step the cloud shows
+        except ReconcilerError as exc:
+            self._fail_activation(action, self.run.spec(action), f"volume hand-over: {exc}")
 
     def activate(self, action: Action) -> None:
         """Healthy → switch traffic → mark active → previous to standby."""
@@ -197,6 +210,14 @@ class Activator:
         provider = run.providers[spec.provider]
         rows = run.ledger.generation_rows(env=action.env, service=action.service)
         state = next((r["state"] for r in rows if r["number"] == action.generation), None)
+        if spec.volume is not None and action.previous is not None and self.mover is not None:
+            # The volume goes back to the previous instance, started again, before the
+            # new one goes; if that fails too, the next pass brings it back (the
+            # previous generation is still the active one).
+            try:
+                self.mover.give_back(spec, action.previous)
+            except ReconcilerError as exc:
+                log.error("volume_give_back_failed", service=spec.name, error=str(exc))
         launched = run.launched.get((action.env, action.service, action.generation), [])
         doomed = {i.id for i in launched}
         if state in (GenerationState.CREATING.value, GenerationState.READY.value):

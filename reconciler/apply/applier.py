@@ -24,6 +24,7 @@ import structlog
 from reconciler.apply.activation import Activator
 from reconciler.apply.bookkeeping import Bookkeeper
 from reconciler.apply.gates import TrafficPort
+from reconciler.apply.handover import VolumeMover
 from reconciler.apply.launching import Launcher
 from reconciler.apply.parallel import LaunchSlots
 from reconciler.apply.progress import NoProgress, ProgressHook, progress_for
@@ -38,7 +39,14 @@ from reconciler.apply.teardown import Teardown
 from reconciler.errors import Interrupted, ReconcilerError, RolloutFailed
 from reconciler.extensions.notify import Notifications, Silent
 from reconciler.ledger import Ledger
-from reconciler.model import Action, ActionKind, DesiredState, ObservedInstance, Plan
+from reconciler.model import (
+    Action,
+    ActionKind,
+    DesiredState,
+    ObservedInstance,
+    ObservedVolume,
+    Plan,
+)
 from reconciler.providers import ComputeProvider
 
 __all__ = [
@@ -56,7 +64,9 @@ log = structlog.get_logger(__name__)
 
 # Generations whose instances take traffic only when activated (or never, while they
 # wait `ready`): their creates are not switched in one by one.
-GATED_KINDS = frozenset({ActionKind.ACTIVATE, ActionKind.PREPARE, ActionKind.CHECK})
+GATED_KINDS = frozenset(
+    {ActionKind.ACTIVATE, ActionKind.PREPARE, ActionKind.CHECK, ActionKind.HANDOVER}
+)
 
 
 def utcnow() -> datetime:
@@ -89,23 +99,27 @@ class Applier:
     notifications: Notifications = field(default_factory=Silent)
     result: ApplyResult = field(default_factory=ApplyResult)
     progress: ProgressHook = field(default_factory=NoProgress)
+    volumes: Sequence[ObservedVolume] = ()
     # The parts, built once from the fields above and sharing one ApplyRun.
     _run: ApplyRun = field(init=False, repr=False)
     _teardown: Teardown = field(init=False, repr=False)
     _activation: Activator = field(init=False, repr=False)
     _launcher: Launcher = field(init=False, repr=False)
     _bookkeeping: Bookkeeper = field(init=False, repr=False)
+    _mover: VolumeMover = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._run = ApplyRun(
             desired=self.desired, observed=self.observed, providers=self.providers,
             ledger=self.ledger, run_id=self.run_id, now=self.now, should_stop=self.should_stop,
             heartbeat=self.heartbeat, progress=self.progress, result=self.result,
+            volumes=self.volumes,
         )  # fmt: skip
         self._teardown = Teardown(run=self._run, traffic=self.traffic)
+        self._mover = VolumeMover(run=self._run, sleep=self.sleep)
         self._activation = Activator(
             run=self._run, gate=self.gate, traffic=self.traffic,
-            notifications=self.notifications, teardown=self._teardown,
+            notifications=self.notifications, teardown=self._teardown, mover=self._mover,
         )  # fmt: skip
         self._launcher = Launcher(
             run=self._run, gate=self.gate, traffic=self.traffic,
@@ -184,6 +198,7 @@ class Applier:
             ActionKind.ACTIVATE: self._activation.activate,
             ActionKind.PREPARE: self._activation.prepare,
             ActionKind.CHECK: self._activation.check,
+            ActionKind.HANDOVER: self._activation.hand_over,
             ActionKind.RETIRE: self._bookkeeping.retire,
             ActionKind.ADOPT: self._bookkeeping.adopt,
         }
@@ -205,6 +220,7 @@ def apply_plan(
     traffic: TrafficPort | None = None,
     notifications: Notifications | None = None,
     progress: ProgressHook | None = None,
+    volumes: Sequence[ObservedVolume] = (),
 ) -> ApplyResult:
     """Execute `plan`; every create and destroy is an operation row before its API call.
 
@@ -221,5 +237,6 @@ def apply_plan(
         traffic=traffic or TrafficPort(),
         notifications=notifications or Silent(),
         progress=progress or progress_for(),
+        volumes=volumes,
     )
     return applier.apply(plan)

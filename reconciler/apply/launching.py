@@ -192,6 +192,7 @@ class Launcher:
             tags=tags,
             op=op,
             user_data=spec.user_data,
+            zone=self._volume_zone(spec),
         )
         try:
             instance = provider.create_instance(request)
@@ -229,6 +230,14 @@ class Launcher:
             reason=action.reason.value,
         )
         return op, instance
+
+    def _volume_zone(self, spec: ServiceSpec) -> str | None:
+        """A service with a volume launches where its volume is (a volume attaches only
+        to an instance in its own zone); before it has one, anywhere."""
+        if spec.volume is None:
+            return None
+        zones = [v.zone for v in self.run.volumes if (v.env, v.service) == (spec.env, spec.name)]
+        return zones[0] if zones else None
 
     def wait_running(
         self, instances: list[ObservedInstance], provider: ComputeProvider, spec: ServiceSpec

@@ -19,7 +19,7 @@ from typing import Protocol
 from reconciler.apply.progress import ProgressHook
 from reconciler.errors import Interrupted, ReconcilerError
 from reconciler.ledger import Ledger
-from reconciler.model import Action, DesiredState, ObservedInstance, ServiceSpec
+from reconciler.model import Action, DesiredState, ObservedInstance, ObservedVolume, ServiceSpec
 from reconciler.providers import ComputeProvider
 
 
@@ -67,6 +67,7 @@ class ApplyRun:
     heartbeat: Callable[[], None]
     progress: ProgressHook
     result: ApplyResult
+    volumes: Sequence[ObservedVolume] = ()  # the owned data volumes the pass observed
     lock: Lock = field(default_factory=Lock)
     # Per (env, service, generation): instances launched (and gated) by this apply.
     launched: dict[tuple[str, str, int], list[ObservedInstance]] = field(default_factory=dict)

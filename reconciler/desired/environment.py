@@ -167,6 +167,10 @@ def _build_service(
     if size is None or profile is None:
         return None  # the reason is already reported (here, in reconciler.yaml, or above)
     strategy = _inherit(own.strategy, defaults.strategy) or BUILTIN_STRATEGY
+    if own.volume is not None:
+        # A volume makes the service a singleton: what it implies is not taken from
+        # `defaults:`, and what it forbids is refused when written on the service.
+        strategy = own.strategy or Strategy.RECREATE
     health = _inherit(own.health, defaults.health)
     traffic_model = _inherit(own.traffic, defaults.traffic)
     traffic = traffic_model.to_spec() if traffic_model is not None else None
@@ -188,6 +192,10 @@ def _build_service(
         )
         return None
     count = _inherit(own.count, defaults.count)
+    if own.volume is not None:
+        count = own.count if own.count is not None else 1
+        if not _singleton(reporter, profile, strategy, count, line=node.line, path=path):
+            return None
     keep = _inherit(own.keep_previous, defaults.keep_previous)
     batch = _inherit(own.batch, defaults.batch)
     user_data = _inherit(own.user_data, defaults.user_data)
@@ -217,7 +225,31 @@ def _build_service(
         traffic=traffic,
         batch=batch if batch is not None else 1,
         frozen=own.frozen,
+        volume=own.volume.to_spec() if own.volume is not None else None,
     )
+
+
+def _singleton(
+    reporter: Reporter, profile: ProviderProfile, strategy: Strategy, count: int, *,
+    line: int, path: str,
+) -> bool:
+    """A service with a volume: count 1, strategy recreate, on a driver that hands volumes over."""
+    ok = True
+    if count != 1:
+        reporter.add(line, join(path, "count"), f"must be 1 for a service with a volume (got "
+                     f"{count}): one instance writes the volume at a time")  # fmt: skip
+        ok = False
+    if strategy is not Strategy.RECREATE:
+        reporter.add(line, join(path, "strategy"), f"must be recreate for a service with a "
+                     f"volume (got {strategy.value}): the volume moves from the old instance, "
+                     "stopped first, to the new one")  # fmt: skip
+        ok = False
+    if not DRIVER_SPECS[profile.driver].volumes:
+        reporter.add(line, join(path, "volume"), f"provider {profile.name} (driver "
+                     f"{profile.driver}) cannot hand a volume over yet; volumes work with "
+                     "the ec2 and sandbox drivers")  # fmt: skip
+        ok = False
+    return ok
 
 
 def _capable(

@@ -20,6 +20,7 @@ MAX_KEEP_PREVIOUS: Final = 30 * DAY
 MAX_PRICE_PER_HOUR: Final = 10_000.0  # dollars; the largest instance types cost ~$100
 MAX_BATCH: Final = 10_000
 MAX_SWITCH_DELAY: Final = 30 * DAY  # `switch: after D`
+MAX_VOLUME_GIB: Final = 16_384  # EC2's largest gp3/io2 volume
 # Health checks.
 MAX_HEALTH_TIMEOUT: Final = DAY
 MAX_HEALTH_INTERVAL: Final = HOUR

@@ -58,6 +58,7 @@ from reconciler.model import (
     SecretRef,
     Strategy,
     TrafficSpec,
+    VolumeSpec,
 )
 from reconciler.providers.drivers import DRIVERS
 
@@ -428,11 +429,37 @@ class Defaults(ServiceSettings):
     NULL_IS_EMPTY = True
 
 
+DEVICE = re.compile(r"/dev/[a-z][a-z0-9]{1,15}")
+VOLUME_TYPE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+SNAPSHOT_CHOICES: Final = ("before-handover", "never")
+
+
+class VolumeModel(Document):
+    WHAT = "a mapping with keys size, device (and optionally type, snapshot)"
+
+    size: Annotated[int, leaf(check_int, minimum=1, maximum=limits.MAX_VOLUME_GIB)]
+    device: Annotated[
+        str, leaf(check_str, pattern=DEVICE, pattern_hint="a device path such as /dev/sdf")
+    ]
+    type: Annotated[
+        str | None,
+        leaf(check_str, pattern=VOLUME_TYPE, pattern_hint="a volume type such as gp3"),
+    ] = None
+    snapshot: Annotated[str, leaf(check_choice, choices=SNAPSHOT_CHOICES)] = "before-handover"
+
+    def to_spec(self) -> VolumeSpec:
+        return VolumeSpec(
+            size=self.size, device=self.device, type=self.type,
+            snapshot_before_handover=self.snapshot == "before-handover",
+        )  # fmt: skip
+
+
 class ServiceModel(ServiceSettings):
     WHAT = "a mapping with at least image"
 
     image: Annotated[str, leaf(check_str)]
     frozen: Flag = False
+    volume: VolumeModel | None = None
 
 
 def _declared_provider(node: YNode, context: LoadContext) -> str:

@@ -26,6 +26,14 @@ EVENT_KINDS: Final[dict[str, str]] = {
     "aborted": "`reconciler abort` destroyed a generation waiting ready (who, how many)",
     "promoted": "`reconciler promote` committed an image from one environment to another",
     "rollout_failed": "a rollout failed (launch, boot, health gate or switch), with why",
+    # data volumes (`volume:`)
+    "volume_created": "a service's data volume was created (volume, size, type, zone)",
+    "volume_attached": "a data volume was attached to an instance (volume, device)",
+    "volume_detached": "a data volume was detached from the instance named",
+    "snapshot_created": "a data volume was snapshotted before a hand-over (snapshot, size)",
+    "instance_stopped": "an instance was stopped to release its data volume",
+    "instance_started": "an instance was started with its data volume (hand-over or back)",
+    "volume_deleted": "`reconciler volume delete` deleted a data volume (who)",
     # services and environments
     "environment_removed": "an environment file was deleted: its services are dismantled",
     "service_down": "a desired service has no running instance and none is being started",

@@ -19,6 +19,7 @@ from reconciler.model import (
     InstanceState,
     LedgerView,
     ObservedInstance,
+    ObservedVolume,
     Reason,
     ServiceSpec,
 )
@@ -38,6 +39,7 @@ class ServiceFacts:
     instances: list[ObservedInstance] = field(default_factory=list)  # not gone
     records: list[InstanceRecord] = field(default_factory=list)  # ledger, live
     observed_numbers: set[int] = field(default_factory=set)
+    volume: ObservedVolume | None = None  # its data volume, when it has one
 
     def alive(self, number: int) -> list[ObservedInstance]:
         return [i for i in self.instances if i.generation == number and i.alive]
@@ -50,7 +52,10 @@ class ServiceFacts:
 
 
 def gather(
-    desired: DesiredState, observed: Sequence[ObservedInstance], ledger: LedgerView
+    desired: DesiredState,
+    observed: Sequence[ObservedInstance],
+    ledger: LedgerView,
+    volumes: Sequence[ObservedVolume] = (),
 ) -> list[ServiceFacts]:
     facts: dict[ServiceKey, ServiceFacts] = {}
     declared = {e.name for e in desired.environments}
@@ -76,7 +81,17 @@ def gather(
         target.observed_numbers.add(instance.generation)
         if instance.state is not InstanceState.GONE:
             target.instances.append(instance)
+    for volume in sorted(volumes, key=lambda v: (v.attached_to is None, v.id)):
+        if volume.env is None or volume.service is None or volume.state in GONE_VOLUME_STATES:
+            continue
+        target = facts_for(volume.env, volume.service)
+        # One volume a service: an attached one first (the one serving), then the oldest id.
+        if target.volume is None:
+            target.volume = volume
     return [facts[key] for key in sorted(facts)]
+
+
+GONE_VOLUME_STATES = frozenset({"deleting", "deleted", "error"})
 
 
 def active_generation(live: dict[int, GenerationRecord]) -> GenerationRecord | None:
@@ -170,4 +185,18 @@ def check(gen: GenerationRecord, previous: int | None, spec: ServiceSpec) -> Act
         spec.provider,
         previous=previous,
         detail="ready, waiting for the switch",
+    )
+
+
+def handover(gen: GenerationRecord, previous: int | None, spec: ServiceSpec) -> Action:
+    """Bring the service's volume to `gen`'s instance (from `previous`'s, stopped first)."""
+    return Action(
+        ActionKind.HANDOVER,
+        Reason.SPEC_CHANGED,
+        gen.env,
+        gen.service,
+        gen.number,
+        spec.provider,
+        previous=previous,
+        detail="volume",
     )

@@ -16,6 +16,7 @@ from reconciler.model import (
     ActionKind,
     DesiredState,
     ObservedInstance,
+    ObservedVolume,
     Plan,
     Reason,
 )
@@ -44,9 +45,10 @@ def check_guards(
     plan: Plan,
     *,
     allow_mass_destroy: bool,
+    volumes: Sequence[ObservedVolume] = (),
 ) -> list[str]:
     """DESIGN §4 guards; each returned string is a reason to refuse the whole run."""
-    reasons = static_refusals(desired)
+    reasons = static_refusals(desired) + volume_changes(desired, volumes)
     alive = [i for i in observed if i.alive]
     reducing = [
         a for a in plan.actions if a.kind is ActionKind.DESTROY and a.reason in CAPACITY_REDUCING
@@ -58,6 +60,30 @@ def check_guards(
             f"replacement, above max_destroy_fraction {limit}; "
             "re-run with --allow-mass-destroy if this is intended"
         )
+    return reasons
+
+
+def volume_changes(desired: DesiredState, volumes: Sequence[ObservedVolume]) -> list[str]:
+    """A volume is never replaced on drift: a new size or type for an existing one is
+    refused, naming the file and key (growing one in place is not supported yet)."""
+    reasons: list[str] = []
+    for spec in desired.services():
+        wanted = spec.volume
+        have = next((v for v in volumes if (v.env, v.service) == (spec.env, spec.name)), None)
+        if wanted is None or have is None:
+            continue
+        where = f"{spec.source_file}: services.{spec.name}.volume"
+        if have.size != wanted.size:
+            reasons.append(
+                f"{where}.size: {spec.env}/{spec.name}'s volume {have.id} has {have.size} GiB, "
+                f"the desired state asks for {wanted.size}; a volume is never replaced and "
+                "growing one in place is not supported yet: put the size back"
+            )
+        if wanted.type is not None and have.type is not None and have.type != wanted.type:
+            reasons.append(
+                f"{where}.type: {spec.env}/{spec.name}'s volume {have.id} is {have.type}, the "
+                f"desired state asks for {wanted.type}; a volume is never replaced: put it back"
+            )
     return reasons
 
 

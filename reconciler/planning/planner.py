@@ -26,6 +26,7 @@ from reconciler.model import (
     LedgerView,
     Note,
     ObservedInstance,
+    ObservedVolume,
     Pin,
     Plan,
     Reason,
@@ -45,7 +46,7 @@ from reconciler.planning.facts import (
     failed_latest,
     gather,
 )
-from reconciler.planning.repair import maintain
+from reconciler.planning.repair import maintain, maintain_with_volume
 from reconciler.planning.rollout import roll_out, switch_due_at
 
 
@@ -57,6 +58,7 @@ def compute_plan(
     now: datetime,
     pins: Mapping[tuple[str, str], Pin] | None = None,
     frozen: Mapping[tuple[str, str], Freeze] | None = None,
+    volumes: Sequence[ObservedVolume] = (),
 ) -> Plan:
     """Decide the actions that move the observed world to the desired state.
 
@@ -67,7 +69,7 @@ def compute_plan(
     actions: list[Action] = []
     notes: list[Note] = []
     held: list[Hold] = []
-    for facts in gather(desired, observed, ledger):
+    for facts in gather(desired, observed, ledger, volumes):
         freeze = _frozen_because(facts, frozen or {})
         pin = (pins or {}).get((facts.env, facts.service))
         service_actions: list[Action] = []
@@ -186,7 +188,9 @@ def _plan_service(
     hold: Hold | None = None
     target: int | None = None  # generation being rolled out in this plan
     if active is not None and active.fingerprint == spec.fingerprint:
-        actions += maintain(facts, active, spec)
+        actions += maintain_with_volume(facts, active, spec) if spec.volume else maintain(
+            facts, active, spec
+        )
         target = active.number
     elif failed_latest(facts, spec.fingerprint):
         failed = facts.generations[max(facts.generations)]

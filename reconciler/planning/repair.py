@@ -13,7 +13,7 @@ from reconciler.model import (
     Reason,
     ServiceSpec,
 )
-from reconciler.planning.facts import ServiceFacts, create, destroy
+from reconciler.planning.facts import ServiceFacts, create, destroy, handover
 
 ServiceKey = tuple[str, str]
 
@@ -22,6 +22,20 @@ def maintain(facts: ServiceFacts, gen: GenerationRecord, spec: ServiceSpec) -> l
     """Keep the active generation whole: replace missing/tampered, scale to count."""
     creates, destroys = repair(facts, gen, spec)
     return creates + destroys
+
+
+def maintain_with_volume(
+    facts: ServiceFacts, gen: GenerationRecord, spec: ServiceSpec
+) -> list[Action]:
+    """The active generation of a service with a volume: whole, and holding its volume
+    (created on the first pass; brought back after a replacement or an interrupted
+    hand-over). The hand-over runs after the creates and before the destroys."""
+    creates, destroys = repair(facts, gen, spec)
+    alive = {i.id for i in facts.alive(gen.number)} - {a.instance_id for a in destroys}
+    volume = facts.volume
+    holds = volume is not None and volume.attached_to in alive and volume.state == "in-use"
+    moves = [] if holds else [handover(gen, None, spec)]
+    return creates + moves + destroys
 
 
 def repair(

@@ -25,6 +25,7 @@ from reconciler.planning.facts import (
     create,
     destroy,
     dismantle,
+    handover,
     prepare,
 )
 from reconciler.planning.repair import repair
@@ -130,7 +131,8 @@ def roll_out(
             # Still part of the rollout: a failed create must mark the generation failed.
             creates = [replace(c, reason=Reason.SPEC_CHANGED) for c in creates]
             resume = _bring_in(gen, previous, spec, waits=waits, detail="resume rollout")
-            return [*creates, resume, *destroys], gen.number
+            moves = [handover(gen, previous, spec)] if spec.volume is not None else []
+            return [*creates, *moves, resume, *destroys], gen.number
     number = facts.next_number()
     new = GenerationRecord(
         env=facts.env,
@@ -145,10 +147,14 @@ def roll_out(
     actions: list[Action] = []
     if spec.strategy is Strategy.ROLLING and active is not None and facts.alive(active.number):
         return _rolling(facts, spec, new, active), number
-    if spec.strategy is Strategy.RECREATE and active is not None:
+    if spec.strategy is Strategy.RECREATE and active is not None and spec.volume is None:
         actions += dismantle(facts, active, Reason.SPEC_CHANGED, detail="recreate")
         previous = None
     actions += [create(new, spec, slot, Reason.SPEC_CHANGED) for slot in range(1, spec.count + 1)]
+    if spec.volume is not None:
+        # The old instance is not destroyed first: it is stopped when the volume leaves
+        # it, and kept (stopped) as the standby for keep_previous.
+        actions.append(handover(new, previous, spec))
     actions.append(_bring_in(new, previous, spec, waits=waits))
     return actions, number
 

@@ -29,6 +29,7 @@ _SYMBOL = {
     ActionKind.ADOPT: "=",
     ActionKind.PREPARE: "~",
     ActionKind.CHECK: "?",
+    ActionKind.HANDOVER: ">",
 }
 
 

@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from reconciler.model import GENERATION_TAG, IDENTITY_NAME, InstanceState, ObservedInstance
+from reconciler.model import (
+    GENERATION_TAG,
+    IDENTITY_NAME,
+    InstanceState,
+    ObservedInstance,
+    ObservedVolume,
+)
 
 TAG_OWNER = "reconciler:owner"
 TAG_ENV = "reconciler:env"
@@ -23,6 +29,8 @@ TAG_OP = "reconciler:op"
 TAG_NAME = "Name"
 # The leader's epoch under `--coordination` (absent without it): whose launch it was.
 TAG_EPOCH = "reconciler:epoch"
+# On a service's data volume (DESIGN §8): the service it belongs to, as env/service.
+TAG_VOLUME = "reconciler:volume"
 
 _SLOT_IN_NAME = re.compile(r"-g([1-9][0-9]{0,8})-([1-9][0-9]{0,5})$")
 
@@ -35,6 +43,28 @@ class LaunchRequest:
     tags: Mapping[str, str]
     op: str  # ledger operation id; also the idempotency token's source
     user_data: str | None = field(default=None, repr=False)  # may hold secrets: never printed
+    zone: str | None = None  # launch there (beside the service's volume); None: any
+
+
+@dataclass(frozen=True)
+class VolumeRequest:
+    size: int  # GiB
+    zone: str
+    tags: Mapping[str, str]
+    op: str  # ledger operation id: the idempotency token's source
+    type: str | None = None
+
+
+def volume_tags(*, owner: str, env: str, service: str, op: str) -> dict[str, str]:
+    """A volume's identity: DESIGN §3's owner, env and service, plus `reconciler:volume`."""
+    return {
+        TAG_OWNER: owner,
+        TAG_ENV: env,
+        TAG_SERVICE: service,
+        TAG_VOLUME: f"{env}/{service}",
+        TAG_OP: op,
+        TAG_NAME: f"{env}-{service}-data",
+    }
 
 
 def instance_name(env: str, service: str, generation: int, slot: int) -> str:
@@ -97,6 +127,7 @@ def instance_from_tags(
     private_ip: str | None = None,
     public_ip: str | None = None,
     launched_at: datetime | None = None,
+    zone: str | None = None,
 ) -> ObservedInstance:
     """An observed instance whose identity (env, service, generation, slot, spec, op,
     name) is read from our tags, already in their DESIGN §3 names (adapters reverse any
@@ -108,6 +139,7 @@ def instance_from_tags(
             id=id, provider=provider, state=state, image=image, size=size,
             op=tags.get(TAG_OP), name=tags.get(TAG_NAME), private_ip=private_ip,
             public_ip=public_ip, launched_at=launched_at, tags=dict(tags), unreadable=problem,
+            zone=zone,
         )  # fmt: skip
     return ObservedInstance(
         id=id,
@@ -126,6 +158,7 @@ def instance_from_tags(
         public_ip=public_ip,
         launched_at=launched_at,
         tags=dict(tags),
+        zone=zone,
     )
 
 
@@ -138,6 +171,7 @@ def launched_instance(
     size: str,
     private_ip: str | None = None,
     public_ip: str | None = None,
+    zone: str | None = None,
 ) -> ObservedInstance:
     """What a create just made, as the next listing will show it: identity from the
     request's tags, image and size as the cloud reported them (the tamper check compares
@@ -151,6 +185,7 @@ def launched_instance(
         size=size,
         private_ip=private_ip,
         public_ip=public_ip,
+        zone=zone,
     )
 
 
@@ -174,6 +209,11 @@ class ComputeProvider(Protocol):
 
     def create_instance(self, request: LaunchRequest) -> ObservedInstance:
         """Launch one instance with every tag set in the same call."""
+        ...
+
+    def volumes(self) -> VolumePort | None:
+        """Data volumes and instance stop/start (a service's `volume:`), or None where
+        the adapter cannot hand a volume over (declared, as `drivers.volumes` says)."""
         ...
 
     def destroy_instance(self, instance_id: str) -> None:
@@ -200,6 +240,44 @@ class ComputeProvider(Protocol):
     def list_unowned(self, owner: str) -> Sequence[ObservedInstance]:
         """Every instance without the `owner` tag, all pages: reported, never touched."""
         ...
+
+
+class VolumePort(Protocol):
+    """What handing a data volume from one instance to another needs from the cloud.
+    Every call is idempotent: asking for the state a volume or instance is already in
+    changes nothing (the hand-over is planned again from what the cloud shows)."""
+
+    def list_owned(self, owner: str) -> Sequence[ObservedVolume]:
+        """Every volume tagged with `owner`, all pages; raises ObservationIncomplete."""
+        ...
+
+    def describe(self, volume_id: str) -> ObservedVolume | None: ...
+
+    def create(self, request: VolumeRequest) -> ObservedVolume:
+        """Create with every tag in the same call (a retry of the same op makes none)."""
+        ...
+
+    def attach(self, volume_id: str, instance_id: str, device: str) -> None: ...
+
+    def detach(self, volume_id: str, instance_id: str) -> None:
+        """Detach from `instance_id` (named: never from whatever holds it now)."""
+        ...
+
+    def snapshot(self, volume_id: str, tags: Mapping[str, str]) -> str: ...
+
+    def snapshots(self, volume_id: str) -> Sequence[tuple[str, Mapping[str, str]]]:
+        """The snapshots of `volume_id` (id, tags): a redone step finds its own."""
+        ...
+
+    def stop_instance(self, instance_id: str) -> None: ...
+
+    def start_instance(self, instance_id: str) -> None: ...
+
+    def instance_state(self, instance_id: str) -> str | None:
+        """The cloud's word for the instance's state (running, stopped, ...), None: gone."""
+        ...
+
+    def delete(self, volume_id: str) -> None: ...
 
 
 class LoadBalancerPort(Protocol):

@@ -33,6 +33,9 @@ class DriverSpec:
     # The adapter can read an instance's user data back: a rolling update's rollback
     # relaunches replaced instances with theirs (user data is never stored).
     reads_user_data: bool = True
+    # The adapter can create, attach, detach and snapshot data volumes, and stop and
+    # start instances: a service's `volume:` is handed from one generation to the next.
+    volumes: bool = False
     # Why this cloud would refuse the owner as a tag value (None: it would not): asked
     # by validation, so no listing or launch fails on it. (User data is capped at 16 KiB
     # for every driver, below each cloud's own limit.)
@@ -54,6 +57,7 @@ DRIVER_SPECS: Final[dict[str, DriverSpec]] = {
             cloud="Amazon EC2",
             credentials=("key", "secret"),
             load_balancer=True,
+            volumes=True,
         ),
         DriverSpec(
             name="sandbox",
@@ -62,6 +66,7 @@ DRIVER_SPECS: Final[dict[str, DriverSpec]] = {
             region_required=False,
             default_region="us-east-1",
             load_balancer=True,
+            volumes=True,
         ),
         DriverSpec(
             name="gce",

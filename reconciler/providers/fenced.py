@@ -8,12 +8,19 @@ retry: a closed fence raises `NotLeader` and the pass stops there.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from reconciler.fencing import Fence
-from reconciler.model import ObservedInstance
-from reconciler.providers.base import TAG_EPOCH, ComputeProvider, LaunchRequest, LoadBalancerPort
+from reconciler.model import ObservedInstance, ObservedVolume
+from reconciler.providers.base import (
+    TAG_EPOCH,
+    ComputeProvider,
+    LaunchRequest,
+    LoadBalancerPort,
+    VolumePort,
+    VolumeRequest,
+)
 
 
 class FencedLoadBalancers:
@@ -37,6 +44,59 @@ class FencedLoadBalancers:
         return self._inner.in_service(balancer)
 
 
+class FencedVolumes:
+    def __init__(self, inner: VolumePort, fence: Fence, provider: str) -> None:
+        self._inner = inner
+        self._fence = fence
+        self._provider = provider
+
+    def _check(self, what: str) -> None:
+        self._fence.check(f"{what} ({self._provider})")
+
+    def list_owned(self, owner: str) -> Sequence[ObservedVolume]:
+        return self._inner.list_owned(owner)
+
+    def describe(self, volume_id: str) -> ObservedVolume | None:
+        return self._inner.describe(volume_id)
+
+    def instance_state(self, instance_id: str) -> str | None:
+        return self._inner.instance_state(instance_id)
+
+    def create(self, request: VolumeRequest) -> ObservedVolume:
+        self._check(f"create volume for {request.tags.get('reconciler:volume')}")
+        epoch = self._fence.epoch
+        if epoch is not None:
+            request = replace(request, tags={**request.tags, TAG_EPOCH: str(epoch)})
+        return self._inner.create(request)
+
+    def attach(self, volume_id: str, instance_id: str, device: str) -> None:
+        self._check(f"attach {volume_id} to {instance_id}")
+        self._inner.attach(volume_id, instance_id, device)
+
+    def detach(self, volume_id: str, instance_id: str) -> None:
+        self._check(f"detach {volume_id} from {instance_id}")
+        self._inner.detach(volume_id, instance_id)
+
+    def snapshot(self, volume_id: str, tags: Mapping[str, str]) -> str:
+        self._check(f"snapshot {volume_id}")
+        return self._inner.snapshot(volume_id, tags)
+
+    def snapshots(self, volume_id: str) -> Sequence[tuple[str, Mapping[str, str]]]:
+        return self._inner.snapshots(volume_id)
+
+    def stop_instance(self, instance_id: str) -> None:
+        self._check(f"stop {instance_id}")
+        self._inner.stop_instance(instance_id)
+
+    def start_instance(self, instance_id: str) -> None:
+        self._check(f"start {instance_id}")
+        self._inner.start_instance(instance_id)
+
+    def delete(self, volume_id: str) -> None:
+        self._check(f"delete volume {volume_id}")
+        self._inner.delete(volume_id)
+
+
 class FencedProvider:
     """`inner` with the fence checked before each of its mutations."""
 
@@ -54,6 +114,10 @@ class FencedProvider:
     def load_balancers(self) -> LoadBalancerPort | None:
         port = self._inner.load_balancers()
         return FencedLoadBalancers(port, self._fence, self.name) if port is not None else None
+
+    def volumes(self) -> VolumePort | None:
+        port = self._inner.volumes()
+        return FencedVolumes(port, self._fence, self.name) if port is not None else None
 
     def create_instance(self, request: LaunchRequest) -> ObservedInstance:
         self._fence.check(f"create {request.name} ({self.name})")

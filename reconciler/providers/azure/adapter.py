@@ -80,6 +80,7 @@ from reconciler.providers.base import (
     TAG_OWNER,
     LaunchRequest,
     LoadBalancerPort,
+    VolumePort,
     instance_from_tags,
 )
 from reconciler.providers.calls import (
@@ -275,6 +276,9 @@ class AzureProvider:
 
     def load_balancers(self) -> LoadBalancerPort | None:
         return None  # no load-balancer port for this cloud yet: validation refuses libcloud-lb
+
+    def volumes(self) -> VolumePort | None:
+        return None  # no volume hand-over for this cloud yet: validation refuses `volume:`
 
     def find_by_op(self, owner: str, op: str) -> ObservedInstance | None:
         found = [

@@ -31,7 +31,13 @@ import structlog
 from libcloud.common.exceptions import BaseHTTPError
 from libcloud.common.types import InvalidCredsError, LibcloudError, MalformedResponseError
 from libcloud.compute.base import Node, NodeImage, NodeSize
-from libcloud.compute.drivers.ec2 import NAMESPACE, EC2Connection, EC2NodeDriver
+from libcloud.compute.drivers.ec2 import (
+    NAMESPACE,
+    EC2Connection,
+    EC2NodeDriver,
+    EC2NodeLocation,
+    ExEC2AvailabilityZone,
+)
 from libcloud.pricing import get_size_price
 from libcloud.utils.xml import findall, findattr, findtext
 
@@ -42,6 +48,7 @@ from reconciler.providers.base import (
     TAG_OWNER,
     LaunchRequest,
     LoadBalancerPort,
+    VolumePort,
     instance_from_tags,
     launched_instance,
 )
@@ -257,6 +264,7 @@ class Ec2Provider:
             private_ip=_first(node.private_ips),
             public_ip=_first(node.public_ips),
             launched_at=datetime.fromisoformat(launched) if launched else None,
+            zone=node.extra.get("availability") or None,
         )
 
     # ------------------------------------------------------------ mutation
@@ -294,12 +302,17 @@ class Ec2Provider:
             driver=self._driver,
         )
         owner = request.tags[TAG_OWNER]
+        location = None
+        if request.zone:
+            zone = ExEC2AvailabilityZone(request.zone, "available", self.region)
+            location = EC2NodeLocation(request.zone, request.zone, "", self._driver, zone)
 
         def run_instances() -> Node:
             node: Any = self._driver.create_node(
                 name=request.name,
                 image=image,
                 size=size,
+                location=location,
                 ex_metadata=dict(request.tags),  # tags ride on RunInstances itself
                 ex_userdata=request.user_data,
                 # Same operation, same token: EC2 returns the first instance on a retry.
@@ -320,6 +333,7 @@ class Ec2Provider:
                 size=node.extra.get("instance_type") or request.size,
                 private_ip=_first(node.private_ips),
                 public_ip=_first(node.public_ips),
+                zone=node.extra.get("availability") or request.zone,
             )
 
         return launch_once(
@@ -384,6 +398,11 @@ class Ec2Provider:
 
     def load_balancers(self) -> LoadBalancerPort | None:
         return self.lb_factory() if self.lb_factory is not None else None
+
+    def volumes(self) -> VolumePort | None:
+        from reconciler.providers.ec2.volumes import Ec2Volumes
+
+        return Ec2Volumes(self)
 
     def size_warning(self, size: str) -> str | None:
         return None  # this cloud's size listing says nothing of deprecation

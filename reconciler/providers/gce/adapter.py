@@ -70,6 +70,7 @@ from reconciler.providers.base import (
     TAG_OWNER,
     LaunchRequest,
     LoadBalancerPort,
+    VolumePort,
     launched_instance,
 )
 from reconciler.providers.calls import ProviderCalls
@@ -269,6 +270,9 @@ class GceProvider:
 
     def load_balancers(self) -> LoadBalancerPort | None:
         return None  # no load-balancer port for this cloud yet: validation refuses libcloud-lb
+
+    def volumes(self) -> VolumePort | None:
+        return None  # no volume hand-over for this cloud yet: validation refuses `volume:`
 
     def find_by_op(self, owner: str, op: str, *, retry: bool = True) -> ObservedInstance | None:
         found = [

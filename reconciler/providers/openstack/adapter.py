@@ -54,6 +54,7 @@ from reconciler.providers.base import (
     TAG_OWNER,
     LaunchRequest,
     LoadBalancerPort,
+    VolumePort,
     instance_from_tags,
     launched_instance,
 )
@@ -445,6 +446,9 @@ class OpenStackProvider:
 
     def load_balancers(self) -> LoadBalancerPort | None:
         return None  # no load-balancer port for this cloud yet: validation refuses libcloud-lb
+
+    def volumes(self) -> VolumePort | None:
+        return None  # no volume hand-over for this cloud yet: validation refuses `volume:`
 
     def find_by_op(self, owner: str, op: str, *, retry: bool = True) -> ObservedInstance | None:
         found = [
