@@ -9,11 +9,11 @@ recorded prices, snapshots and rows, and handing them to the pure `costs` and
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from reconciler.ledger import Ledger
-from reconciler.model import DesiredState, ObservedInstance, Plan
+from reconciler.model import DesiredState, ObservedInstance, ObservedVolume, Plan
 from reconciler.planning.costs import Billing, PlanCosts, PriceBook, compute_plan_costs
 from reconciler.planning.orphans import (
     DesiredService,
@@ -24,6 +24,7 @@ from reconciler.planning.orphans import (
     observation_document,
     observation_from_document,
 )
+from reconciler.planning.volume_orphans import SnapshotFact, VolumeFact, volume_orphans
 from reconciler.providers import ComputeProvider
 from reconciler.providers.base import instance_price
 
@@ -139,6 +140,8 @@ def find_orphans(
     observations: Sequence[Observation] | None = None,
     desired: Sequence[DesiredService] | None = None,
     include_unowned: bool = False,
+    live_volumes: Sequence[ObservedVolume] | None = None,
+    volume_services: set[tuple[str, str]] | None = None,
 ) -> OrphanReport:
     """Orphans judged on the given (live) observations, else on the last stored ones."""
     live = observations is not None
@@ -163,5 +166,77 @@ def find_orphans(
         now=now,
         include_unowned=include_unowned,
     )
+    # Which services still declare a volume (unknown in a stored observation: any
+    # service still desired is taken to).
+    wanted = volume_services if volume_services is not None else {
+        (d.env, d.service) for d in desired or ()
+    }
+    orphans += storage_orphans(ledger, wanted=wanted, now=now, live_volumes=live_volumes)
     observed_at = min((o.at for o in observations), default=None)
     return OrphanReport(orphans=tuple(orphans), observed_at=observed_at, live=live)
+
+
+def live_volume_listing(
+    desired: DesiredState, providers: Mapping[str, ComputeProvider]
+) -> list[ObservedVolume]:
+    """Every owned volume of every provider that can hold one (for `ledger orphans --live`)."""
+    found: list[ObservedVolume] = []
+    for name in sorted(providers):
+        port = providers[name].volumes()
+        if port is not None:
+            found.extend(port.list_owned(desired.owner))
+    return found
+
+
+def storage_orphans(
+    ledger: Ledger,
+    *,
+    wanted: set[tuple[str, str]],
+    now: datetime,
+    live_volumes: Sequence[ObservedVolume] | None = None,
+) -> list[Orphan]:
+    """Volumes attached to nothing and snapshots of deleted volumes, from the ledger's
+    volume events (which volume was made, attached, detached, deleted; which snapshot
+    was taken), or with `live_volumes` from the cloud's listing for the volumes."""
+    events = sorted(
+        (e for kind in ("volume_created", "volume_attached", "volume_detached", "volume_deleted",
+                        "snapshot_created") for e in ledger.event_rows(kind=kind)),
+        key=lambda e: (e["at"], e["id"]),
+    )  # fmt: skip
+    volumes: dict[str, VolumeFact] = {}
+    snapshots: list[SnapshotFact] = []
+    for event in events:
+        detail = event["detail"] or {}
+        volume_id = str(detail.get("volume") or "")
+        at = datetime.fromisoformat(event["at"])
+        if event["kind"] == "volume_created":
+            volumes[volume_id] = VolumeFact(
+                id=volume_id, provider=str(detail.get("provider") or ""), env=event["env"],
+                service=event["service"], size=int(detail.get("size") or 0), attached_to=None,
+                created_at=at, price_per_gib_month=detail.get("price_per_gib_month"),
+            )  # fmt: skip
+        elif event["kind"] == "volume_deleted":
+            volumes.pop(volume_id, None)
+        elif event["kind"] in ("volume_attached", "volume_detached") and volume_id in volumes:
+            holder = event["instance"] if event["kind"] == "volume_attached" else None
+            volumes[volume_id] = replace(volumes[volume_id], attached_to=holder)
+        elif event["kind"] == "snapshot_created":
+            snapshots.append(SnapshotFact(
+                id=str(detail.get("snapshot")), provider=str(detail.get("provider") or ""),
+                env=event["env"], service=event["service"], volume=volume_id,
+                size=int(detail.get("size") or 0), created_at=at,
+                price_per_gib_month=detail.get("price_per_gib_month"),
+            ))  # fmt: skip
+    if live_volumes is not None:
+        recorded = volumes
+        volumes = {
+            v.id: VolumeFact(
+                id=v.id, provider=v.provider, env=v.env or "", service=v.service or "",
+                size=v.size, attached_to=v.attached_to,
+                created_at=recorded[v.id].created_at if v.id in recorded else None,
+                price_per_gib_month=recorded[v.id].price_per_gib_month
+                if v.id in recorded else None,
+            )
+            for v in live_volumes
+        }  # fmt: skip
+    return volume_orphans(list(volumes.values()), snapshots, wanted=wanted, now=now)

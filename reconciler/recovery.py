@@ -60,7 +60,8 @@ class RecoveryReport:
 
 
 VOLUME_STEPS = frozenset(
-    {"volume-create", "volume-attach", "volume-detach", "snapshot", "instance-stop",
+    {"volume-create", "volume-attach", "volume-detach", "volume-delete", "snapshot",
+     "instance-stop",
      "instance-start"}
 )  # fmt: skip
 RESOLVED_BY_OBSERVATION = "interrupted; the next step is planned from what the cloud shows"

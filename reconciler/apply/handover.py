@@ -121,7 +121,8 @@ class VolumeMover:
             raise
         run.ledger.mark_operation(op, state="done", at=run.now(), detail=volume.id)
         self._event("volume_created", spec, volume=volume.id, size=spec.volume.size,
-                    type=spec.volume.type, zone=zone)  # fmt: skip
+                    type=spec.volume.type, zone=zone, provider=spec.provider,
+                    price_per_gib_month=port.price_per_gib_month(spec.volume.type))  # fmt: skip
         self._wait(f"{volume.id} to be created", lambda: self._state(port, volume.id)
                    == "available")  # fmt: skip
         return volume
@@ -147,7 +148,8 @@ class VolumeMover:
             raise
         run.ledger.mark_operation(op, state="done", at=run.now(), detail=snapshot)
         self._event("snapshot_created", spec, generation=generation, volume=volume.id,
-                    snapshot=snapshot, size=volume.size)  # fmt: skip
+                    snapshot=snapshot, size=volume.size, provider=spec.provider,
+                    price_per_gib_month=port.snapshot_price_per_gib_month())  # fmt: skip
 
     # ------------------------------------------------------------ helpers
 

@@ -585,6 +585,30 @@ def abort(ctx: click.Context, env: str, service: str, desired_dir: Path, wait: f
     )  # fmt: skip
 
 
+@cli.group()
+def volume() -> None:
+    """A service's data volume (`volume:`): never deleted by a pass."""
+
+
+@volume.command(name="delete")
+@click.argument("env", shell_complete=complete_env)
+@click.argument("service", shell_complete=complete_service)
+@desired_option
+@click.option("--yes", is_flag=True, help="Required: a deleted volume's data is gone.")
+@click.pass_context
+def volume_delete(ctx: click.Context, env: str, service: str, desired_dir: Path, yes: bool) -> None:
+    """Delete ENV SERVICE's data volume: refused while it is attached or while the
+    desired state still declares it. Its snapshots are kept."""
+    from reconciler.ops.volumes import delete_volume
+
+    refuse_libcloud_debug()
+    if not yes:
+        fail("refusing to delete a volume without --yes: its data cannot be brought back")
+    with domain_errors(), StateLock(ctx.obj["state_dir"]), open_ledger(ctx) as ledger:
+        desired = engine.read_desired(desired_dir)
+        click.echo(delete_volume(desired, ledger, env, service, by=who_is_asking()))
+
+
 @cli.command()
 @json_option
 def plugins(as_json: bool) -> None:

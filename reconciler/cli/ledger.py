@@ -315,6 +315,8 @@ def orphans(
                 observations=observations,
                 desired=desired_services(desired),
                 include_unowned=include_unowned,
+                live_volumes=accounting.live_volume_listing(desired, providers),
+                volume_services={(s.env, s.name) for s in desired.services() if s.volume},
             )
         else:
             report = accounting.find_orphans(store, now=now)

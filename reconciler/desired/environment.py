@@ -182,6 +182,10 @@ def _build_service(
     )  # fmt: skip
     if not capable:
         return None
+    blue_green = strategy is Strategy.BLUE_GREEN
+    if traffic is not None and traffic.waits and not blue_green and own.traffic is None:
+        # A `switch:` from `defaults:` is for the blue-green services it reaches.
+        traffic = replace(traffic, manual=False, switch_after=None)
     if traffic is not None and traffic.waits and strategy is not Strategy.BLUE_GREEN:
         # Only blue-green keeps the old generation serving while the new one waits.
         reporter.add(

@@ -20,6 +20,7 @@ import structlog
 from reconciler import engine
 from reconciler.apply.activation import mark_activated, switch_traffic
 from reconciler.apply.gates import Rollout, TrafficPort
+from reconciler.apply.handover import VolumeMover
 from reconciler.apply.progress import NoProgress
 from reconciler.apply.run import ApplyResult, ApplyRun
 from reconciler.apply.teardown import Teardown
@@ -27,7 +28,7 @@ from reconciler.errors import NothingToDo, ReconcilerError
 from reconciler.extensions.notify import Notifications
 from reconciler.ledger import Ledger
 from reconciler.ledger.holds import current_freezes, current_pins
-from reconciler.model import DesiredState, GenerationState, ObservedInstance
+from reconciler.model import DesiredState, GenerationState, ObservedInstance, ServiceSpec
 from reconciler.providers import ComputeProvider
 
 log = structlog.get_logger(__name__)
@@ -59,15 +60,29 @@ def rollback(desired_dir: DesiredSource, ledger: Ledger, env: str, service: str)
             if (i.env, i.service, i.generation) == (env, service, number) and i.alive
         ]  # fmt: skip
 
-    standbys = [r["number"] for r in rows if r["state"] == "standby" and alive(r["number"])]
+    def present(number: int | None) -> list[ObservedInstance]:
+        return [
+            i for i in observed
+            if (i.env, i.service, i.generation) == (env, service, number)
+            and i.state.value != "gone"
+        ]  # fmt: skip
+
+    # A service with a volume keeps its standby stopped: the volume is handed back to
+    # it (the serving instance stopped first), and it starts again.
+    usable = present if spec.volume is not None else alive
+    standbys = [r["number"] for r in rows if r["state"] == "standby" and usable(r["number"])]
     if not standbys:
         raise NothingToDo(f"{env}/{service} has no standby generation with running instances")
     target = max(standbys)
     rollout = Rollout(
         desired, load_balancers=engine.load_balancer_ports(desired, providers), fence=ledger.fence
     )
+    if spec.volume is not None:
+        observed = _hand_volume(desired, ledger, providers, observed, spec, target)
     failure = rollout.wait_healthy(alive(target), spec)
     if failure:
+        if spec.volume is not None and active is not None:
+            _hand_volume(desired, ledger, providers, observed, spec, active)
         raise NothingToDo(f"generation {target} is not healthy, not rolling back: {failure}")
     # The activation's own steps: the switch (moved back if it fails), then the records.
     failure = switch_traffic(rollout, spec, old=alive(active), new=alive(target))
@@ -260,6 +275,39 @@ def destroy_instances(
         error="; ".join(errors) or None,
     )  # fmt: skip
     return destroyed, errors
+
+
+def _hand_volume(
+    desired: DesiredState,
+    ledger: Ledger,
+    providers: dict[str, ComputeProvider],
+    observed: list[ObservedInstance],
+    spec: ServiceSpec,
+    to: int,
+) -> list[ObservedInstance]:
+    """The service's volume moved to generation `to`'s instance (started), in a run of
+    its own as a pass would; returns the listing seen afterwards."""
+    run_id = ledger.start_run(command="rollback", commit=desired.commit)
+    run = ApplyRun(
+        desired=desired, observed=observed, providers=providers, ledger=ledger, run_id=run_id,
+        now=lambda: datetime.now(UTC), should_stop=lambda: False, heartbeat=lambda: None,
+        progress=NoProgress(), result=ApplyResult(),
+        volumes=engine.observe_volumes(desired, providers),
+    )  # fmt: skip
+    mover = VolumeMover(run=run)
+    target = mover.instance_of(spec.env, spec.name, to, alive_only=False)
+    if target is None:
+        ledger.finish_run(run_id, result="failed", counts={}, error="no instance")
+        raise NothingToDo(f"generation {to} has no instance to take the volume")
+    try:
+        mover.move(spec, to=target, snapshot_for=None)
+    except ReconcilerError as exc:
+        ledger.finish_run(run_id, result="failed", counts={}, error=str(exc))
+        raise
+    ledger.finish_run(run_id, result="changes", counts={"handover": 1})
+    return engine.settle_deletions(
+        engine.observe(desired, providers), ledger, now=datetime.now(UTC)
+    )
 
 
 def release(ledger: Ledger, desired_dir: DesiredSource, env: str, service: str) -> str:

@@ -50,9 +50,14 @@ def check_guards(
     """DESIGN §4 guards; each returned string is a reason to refuse the whole run."""
     reasons = static_refusals(desired) + volume_changes(desired, volumes)
     alive = [i for i in observed if i.alive]
+    # What serves now and would not after: a stopped instance (a volume service's
+    # standby) serves nothing, so its destroy takes no capacity away.
+    serving = {i.id for i in alive}
     reducing = [
-        a for a in plan.actions if a.kind is ActionKind.DESTROY and a.reason in CAPACITY_REDUCING
-    ]
+        a for a in plan.actions
+        if a.kind is ActionKind.DESTROY and a.reason in CAPACITY_REDUCING
+        and a.instance_id in serving
+    ]  # fmt: skip
     limit = desired.policy.max_destroy_fraction
     if reducing and not allow_mass_destroy and len(reducing) > limit * len(alive):
         reasons.append(

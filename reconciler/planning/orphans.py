@@ -49,6 +49,10 @@ ADVICE = {
     UNOWNED: "not ours (no owner tag): reported only, never touched",
     UNREADABLE: "carries our owner tag but identity tags no pass could have written: left "
     "alone; fix its tags or terminate it with the cloud's own tools",
+    "volume-unattached": "a data volume attached to nothing: a pass never deletes one; "
+    "`reconciler volume delete ENV SERVICE --yes` once its data is not needed",
+    "snapshot-orphaned": "a snapshot of a volume that no longer exists: reconciler never "
+    "deletes snapshots; delete it with the cloud's own tools once it is not needed",
 }
 
 
@@ -86,6 +90,7 @@ class Orphan:
     price_per_hour: float | None
     cost: float  # so far, under the provider's billing
     action: str  # what to do about it
+    monthly_cost: float | None = None  # volumes and snapshots: what a month of it costs
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -101,6 +106,7 @@ class Orphan:
             "price_per_hour": self.price_per_hour,
             "cost": round(self.cost, 6),
             "action": self.action,
+            "monthly_cost": None if self.monthly_cost is None else round(self.monthly_cost, 4),
         }
 
 

@@ -279,6 +279,12 @@ class VolumePort(Protocol):
 
     def delete(self, volume_id: str) -> None: ...
 
+    def price_per_gib_month(self, volume_type: str | None) -> float | None:
+        """The list price of a GiB-month of this type (None: the cloud's default type)."""
+        ...
+
+    def snapshot_price_per_gib_month(self) -> float | None: ...
+
 
 class LoadBalancerPort(Protocol):
     """What the `libcloud-lb` switch needs from the provider adapter."""

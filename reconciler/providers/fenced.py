@@ -96,6 +96,12 @@ class FencedVolumes:
         self._check(f"delete volume {volume_id}")
         self._inner.delete(volume_id)
 
+    def price_per_gib_month(self, volume_type: str | None) -> float | None:
+        return self._inner.price_per_gib_month(volume_type)
+
+    def snapshot_price_per_gib_month(self) -> float | None:
+        return self._inner.snapshot_price_per_gib_month()
+
 
 class FencedProvider:
     """`inner` with the fence checked before each of its mutations."""

@@ -232,3 +232,52 @@ def test_sigkill_at_each_handover_step_is_finished_by_the_next_pass(
     assert alive == {instance_of(cli, 1), instance_of(cli, 2)}
     with Ledger.open(cli.state_dir) as ledger:
         assert ledger.open_operations() == []
+
+
+def test_rollback_hands_the_volume_back_and_delete_is_the_only_way_it_goes(
+    cli: Cli, db: Db, sandbox: SandboxServer
+) -> None:
+    db.write(V1)
+    assert apply(cli, db).code == 0
+    volume = db.invariant()
+    db.write(V2)
+    assert apply(cli, db).code == 0
+    assert states(cli) == {1: "standby", 2: "active"}
+
+    # rollback on request: the same hand-over in reverse, the standby started again.
+    rolled = cli("rollback", "prod", "db", "--yes", "--desired", str(db.root))
+    assert rolled.code == 0, rolled.stderr
+    assert states(cli) == {1: "active", 2: "standby"}
+    assert db.invariant() == volume
+    assert db.cloud()["volumes"][0].extra.get("instance_id") == instance_of(cli, 1)
+    assert instance_of(cli, 2) in db.cloud()["stopped"]
+
+    # Deleting is refused while the service declares it, and while it is attached.
+    refused = cli("volume", "delete", "prod", "db", "--yes", "--desired", str(db.root))
+    assert refused.code == 1 and "still declares its volume" in refused.stderr
+    assert cli("volume", "delete", "prod", "db", "--desired", str(db.root)).code == 1
+
+    # The service is removed: its instances go, the volume stays (a pass never deletes
+    # one) and `ledger orphans` shows it with its monthly cost.
+    assert cli("release", "prod", "db", "--desired", str(db.root)).code == 0
+    web = {"image": V1, "count": 1}
+    write_desired(db.root, endpoint=db.endpoint, environments={"prod": {"web": web}})
+    removed = cli("apply", "--desired", str(db.root), "--yes", "--allow-mass-destroy")
+    assert removed.code == 0, removed.stderr
+    seen = db.cloud()
+    assert seen["running"] == set() and [v.id for v in seen["volumes"]] == [volume]
+    orphans = json.loads(cli("ledger", "orphans", "--live", "--desired", str(db.root),
+                             "--json").stdout)  # fmt: skip
+    [unattached] = [o for o in orphans if o["kind"] == "volume-unattached"]
+    assert unattached["instance"] == volume and unattached["monthly_cost"] > 0
+    assert "reconciler volume delete prod db --yes" in unattached["action"]
+
+    deleted = cli("volume", "delete", "prod", "db", "--yes", "--desired", str(db.root))
+    assert deleted.code == 0, deleted.stderr
+    assert db.cloud()["volumes"] == []
+    assert len(db.cloud()["snapshots"]) == 1, "snapshots are kept"
+    stored = json.loads(cli("ledger", "orphans", "--json").stdout)
+    [snapshot] = [o for o in stored if o["kind"] == "snapshot-orphaned"]
+    assert volume in snapshot["action"] and snapshot["monthly_cost"] > 0
+    events = json.loads(cli("ledger", "events", "--kind", "volume_deleted", "--json").stdout)
+    assert [e["detail"]["volume"] for e in events] == [volume]

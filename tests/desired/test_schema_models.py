@@ -88,10 +88,18 @@ services:
     traffic:
       libcloud-lb: web-lb
     batch: 1
+  db:
+    image: ami-03cf127a
+    strategy: recreate
+    volume:
+      size: 8
+      device: /dev/sdf
+      type: gp3
+      snapshot: never
 """
 # `health` above takes one probe; the second is removed before use (see _documents).
 
-FREE_NAMES = frozenset({"cloud", "web"})  # names the operator chooses, not keys
+FREE_NAMES = frozenset({"cloud", "web", "db"})  # names the operator chooses, not keys
 KEY_LINE = re.compile(r"^(?P<indent>\s*(?:- )?)(?P<key>[a-z_-]+):(?P<rest>.*)$")
 PYDANTIC_WORDING = (
     "Input should", "pydantic", "Field required", "Extra inputs", "validation error",
@@ -138,7 +146,7 @@ def _model_keys(model: type[models.Document]) -> set[str]:
 
 def test_the_documents_are_valid_and_use_every_key_of_every_model(tmp_path: Path) -> None:
     desired = load_desired_state(_write(tmp_path, _documents()))
-    assert [s.name for e in desired.environments for s in e.services] == ["web"]
+    assert sorted(s.name for e in desired.environments for s in e.services) == ["db", "web"]
     written = {key for _file, _line, key in _key_lines()} | {"command"}  # the second probe
     declared: set[str] = set()
     for value in vars(models).values():

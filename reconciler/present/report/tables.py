@@ -214,7 +214,7 @@ def print_orphans(
         return
     table = _table()
     table.add_column("kind", no_wrap=True)
-    table.add_column("instance", no_wrap=True, overflow="ellipsis", max_width=20)
+    table.add_column("instance", no_wrap=True, overflow="ellipsis", max_width=22)
     table.add_column("where", overflow="fold", max_width=22)
     table.add_column("age", justify="right", no_wrap=True)
     table.add_column("cost", justify="right", no_wrap=True)
@@ -234,6 +234,9 @@ def print_orphans(
     console.print(table)
     total = sum(row.get("cost") or 0.0 for row in rows)
     console.print(f"Cost so far: {money(total)}")
+    monthly = sum(row.get("monthly_cost") or 0.0 for row in rows)
+    if monthly:
+        console.print(f"Volumes and snapshots: {money(monthly)} a month while they are kept")
     console.print("What to do:")
     for kind in dict.fromkeys(row["kind"] for row in rows):
         console.print(shown(f"  {kind}: {ADVICE[kind]}"), soft_wrap=False)

@@ -25,6 +25,14 @@ if TYPE_CHECKING:
     from reconciler.providers.ec2.adapter import Ec2Provider
 
 _PAGE_SIZE = 500  # DescribeVolumes' largest page
+# EBS list prices per GiB-month (us-east-1; libcloud carries none for volumes). The
+# ledger records the price a volume was created at; other regions differ by a few %.
+EBS_PRICES: dict[str, float] = {
+    "standard": 0.05, "gp2": 0.10, "gp3": 0.08, "io1": 0.125, "io2": 0.125,
+    "st1": 0.045, "sc1": 0.015,
+}  # fmt: skip
+EBS_DEFAULT_TYPE = "gp2"  # what CreateVolume makes when no type is given
+EBS_SNAPSHOT_PRICE = 0.05
 _MAX_PAGES = 10_000
 # "Already there" answers of an idempotent step: the goal is met.
 _ALREADY = (
@@ -227,3 +235,9 @@ class Ec2Volumes:
         except ProviderError as exc:
             if "InvalidVolume.NotFound" not in str(exc):
                 raise
+
+    def price_per_gib_month(self, volume_type: str | None) -> float | None:
+        return EBS_PRICES.get(volume_type or EBS_DEFAULT_TYPE)
+
+    def snapshot_price_per_gib_month(self) -> float | None:
+        return EBS_SNAPSHOT_PRICE
