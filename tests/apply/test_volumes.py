@@ -178,6 +178,7 @@ def test_invalid_combinations_are_refused(cli: Cli, db: Db) -> None:
 # Each hand-over step's API call, held in flight by the sandbox (a latency fault) while
 # the apply process is killed with SIGKILL: the intent row is written, the call was sent.
 STEPS = {
+    "launch": "RunInstances",
     "snapshot": "CreateSnapshot",
     "stop": "StopInstances",
     "detach": "DetachVolume",
