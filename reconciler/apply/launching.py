@@ -35,7 +35,7 @@ from reconciler.providers.base import instance_price
 
 log = structlog.get_logger(__name__)
 
-POLL_INTERVAL = 1.0
+FIRST_LOOK = 0.25  # seconds before the second look at a batch's instances (then doubling)
 
 
 @dataclass(kw_only=True)
@@ -247,7 +247,7 @@ class Launcher:
         run = self.run
         with run.lock:
             if self._waiter is None:
-                self._waiter = BootWaiter(run.desired.owner, interval=POLL_INTERVAL,
+                self._waiter = BootWaiter(run.desired.owner, interval=FIRST_LOOK,
                                           sleep=self.sleep)  # fmt: skip
             waiter = self._waiter
         try:

@@ -27,6 +27,8 @@ from reconciler.providers import ComputeProvider
 
 log = structlog.get_logger(__name__)
 
+DEFAULT_CAP = 5.0  # seconds between two looks at most, where the adapter says nothing
+
 
 @dataclass
 class _Board:
@@ -46,7 +48,12 @@ class BootWaiter:
     """Waits for instances to run; one instance of it is shared by a whole apply."""
 
     owner: str
-    interval: float = 1.0
+    # The first wait after a look that did not see every instance run, and the closest
+    # two listings of one provider ever come; each further wait doubles, up to the
+    # provider's `boot_poll_cap` (else `cap`): a fast cloud is seen at once, a slow one
+    # is not asked once a second for minutes.
+    interval: float = 0.25
+    cap: float = DEFAULT_CAP
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
     listings: int = 0  # listings made, for tests and progress lines
@@ -71,6 +78,8 @@ class BootWaiter:
         if not wanted:
             return []
         board = self._board(provider.name)
+        delay = self.interval
+        cap = max(self.interval, float(getattr(provider, "boot_poll_cap", None) or self.cap))
         deadline = self.clock() + timeout
         with board.cond:
             # Only a listing begun after our launches can be trusted to show them.
@@ -83,7 +92,8 @@ class BootWaiter:
                 log.warning("boot_wait_listing_failed", provider=provider.name, error=str(error))
                 if self.clock() >= deadline:
                     raise BootFailed(f"could not see the new instances boot: {error}")
-                self.sleep(self.interval)
+                self.sleep(delay)
+                delay = min(delay * 2, cap)
                 continue
             current = [listing[i] for i in sorted(wanted) if i in listing]
             running = [i for i in current if i.state is InstanceState.RUNNING]
@@ -96,7 +106,8 @@ class BootWaiter:
                 raise BootFailed(
                     f"{len(wanted) - len(running)} instance(s) not running after {timeout:.0f}s"
                 )
-            self.sleep(self.interval)
+            self.sleep(delay)
+            delay = min(delay * 2, cap)
 
     def _next_listing(
         self, board: _Board, provider: ComputeProvider, *, after: int

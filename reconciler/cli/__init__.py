@@ -4,7 +4,8 @@ Owns: argument parsing and presenting results. Must not: contain logic beyond ca
 the engine, ledger and renderers.
 """
 
-from reconciler.cli import commands, ledger, promotion, trust  # noqa: F401  (registers the commands)
+# The commands' modules are imported by the group when a command is asked for
+# (reconciler.cli.root.COMMAND_MODULES).
 from reconciler.cli.root import cli
 
 

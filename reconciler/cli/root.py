@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import click
 
 from reconciler.cli.exitcodes import EXIT_ERROR
-from reconciler.ledger import default_state_dir
-from reconciler.logs import configure_logging
+
+# Where each command is defined: a command's module (and what it imports: the engine,
+# the ledger, rich, pydantic, the adapters) is loaded only when that command runs, so
+# `--version` or `status` does not pay for `apply`'s imports. A test checks this table
+# against the commands the modules register.
+COMMAND_MODULES: Final = {
+    **dict.fromkeys(
+        ("abort", "apply", "daemon", "demo", "plan", "plugins", "release", "retry",
+         "rollback", "sandbox", "status", "switch", "unfreeze", "validate", "volume"),
+        "reconciler.cli.commands",
+    ),
+    "ledger": "reconciler.cli.ledger",
+    "promote": "reconciler.cli.promotion",
+    "set-image": "reconciler.cli.promotion",
+    "trust": "reconciler.cli.trust",
+    "verify": "reconciler.cli.trust",
+}  # fmt: skip
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -25,6 +41,15 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 class ReconcilerGroup(click.Group):
     """click exits 2 on a usage error, which is also `plan --detailed-exitcode`'s "changes
     pending": here every error exits 1, so 2 always means changes and only that."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(COMMAND_MODULES))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if cmd_name not in self.commands and module is not None:
+            importlib.import_module(module)  # registers its commands on this group
+        return super().get_command(ctx, cmd_name)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
@@ -67,5 +92,8 @@ class ReconcilerGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, state_dir: Path | None, log_format: str, verbose: bool) -> None:
     """Replace cloud instances to match a git-committed desired state."""
+    from reconciler.ledger.paths import default_state_dir
+    from reconciler.logs import configure_logging
+
     configure_logging(fmt=log_format, verbose=verbose)
     ctx.obj = {"state_dir": state_dir or default_state_dir(), "verbose": verbose}

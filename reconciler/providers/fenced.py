@@ -110,6 +110,7 @@ class FencedProvider:
         self._inner = inner
         self._fence = fence
         self.name = inner.name
+        self.boot_poll_cap = getattr(inner, "boot_poll_cap", None)
 
     def list_owned(self, owner: str) -> Sequence[ObservedInstance]:
         return self._inner.list_owned(owner)

@@ -148,3 +148,26 @@ def test_a_stop_request_is_honoured_between_polls() -> None:
             [_instance("i-1", InstanceState.PENDING)], provider, timeout=60, check_stop=check_stop
         )
     assert provider.listings == 0
+
+
+def test_the_first_look_is_at_once_then_the_waits_double_up_to_the_providers_cap() -> None:
+    """Booted instances are seen by the listing made right after the launches; a slow
+    boot is looked at after 0.25 s, 0.5 s, 1 s, 2 s, ... never more apart than the cap."""
+    quick = FakeProvider("east", ["i-1"], running_from=1)
+    slept: list[float] = []
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    waiter = BootWaiter("acme", interval=0.25, sleep=sleep, clock=lambda: now[0])
+    assert [i.id for i in waiter.wait_running([_instance("i-1", InstanceState.PENDING, "east")],
+                                              quick, timeout=600)] == ["i-1"]  # fmt: skip
+    assert (quick.listings, slept) == (1, [])
+
+    slow = FakeProvider("west", ["i-2"], running_from=8)
+    slow.boot_poll_cap = 3.0  # type: ignore[attr-defined]
+    waiter.wait_running([_instance("i-2", InstanceState.PENDING, "west")], slow, timeout=600)
+    assert slow.listings == 8
+    assert slept == [0.25, 0.5, 1.0, 2.0, 3.0, 3.0, 3.0]

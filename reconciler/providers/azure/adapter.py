@@ -183,6 +183,10 @@ def _translate(exc: Exception, action: str) -> Exception:
 class AzureProvider:
     """One Azure resource group in one location as a `ComputeProvider`."""
 
+    # The longest wait between two looks at booting instances (an Azure VM takes
+    # minutes, and ARM limits reads per hour).
+    boot_poll_cap = 10.0
+
     def __init__(
         self,
         name: str,

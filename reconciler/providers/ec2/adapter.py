@@ -134,6 +134,10 @@ def _root_is(body: Any, response: str) -> bool:
 class Ec2Provider:
     """One EC2 region (or EC2-compatible endpoint) as a `ComputeProvider`."""
 
+    # The longest wait between two looks at booting instances (EC2 instances run
+    # within seconds to a minute).
+    boot_poll_cap = 5.0
+
     def __init__(
         self,
         name: str,
@@ -408,9 +412,16 @@ class Ec2Provider:
         return None  # this cloud's size listing says nothing of deprecation
 
     def known_sizes(self) -> frozenset[str] | None:
-        # libcloud's EC2 size table is bundled data: no request is made.
+        # libcloud's EC2 size table is bundled data: no request is made. Its region table
+        # is read directly: `list_sizes` prices each of the ~800 sizes on the way (40 ms).
         if self._sizes is None:
-            self._sizes = frozenset(size.id for size in self._driver.list_sizes())
+            from libcloud.compute.constants.ec2_region_details_complete import REGION_DETAILS
+
+            region = REGION_DETAILS.get(self.region)
+            self._sizes = (
+                frozenset(region["instance_types"]) if region is not None
+                else frozenset(size.id for size in self._driver.list_sizes())
+            )  # fmt: skip
         return self._sizes
 
     def price_per_hour(self, size: str) -> float | None:

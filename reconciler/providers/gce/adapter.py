@@ -165,6 +165,9 @@ _EXISTS: Final = object()  # an operation that ended in RESOURCE_ALREADY_EXISTS
 class GceProvider:
     """One GCE project and zone as a `ComputeProvider`."""
 
+    # The longest wait between two looks at booting instances (GCE instances run within seconds).
+    boot_poll_cap = 5.0
+
     def __init__(
         self,
         name: str,

@@ -178,6 +178,9 @@ def build(
 class OpenStackProvider:
     """One OpenStack project in one region as a `ComputeProvider`."""
 
+    # The longest wait between two looks at booting instances (Nova builds take seconds to minutes).
+    boot_poll_cap = 5.0
+
     def __init__(
         self,
         name: str,
