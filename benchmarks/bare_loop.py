@@ -20,7 +20,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from libcloud.compute.base import NodeImage, NodeSize
-from libcloud.compute.drivers.ec2 import EC2NodeDriver
+from libcloud.compute.drivers.ec2 import NAMESPACE, EC2NodeDriver
+from libcloud.utils.xml import findtext
 
 OWNER_TAG = "bench:owner"
 SERVICE_TAG = "bench:service"
@@ -35,8 +36,25 @@ def driver(endpoint: str) -> EC2NodeDriver:
     )  # fmt: skip
 
 
+def listing(ec2: EC2NodeDriver, filters: dict[str, str]) -> list[Any]:
+    """Every instance matching `filters`, all pages (libcloud's `list_nodes` reads one)."""
+    nodes: list[Any] = []
+    token = None
+    while True:
+        params = {"Action": "DescribeInstances", "MaxResults": "1000"}
+        for n, (name, value) in enumerate(filters.items(), start=1):
+            params[f"Filter.{n}.Name"], params[f"Filter.{n}.Value.1"] = name, value
+        if token:
+            params["NextToken"] = token
+        body = ec2.connection.request(ec2.path, params=params).object
+        nodes += ec2._to_nodes(body, "reservationSet/item/instancesSet/item")
+        token = findtext(body, "nextToken", NAMESPACE)
+        if not token:
+            return nodes
+
+
 def owned(ec2: EC2NodeDriver) -> list[Any]:
-    nodes = ec2.list_nodes(ex_filters={f"tag:{OWNER_TAG}": "bench"})
+    nodes = listing(ec2, {f"tag:{OWNER_TAG}": "bench"})
     return [n for n in nodes if n.state in ("running", "pending")]
 
 

@@ -52,14 +52,15 @@ def _run(command: list[str]) -> float:
 def _terminate_some(endpoint: str, tag: str, image: str) -> None:
     """Out-of-band terminations (not timed, not counted), as an operator would."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from bare_loop import driver
+    from bare_loop import driver, listing
 
     ec2 = driver(endpoint)
     nodes = sorted(
-        (n for n in ec2.list_nodes() if n.state == "running" and tag in n.extra.get("tags", {})
-         and n.extra.get("image_id") == image),
+        (n for n in listing(ec2, {}) if n.state == "running"
+         and tag in n.extra.get("tags", {}) and n.extra.get("image_id") == image),
         key=lambda n: n.id,
     )  # fmt: skip
+    assert len(nodes) >= HEAL, f"only {len(nodes)} instances to terminate"
     for node in nodes[:HEAL]:
         ec2.destroy_node(node)
 

@@ -64,6 +64,8 @@ log = structlog.get_logger(__name__)
 
 # Generations whose instances take traffic only when activated (or never, while they
 # wait `ready`): their creates are not switched in one by one.
+GROUPS_PER_SLOT = 4  # services worked on at once per slot of `max_parallel`
+MAX_GROUPS_IN_FLIGHT = 64  # threads, whatever max_parallel says
 GATED_KINDS = frozenset(
     {ActionKind.ACTIVATE, ActionKind.PREPARE, ActionKind.CHECK, ActionKind.HANDOVER}
 )
@@ -129,11 +131,16 @@ class Applier:
 
     def apply(self, plan: Plan) -> ApplyResult:
         groups = list(plan.by_service().values())
-        workers = max(1, min(self.desired.policy.max_parallel, len(groups) or 1))
+        # `max_parallel` bounds the cloud calls in flight (the slots below); more services
+        # than that are worked on at once, so one waiting for its instances to boot or
+        # pass their gate does not keep another's calls from being made.
+        in_flight = min(GROUPS_PER_SLOT * self.desired.policy.max_parallel, MAX_GROUPS_IN_FLIGHT)
+        workers = max(1, min(in_flight, len(groups) or 1))
         # Each worker runs in a copy of the caller's context, so log lines keep the run id.
         contexts = [contextvars.copy_context() for _ in groups]
         slots = LaunchSlots(total=self.desired.policy.max_parallel, providers=list(self.providers))
         self._launcher.slots = slots
+        self._teardown.slots = slots
         if plan.actions:
             self.progress.start(len(plan.actions))
         try:

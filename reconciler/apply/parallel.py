@@ -56,6 +56,10 @@ class LaunchSlots:
         with self._overall:
             return fn()
 
+    def bounded(self, fn: Callable[[], T]) -> T:
+        """One call in the caller's thread, holding one of the overall slots (destroys)."""
+        return self._bounded(fn)
+
     def run(self, provider: str, calls: Sequence[Callable[[], T]]) -> list[T | ReconcilerError]:
         """Each call's result or our error, in the order given; waits for all of them,
         so no call is still in flight (and unrecorded by the caller) when this returns."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import structlog
 
 from reconciler.apply.gates import TrafficPort
+from reconciler.apply.parallel import LaunchSlots
 from reconciler.apply.run import ApplyRun
 from reconciler.errors import PluginError, ReconcilerError
 from reconciler.model import Action, Reason, Strategy
@@ -30,6 +31,8 @@ TAKES_TRAFFIC = frozenset({Reason.SURPLUS, Reason.TAMPERED, Reason.MISSING, Reas
 class Teardown:
     run: ApplyRun
     traffic: TrafficPort
+    # The apply's bound on cloud calls in flight (set by the applier for its duration).
+    slots: LaunchSlots | None = None
 
     def destroy(self, action: Action) -> None:
         run = self.run
@@ -76,7 +79,10 @@ class Teardown:
             run=run.run_id, kind="destroy", target=instance_id, at=run.now()
         )
         try:
-            provider.destroy_instance(instance_id)
+            if self.slots is not None:
+                self.slots.bounded(lambda: provider.destroy_instance(instance_id))
+            else:
+                provider.destroy_instance(instance_id)
         except ReconcilerError as exc:
             run.ledger.mark_operation(op, state="failed", at=run.now(), detail=str(exc))
             raise
