@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_daemon_memory
+import bench_heal
 import bench_noop
 import bench_parallel
 import bench_scenario
@@ -59,6 +60,7 @@ def main() -> int:
     plan = [
         ("bench_noop.py", ["--services", "100" if quick else "1000"], bench_noop.report),
         ("bench_scenario.py", [], bench_scenario.report),
+        ("bench_heal.py", ["--services", "10" if quick else "50"], bench_heal.report),
         ("bench_parallel.py", ["--services", "25" if quick else "100"], bench_parallel.report),
         (
             "bench_daemon_memory.py",
