@@ -68,16 +68,20 @@ def mark_activated(
     note: str = "",
 ) -> None:
     """Record a generation taking the traffic: it becomes active, the one it replaced
-    standby (with why), and a `generation_activated` event says so."""
-    ledger.set_generation_state(env, service, generation, state=GenerationState.ACTIVE, at=at)
-    if previous is not None:
+    standby (with why), and a `generation_activated` event says so, in one transaction
+    (a crash can no longer leave two active generations for recovery to settle)."""
+    with ledger.batch("activation"):
         ledger.set_generation_state(
-            env, service, previous, state=GenerationState.STANDBY, at=at, reason=why_previous
+            env, service, generation, state=GenerationState.ACTIVE, at=at
         )
-    ledger.record_event(
-        kind="generation_activated", at=at, run=run, env=env, service=service,
-        generation=generation, detail={"previous": previous, "note": note},
-    )  # fmt: skip
+        if previous is not None:
+            ledger.set_generation_state(
+                env, service, previous, state=GenerationState.STANDBY, at=at, reason=why_previous
+            )
+        ledger.record_event(
+            kind="generation_activated", at=at, run=run, env=env, service=service,
+            generation=generation, detail={"previous": previous, "note": note},
+        )  # fmt: skip
     log.info("generation_activated", run=run, env=env, service=service,
              generation=generation, previous=previous)  # fmt: skip
 

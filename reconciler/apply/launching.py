@@ -121,20 +121,23 @@ class Launcher:
                     launched, provider, spec, generation, new_generation=False, why=str(exc)
                 )
                 raise RolloutFailed(f"traffic switch: {exc}") from None
-        for action, (op, instance) in zip(batch, launched, strict=True):
-            run.ledger.mark_operation(op, state="done", at=run.now(), instance_id=instance.id)
-            run.ledger.set_instance_state(instance.id, state="running", at=run.now())
-            if action.reason in (Reason.MISSING, Reason.TAMPERED):
-                # What the thrash detector counts: instances that had to be replaced.
-                run.ledger.record_event(
-                    kind="instance_replaced", at=run.now(), run=run.run_id, env=spec.env,
-                    service=spec.name, generation=generation, instance=instance.id,
-                    detail={"reason": action.reason.value, "replaces": action.replaces},
-                )  # fmt: skip
-        if new_generation and launched:
-            run.ledger.set_generation_fields(
-                spec.env, spec.name, generation, image_id=launched[0][1].image
-            )
+        # The batch's outcome in one transaction (the intents were each durable before
+        # their calls; these records follow them).
+        with run.ledger.batch("batch running"):
+            for action, (op, instance) in zip(batch, launched, strict=True):
+                run.ledger.mark_operation(op, state="done", at=run.now(), instance_id=instance.id)
+                run.ledger.set_instance_state(instance.id, state="running", at=run.now())
+                if action.reason in (Reason.MISSING, Reason.TAMPERED):
+                    # What the thrash detector counts: instances that had to be replaced.
+                    run.ledger.record_event(
+                        kind="instance_replaced", at=run.now(), run=run.run_id, env=spec.env,
+                        service=spec.name, generation=generation, instance=instance.id,
+                        detail={"reason": action.reason.value, "replaces": action.replaces},
+                    )  # fmt: skip
+            if new_generation and launched:
+                run.ledger.set_generation_fields(
+                    spec.env, spec.name, generation, image_id=launched[0][1].image
+                )
         run.count("create", len(launched))
 
     def _launch_batch(
@@ -199,8 +202,26 @@ class Launcher:
         except ReconcilerError as exc:
             run.ledger.mark_operation(op, state="failed", at=run.now(), detail=str(exc))
             raise
-        run.ledger.mark_operation(op, state="issued", at=run.now(), instance_id=instance.id)
         price = instance_price(spec.price_per_hour, provider, spec.size)
+        with run.ledger.batch("launch issued"):
+            run.ledger.mark_operation(op, state="issued", at=run.now(), instance_id=instance.id)
+            self._record(action, spec, instance, op=op, slot=slot, name=tags["Name"], price=price)
+        log.info(
+            "instance_created",
+            run=run.run_id,
+            env=spec.env,
+            service=spec.name,
+            generation=action.generation,
+            instance=instance.id,
+            reason=action.reason.value,
+        )
+        return op, instance
+
+    def _record(
+        self, action: Action, spec: ServiceSpec, instance: ObservedInstance, *, op: str,
+        slot: int, name: str, price: float | None,
+    ) -> None:  # fmt: skip
+        run = self.run
         run.ledger.record_instance(
             id=instance.id,
             provider=spec.provider,
@@ -208,7 +229,7 @@ class Launcher:
             service=spec.name,
             generation=action.generation,
             slot=slot,
-            name=tags["Name"],
+            name=name,
             image=instance.image,
             size=instance.size,
             price_per_hour=price,
@@ -220,16 +241,6 @@ class Launcher:
             run.ledger.set_instance_state(
                 action.replaces, state="gone", at=run.now(), reason=Reason.MISSING.value
             )
-        log.info(
-            "instance_created",
-            run=run.run_id,
-            env=spec.env,
-            service=spec.name,
-            generation=action.generation,
-            instance=instance.id,
-            reason=action.reason.value,
-        )
-        return op, instance
 
     def _volume_zone(self, spec: ServiceSpec) -> str | None:
         """A service with a volume launches where its volume is (a volume attaches only

@@ -104,6 +104,8 @@ class Ledger:
         self._db: Database | None = db
         self._clock = clock
         self._lock = threading.Lock()
+        # The transaction a thread's `batch()` holds open: its writes join it.
+        self._batched = threading.local()
         # Checked before every write: under `--coordination`, the leader's lease
         # (a follower, or a leader past its deadline, writes nothing).
         self.fence: Fence = OPEN
@@ -152,6 +154,10 @@ class Ledger:
         """
         if write:
             self.fence.check(f"ledger {what}")
+        joined: Database | None = getattr(self._batched, "db", None)
+        if joined is not None:
+            yield joined  # part of this thread's batch: committed with it
+            return
         with self._lock:
             db = self._open_db()
             try:
@@ -162,6 +168,21 @@ class Ledger:
                 # a full disk, a read-only file: each with what to do about it.
                 hint = advice(exc, self.path)
                 raise LedgerError(f"ledger {self.path}: {what} failed: {exc}; {hint}") from exc
+
+    @contextmanager
+    def batch(self, what: str) -> Iterator[None]:
+        """Several writes of this thread as one transaction (one commit, one wait for the
+        lock): for records made after a cloud call, never for an intent, which must be
+        durable on its own before its call. Nothing slow may run inside."""
+        if getattr(self._batched, "db", None) is not None:
+            yield
+            return
+        with self._transaction(what, write=True) as db:
+            self._batched.db = db
+            try:
+                yield
+            finally:
+                self._batched.db = None
 
     # ------------------------------------------------------------ runs
 
