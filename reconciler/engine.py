@@ -228,10 +228,11 @@ def plan_pass(desired_dir: str | Path, ledger: Ledger) -> PassOutcome:
     now = datetime.now(UTC)
     observed = observe(desired, providers)
     volumes = observe_volumes(desired, providers)
+    view = ledger.view()
     plan = compute_plan(
         desired=desired,
         observed=settle_deletions(observed, ledger, now=now),
-        ledger=ledger.view(),
+        ledger=view,
         now=now,
         pins=current_pins(ledger, desired),
         frozen=current_freezes(ledger, desired),
@@ -244,7 +245,7 @@ def plan_pass(desired_dir: str | Path, ledger: Ledger) -> PassOutcome:
     outcome.costs = accounting.plan_costs(
         plan, desired=desired, observed=observed, providers=providers, ledger=ledger
     )
-    outcome.lags = lags(ledger.view(), now=now)
+    outcome.lags = lags(view, now=now)
     return outcome
 
 

@@ -52,6 +52,7 @@ class RecoveryReport:
     reissued: int = 0  # destroys whose instance was alive: terminated again, closed done
     demoted: int = 0  # generations left active by an interrupted activation
     skipped: int = 0  # operations of a kind this module does not know: left open
+    replanned: int = 0  # hand-over steps: closed, the next pass plans from the cloud
     held: int = 0  # destroys in a frozen service: left open until it thaws
 
     @property
@@ -94,7 +95,7 @@ def resolve_open_operations(
         elif op["kind"] in VOLUME_STEPS:
             # Each hand-over step is planned again from what the cloud shows.
             ledger.mark_operation(op["id"], state="done", at=now, detail=RESOLVED_BY_OBSERVATION)
-            report.skipped += 1
+            report.replanned += 1
         else:
             log.warning("operation_kind_unknown", op=op["id"], kind=op["kind"])
             report.skipped += 1
@@ -131,7 +132,7 @@ def _resolve_volume_create(
             report.adopted += 1
             return
     ledger.mark_operation(op["id"], state="failed", at=now, detail="no volume was made")
-    report.skipped += 1
+    report.abandoned += 1
 
 
 # ------------------------------------------------------------------ creates

@@ -182,10 +182,10 @@ class VolumeMover:
             and v.tags.get(TAG_OWNER) == self.run.desired.owner
         ]  # fmt: skip
         if not known:
-            created = [
-                e for e in self.run.ledger.event_rows(kind="volume_created", env=spec.env,
-                                                      service=spec.name)
-            ]  # fmt: skip
+            # Not in the pass's listing: one this pass (or a killed one) just created.
+            created = self.run.ledger.event_rows(
+                kind="volume_created", env=spec.env, service=spec.name
+            )
             known_ids = [str((e["detail"] or {}).get("volume")) for e in created]
         else:
             known_ids = [v.id for v in sorted(known, key=lambda v: (v.attached_to is None, v.id))]

@@ -28,7 +28,13 @@ from reconciler.errors import NothingToDo, ReconcilerError
 from reconciler.extensions.notify import Notifications
 from reconciler.ledger import Ledger
 from reconciler.ledger.holds import current_freezes, current_pins
-from reconciler.model import DesiredState, GenerationState, ObservedInstance, ServiceSpec
+from reconciler.model import (
+    DesiredState,
+    GenerationState,
+    InstanceState,
+    ObservedInstance,
+    ServiceSpec,
+)
 from reconciler.providers import ComputeProvider
 
 log = structlog.get_logger(__name__)
@@ -47,30 +53,17 @@ def rollback(desired_dir: DesiredSource, ledger: Ledger, env: str, service: str)
     spec = desired.service(env, service)
     if spec is None:
         raise NothingToDo(f"{env}/{service} is not in the desired state")
-    providers = engine.build_providers(desired, fence=ledger.fence)
-    observed = engine.settle_deletions(
-        engine.observe(desired, providers), ledger, now=datetime.now(UTC)
-    )
+    providers, observed = _observed(desired, ledger)
     rows = ledger.generation_rows(env=env, service=service)
     active = next((r["number"] for r in rows if r["state"] == "active"), None)
-
-    def alive(number: int | None) -> list[ObservedInstance]:
-        return [
-            i for i in observed
-            if (i.env, i.service, i.generation) == (env, service, number) and i.alive
-        ]  # fmt: skip
-
-    def present(number: int | None) -> list[ObservedInstance]:
-        return [
-            i for i in observed
-            if (i.env, i.service, i.generation) == (env, service, number)
-            and i.state.value != "gone"
-        ]  # fmt: skip
-
     # A service with a volume keeps its standby stopped: the volume is handed back to
     # it (the serving instance stopped first), and it starts again.
-    usable = present if spec.volume is not None else alive
-    standbys = [r["number"] for r in rows if r["state"] == "standby" and usable(r["number"])]
+    stopped_too = spec.volume is not None
+    standbys = [
+        r["number"] for r in rows
+        if r["state"] == "standby"
+        and _members(observed, env, service, r["number"], stopped_too=stopped_too)
+    ]  # fmt: skip
     if not standbys:
         raise NothingToDo(f"{env}/{service} has no standby generation with running instances")
     target = max(standbys)
@@ -79,19 +72,14 @@ def rollback(desired_dir: DesiredSource, ledger: Ledger, env: str, service: str)
     )
     if spec.volume is not None:
         observed = _hand_volume(desired, ledger, providers, observed, spec, target)
-    failure = rollout.wait_healthy(alive(target), spec)
+    failure = rollout.wait_healthy(_members(observed, env, service, target), spec)
     if failure:
         if spec.volume is not None and active is not None:
             _hand_volume(desired, ledger, providers, observed, spec, active)
         raise NothingToDo(f"generation {target} is not healthy, not rolling back: {failure}")
-    # The activation's own steps: the switch (moved back if it fails), then the records.
-    failure = switch_traffic(rollout, spec, old=alive(active), new=alive(target))
-    if failure is not None:
-        raise ReconcilerError(f"traffic switch failed, traffic left where it was: {failure}")
-    now = datetime.now(UTC)
-    mark_activated(
-        ledger, env=env, service=service, generation=target, previous=active, at=now,
-        run=None, why_previous=f"rolled back to g{target}", note="rollback",
+    now = _switch_and_record(
+        rollout, ledger, spec, observed, generation=target, previous=active,
+        why_previous=f"rolled back to g{target}", note="rollback",
     )  # fmt: skip
     ledger.record_event(
         kind="rollback", at=now, env=env, service=service, generation=target,
@@ -124,12 +112,64 @@ def _observed(
 
 
 def _members(
-    observed: list[ObservedInstance], env: str, service: str, number: int | None
+    observed: list[ObservedInstance],
+    env: str,
+    service: str,
+    number: int | None,
+    *,
+    stopped_too: bool = False,
 ) -> list[ObservedInstance]:
+    """The generation's running instances (and, with `stopped_too`, its stopped ones)."""
     return [
         i for i in observed
-        if (i.env, i.service, i.generation) == (env, service, number) and i.alive
+        if (i.env, i.service, i.generation) == (env, service, number)
+        and (i.alive or (stopped_too and i.state is not InstanceState.GONE))
     ]  # fmt: skip
+
+
+def _switch_and_record(
+    rollout: Rollout,
+    ledger: Ledger,
+    spec: ServiceSpec,
+    observed: list[ObservedInstance],
+    *,
+    generation: int,
+    previous: int | None,
+    why_previous: str,
+    note: str,
+) -> datetime:
+    """An activation's own steps once the generation passed its gate: the switch (moved
+    back if it fails), then the records. Returns when they were made."""
+    old = _members(observed, spec.env, spec.name, previous)
+    new = _members(observed, spec.env, spec.name, generation)
+    failure = switch_traffic(rollout, spec, old=old, new=new)
+    if failure is not None:
+        raise ReconcilerError(f"traffic switch failed, traffic left where it was: {failure}")
+    now = datetime.now(UTC)
+    mark_activated(
+        ledger, env=spec.env, service=spec.name, generation=generation, previous=previous,
+        at=now, run=None, why_previous=why_previous, note=note,
+    )  # fmt: skip
+    return now
+
+
+def _side_run(
+    desired: DesiredState,
+    ledger: Ledger,
+    providers: dict[str, ComputeProvider],
+    observed: list[ObservedInstance],
+    *,
+    command: str,
+) -> ApplyRun:
+    """An apply's shared state for an operator command's own cloud changes, in a run of
+    its own so the ledger's history says who made them (the caller finishes the run)."""
+    run_id = ledger.start_run(command=command, commit=desired.commit)
+    return ApplyRun(
+        desired=desired, observed=observed, providers=providers, ledger=ledger, run_id=run_id,
+        now=lambda: datetime.now(UTC), should_stop=lambda: False, heartbeat=lambda: None,
+        progress=NoProgress(), result=ApplyResult(),
+        volumes=engine.observe_volumes(desired, providers),
+    )  # fmt: skip
 
 
 def _waiting_generation(ledger: Ledger, env: str, service: str) -> dict[str, Any]:
@@ -173,13 +213,9 @@ def switch(desired_dir: DesiredSource, ledger: Ledger, env: str, service: str, *
             f"generation {number} is not healthy, not switching: {failure} (the next pass "
             "checks it again and destroys it if it stays unhealthy)"
         )
-    failure = switch_traffic(rollout, spec, old=_members(observed, env, service, active), new=new)
-    if failure is not None:
-        raise ReconcilerError(f"traffic switch failed, traffic left where it was: {failure}")
-    now = datetime.now(UTC)
-    mark_activated(
-        ledger, env=env, service=service, generation=number, previous=active, at=now,
-        run=None, why_previous=f"replaced by g{number} (switched by {by})", note="switch",
+    now = _switch_and_record(
+        rollout, ledger, spec, observed, generation=number, previous=active,
+        why_previous=f"replaced by g{number} (switched by {by})", note="switch",
     )  # fmt: skip
     ledger.record_event(
         kind="switched", at=now, env=env, service=service, generation=number,
@@ -211,8 +247,7 @@ def abort(desired_dir: DesiredSource, ledger: Ledger, env: str, service: str, *,
         env, service, number, state=GenerationState.FAILED, at=now, reason=f"failed: {why}"
     )
     providers, observed = _observed(desired, ledger)
-    doomed = [i for i in observed if (i.env, i.service, i.generation) == (env, service, number)
-              and i.state.value != "gone"]  # fmt: skip
+    doomed = _members(observed, env, service, number, stopped_too=True)
     destroyed, errors = destroy_instances(
         desired, ledger, providers, observed, doomed, command="abort", reason=f"failed: {why}"
     )
@@ -253,12 +288,8 @@ def destroy_instances(
     """Terminate `doomed` the way an apply does (an operation row before each call),
     in a run of its own so the ledger's history says who did it. Returns the ids
     destroyed and the errors of those that were not."""
-    run_id = ledger.start_run(command=command, commit=desired.commit)
-    run = ApplyRun(
-        desired=desired, observed=observed, providers=providers, ledger=ledger, run_id=run_id,
-        now=lambda: datetime.now(UTC), should_stop=lambda: False, heartbeat=lambda: None,
-        progress=NoProgress(), result=ApplyResult(),
-    )  # fmt: skip
+    run = _side_run(desired, ledger, providers, observed, command=command)
+    run_id = run.run_id
     teardown = Teardown(run=run, traffic=TrafficPort())
     destroyed: list[str] = []
     errors: list[str] = []
@@ -287,13 +318,8 @@ def _hand_volume(
 ) -> list[ObservedInstance]:
     """The service's volume moved to generation `to`'s instance (started), in a run of
     its own as a pass would; returns the listing seen afterwards."""
-    run_id = ledger.start_run(command="rollback", commit=desired.commit)
-    run = ApplyRun(
-        desired=desired, observed=observed, providers=providers, ledger=ledger, run_id=run_id,
-        now=lambda: datetime.now(UTC), should_stop=lambda: False, heartbeat=lambda: None,
-        progress=NoProgress(), result=ApplyResult(),
-        volumes=engine.observe_volumes(desired, providers),
-    )  # fmt: skip
+    run = _side_run(desired, ledger, providers, observed, command="rollback")
+    run_id = run.run_id
     mover = VolumeMover(run=run)
     target = mover.instance_of(spec.env, spec.name, to, alive_only=False)
     if target is None:

@@ -26,7 +26,14 @@ from reconciler.durations import format_duration
 from reconciler.errors import PromotionRefused
 from reconciler.ledger import Ledger
 from reconciler.ledger.holds import current_freezes, current_pins
-from reconciler.model import DesiredState, Freeze, GenerationState, Pin, ServiceSpec
+from reconciler.model import (
+    DesiredState,
+    Freeze,
+    GenerationState,
+    LedgerView,
+    Pin,
+    ServiceSpec,
+)
 from reconciler.planning.promotion import Proven, SourceFacts, judge
 from reconciler.promotion.checkout import Checkout
 from reconciler.promotion.edit import replace_image
@@ -52,7 +59,6 @@ class Outcome:
     commit: str | None = None  # None: nothing to commit
     pushed: bool = False
     changes: list[ImageChange] = field(default_factory=list)
-    attempts: int = 0
 
 
 @dataclass(frozen=True)
@@ -105,15 +111,15 @@ def commit_changes(
         desired = engine.read_desired(repository.desired_dir)
         changes = decide(desired)
         if not changes:
-            return Outcome("nothing to commit", attempts=attempt)
+            return Outcome("nothing to commit")
         sha = _write_and_commit(repository, desired, changes, subject, trailers)
         if not push:
-            return Outcome(f"committed {sha[:12]}", commit=sha, changes=changes, attempts=attempt)
+            return Outcome(f"committed {sha[:12]}", commit=sha, changes=changes)
         pushed = checkout.push(remote, branch)
         if pushed.pushed:
             return Outcome(
                 f"committed {sha[:12]} and pushed it to {remote} {branch}", commit=sha,
-                pushed=True, changes=changes, attempts=attempt,
+                pushed=True, changes=changes,
             )  # fmt: skip
         if not pushed.rejected:
             raise PromotionRefused(
@@ -240,6 +246,7 @@ def promotion_changes(
         raise PromotionRefused([f"{request.source} and {request.target} have no service in common"])
     pins = current_pins(ledger, desired)
     freezes = current_freezes(ledger, desired)
+    view = ledger.view()  # read once for every service judged
     changes: list[ImageChange] = []
     for name in dict.fromkeys(names):
         source = desired.service(request.source, name)
@@ -250,7 +257,7 @@ def promotion_changes(
             continue
         problems += _target_problems(desired, source, target, freezes)
         verdict = judge(
-            _source_facts(ledger, source, pins, freezes), now=request.now,
+            _source_facts(ledger, view, source, pins, freezes), now=request.now,
             min_soak=request.min_soak, approve_unsoaked=request.approve_unsoaked,
         )  # fmt: skip
         if isinstance(verdict, str):
@@ -299,11 +306,12 @@ def _target_problems(
 
 def _source_facts(
     ledger: Ledger,
+    view: LedgerView,
     spec: ServiceSpec,
     pins: Mapping[tuple[str, str], Pin],
     freezes: Mapping[tuple[str, str], Freeze],
 ) -> SourceFacts:
-    generations = ledger.view().generations_of(spec.env, spec.name)
+    generations = view.generations_of(spec.env, spec.name)
     active = next((g for g in generations if g.state is GenerationState.ACTIVE), None)
     running = 0
     replaced_at = None

@@ -19,7 +19,7 @@ import yaml
 from reconciler.providers.sandbox import SandboxServer, fetch_stats
 from tests.conftest import Cli
 from tests.support.bluegreen_support import HealthServer
-from tests.support.cloud import live_nodes
+from tests.support.cloud import live_nodes, raw_driver
 from tests.support.desired_builder import write_desired
 
 IMAGES = [f"ami-5{n:07d}" for n in range(1, 9)]
@@ -312,3 +312,27 @@ def test_a_rebuilt_ledger_never_takes_a_waiting_generation_for_the_serving_one(
     assert launches(sandbox.endpoint) == before and len(web.switches()) == 1
     assert cli("switch", "prod", "web", "--desired", str(web.root)).code == 0
     assert states(cli) == {1: "standby", 2: "active"}
+
+
+def test_switch_refuses_a_generation_short_of_count_or_no_longer_asked_for(
+    cli: Cli, web: Service, sandbox: SandboxServer
+) -> None:
+    web.write(IMAGES[0])
+    assert apply(cli, web).code == 0
+    web.write(IMAGES[1])
+    assert apply(cli, web).code == 0
+    assert states(cli) == {1: "active", 2: "ready"}
+
+    # One of its instances gone (out of band): not switched to less than count.
+    raw = raw_driver(sandbox.endpoint)
+    victim = next(n for n in raw.list_nodes() if n.id in running_ids(sandbox.endpoint, IMAGES[1]))
+    raw.destroy_node(victim)
+    short = cli("switch", "prod", "web", "--desired", str(web.root))
+    assert short.code == 1 and "runs 1 of 2 instances" in short.stderr
+    assert states(cli) == {1: "active", 2: "ready"} and len(web.switches()) == 1
+
+    # The desired state moved on (not applied yet): the waiting spec is not switched to.
+    web.write(IMAGES[2])
+    stale = cli("switch", "prod", "web", "--desired", str(web.root))
+    assert stale.code == 1 and "no longer asks for" in stale.stderr
+    assert states(cli) == {1: "active", 2: "ready"} and len(web.switches()) == 1
