@@ -1,11 +1,12 @@
 """The shared boot waiter: one listing per provider per poll, for every pending instance.
 
 Owns: waiting until freshly launched instances run, for all service groups of one
-apply at once. Each (provider) has a board: the first waiter whose poll is due lists
-the provider's owned instances; every other waiter of that provider takes its answer
-from that same listing instead of making its own. N services waiting therefore cost
-one DescribeInstances per poll, not N. Thread-safe: service groups call `wait_running`
-from the applier's worker threads.
+apply at once. Each (provider) has a board of the instances its waiters wait for: the
+first waiter whose poll is due asks the provider for all of them (`look_up`: the new
+instances alone, not the fleet, which a cloud takes far longer to describe); every
+other waiter of that provider takes its answer from that same listing instead of
+making its own. N services waiting therefore cost one DescribeInstances per poll, not
+N. Thread-safe: service groups call `wait_running` from the applier's worker threads.
 
 Must not: decide what a failed boot means for the rollout (the applier compensates),
 retry API calls (the adapter does), or keep instances between applies (one waiter
@@ -41,6 +42,17 @@ class _Board:
     error: ObservationIncomplete | None = None
     polling: bool = False
     last_start: float = 0.0  # clock() when the latest listing began
+    # Instance id -> how many waiters wait for it: what the next listing asks for.
+    wanted: dict[str, int] = field(default_factory=dict)
+
+    def want(self, ids: set[str], more: int) -> None:
+        """Add (`more` 1) or drop (-1) a waiter's ids; call with `cond` held."""
+        for i in ids:
+            left = self.wanted.get(i, 0) + more
+            if left > 0:
+                self.wanted[i] = left
+            else:
+                self.wanted.pop(i, None)
 
 
 @dataclass
@@ -78,12 +90,31 @@ class BootWaiter:
         if not wanted:
             return []
         board = self._board(provider.name)
+        with board.cond:
+            # Only a listing begun after our launches can be trusted to show them, and
+            # every listing begun from now on asks for them.
+            seen = board.started
+            board.want(wanted, 1)
+        try:
+            return self._poll(wanted, board, provider, timeout=timeout, check_stop=check_stop,
+                              seen=seen)  # fmt: skip
+        finally:
+            with board.cond:
+                board.want(wanted, -1)
+
+    def _poll(
+        self,
+        wanted: set[str],
+        board: _Board,
+        provider: ComputeProvider,
+        *,
+        timeout: float,
+        check_stop: Callable[[], None],
+        seen: int,
+    ) -> list[ObservedInstance]:
         delay = self.interval
         cap = max(self.interval, float(getattr(provider, "boot_poll_cap", None) or self.cap))
         deadline = self.clock() + timeout
-        with board.cond:
-            # Only a listing begun after our launches can be trusted to show them.
-            seen = board.started
         while True:
             check_stop()
             listing, error, seen = self._next_listing(board, provider, after=seen)
@@ -129,13 +160,14 @@ class BootWaiter:
                     board.last_start = self.clock()
                     board.started += 1
                     sequence = board.started
+                    asked = set(board.wanted)
                     break
                 # Bounded wait: the poller notifies, the timeout only guards a lost wake-up.
                 board.cond.wait(timeout=max(self.interval, 0.05))
         listing: dict[str, ObservedInstance] = {}
         error: ObservationIncomplete | None = None
         try:
-            listing = {i.id: i for i in provider.list_owned(self.owner)}
+            listing = {i.id: i for i in provider.look_up(self.owner, asked)}
         except ObservationIncomplete as exc:
             error = exc
         finally:

@@ -7,7 +7,7 @@ of DESIGN §3. Must not: import libcloud (adapters do) or decide anything (the p
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -198,6 +198,13 @@ class ComputeProvider(Protocol):
         """Every instance tagged with `owner`, all pages; raises ObservationIncomplete."""
         ...
 
+    def look_up(self, owner: str, ids: Collection[str]) -> Sequence[ObservedInstance]:
+        """The instances among `ids` tagged with `owner`, as the cloud shows them now (one
+        it does not show yet is missing, not an error): a boot wait asks for its few new
+        instances, not the fleet. Never more requests than `list_owned`; an adapter that
+        cannot ask for ids lists what it owns and picks. Raises ObservationIncomplete."""
+        ...
+
     def find_by_op(self, owner: str, op: str) -> ObservedInstance | None:
         """The instance a create operation made, if the cloud has it (lost responses)."""
         ...
@@ -240,6 +247,12 @@ class ComputeProvider(Protocol):
     def list_unowned(self, owner: str) -> Sequence[ObservedInstance]:
         """Every instance without the `owner` tag, all pages: reported, never touched."""
         ...
+
+
+def among(instances: Sequence[ObservedInstance], ids: Collection[str]) -> list[ObservedInstance]:
+    """`look_up` for an adapter whose cloud cannot be asked for ids: pick from its listing."""
+    wanted = set(ids)
+    return [i for i in instances if i.id in wanted]
 
 
 class VolumePort(Protocol):

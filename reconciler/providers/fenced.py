@@ -8,7 +8,7 @@ retry: a closed fence raises `NotLeader` and the pass stops there.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 
 from reconciler.fencing import Fence
@@ -114,6 +114,9 @@ class FencedProvider:
 
     def list_owned(self, owner: str) -> Sequence[ObservedInstance]:
         return self._inner.list_owned(owner)
+
+    def look_up(self, owner: str, ids: Collection[str]) -> Sequence[ObservedInstance]:
+        return self._inner.look_up(owner, ids)
 
     def find_by_op(self, owner: str, op: str) -> ObservedInstance | None:
         return self._inner.find_by_op(owner, op)

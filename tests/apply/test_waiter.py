@@ -7,7 +7,7 @@ them; no timing is asserted, only counts and outcomes.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -40,11 +40,13 @@ class FakeProvider:
         self.listings = 0
         self.fail_first = 0
         self.dead: set[str] = set()
+        self.asked: list[set[str]] = []  # the ids each listing asked for
         self._lock = threading.Lock()
 
-    def list_owned(self, owner: str) -> list[ObservedInstance]:
+    def look_up(self, owner: str, ids: Collection[str]) -> list[ObservedInstance]:
         with self._lock:
             self.listings += 1
+            self.asked.append(set(ids))
             n = self.listings
         if n <= self.fail_first:
             raise ObservationIncomplete("listing failed")
@@ -52,6 +54,7 @@ class FakeProvider:
         return [
             _instance(i, InstanceState.GONE if i in self.dead else state, self.name)
             for i in self.ids
+            if i in ids
         ]
 
 
@@ -82,9 +85,26 @@ def test_twenty_groups_waiting_share_listings() -> None:
     with ThreadPoolExecutor(max_workers=groups) as pool:
         results = list(pool.map(wait, range(groups)))
     assert all(len(r) == 2 and all(i.state is InstanceState.RUNNING for i in r) for r in results)
-    # Three listings served all twenty groups (one per group per poll would be 60).
+    # Three listings served all twenty groups (one per group per poll would be 60),
+    # each asking for every waiting instance and nothing else.
     assert provider.listings == 3
     assert waiter.listings == 3
+    assert provider.asked == [set(ids)] * 3
+
+
+def test_a_listing_asks_only_for_the_instances_still_waited_for() -> None:
+    """A group whose instances run, or whose wait failed, drops out of the next listing;
+    a group that starts waiting later is in it."""
+    provider = FakeProvider("cloud", ["i-0", "i-1", "i-2", "i-3"], running_from=1)
+    provider.dead.add("i-0")
+    waiter = _waiter()
+    with pytest.raises(BootFailed):
+        waiter.wait_running([_instance("i-0", InstanceState.PENDING)], provider, timeout=60)
+    waiter.wait_running([_instance("i-1", InstanceState.PENDING)], provider, timeout=60)
+    waiter.wait_running(
+        [_instance(i, InstanceState.PENDING) for i in ("i-2", "i-3")], provider, timeout=60
+    )
+    assert provider.asked == [{"i-0"}, {"i-1"}, {"i-2", "i-3"}]
 
 
 def test_each_provider_has_its_own_listing() -> None:

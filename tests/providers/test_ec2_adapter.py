@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import libcloud.pricing
+import pytest
+
 from reconciler.model import InstanceState
 from reconciler.providers.base import LaunchRequest, ownership_tags
+from reconciler.providers.ec2 import adapter
 from reconciler.providers.ec2.adapter import Ec2Provider
 from reconciler.providers.sandbox import SANDBOX_KEY, SANDBOX_SECRET, SandboxServer, fetch_stats
 from tests.support.desired_builder import IMAGE_V1
@@ -48,6 +54,38 @@ def test_listing_follows_next_token_to_the_last_page(sandbox: SandboxServer) -> 
     assert all(i.tags["reconciler:owner"] == "acme" for i in seen)
 
 
+def test_a_look_up_asks_for_the_ids_alone_in_one_request(
+    sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The boot wait's listing: the server is asked for the given ids (so it describes a
+    few instances, not the fleet); ids it does not show yet, or of another owner, are
+    left out; more ids than one filter may hold fall back to the owner's listing."""
+    p = provider(sandbox.endpoint)
+    mine = [launch(p, owner="acme", slot=n, op=f"op{n}") for n in (1, 2, 3)]
+    theirs = launch(p, owner="other", slot=1, op="foreign")
+    asked: list[dict[str, str]] = []
+    request = p._request
+    monkeypatch.setattr(p, "_request", lambda params: asked.append(params) or request(params))
+
+    found = p.look_up("acme", [mine[0], mine[2], theirs, "i-0123456789abcdef0"])
+
+    assert sorted(i.id for i in found) == sorted([mine[0], mine[2]])
+    (params,) = asked
+    assert params["Filter.1.Name"] == "instance-id"
+    values = {v for k, v in params.items() if k.startswith("Filter.1.Value.")}
+    assert values == {mine[0], mine[2], theirs, "i-0123456789abcdef0"}
+    assert "Filter.2.Name" not in params
+
+    asked.clear()
+    many = [mine[1], *(f"i-{n:017x}" for n in range(100))]
+    assert [i.id for i in p.look_up("acme", many)] == [mine[1]]
+    (params,) = asked
+    assert (params["Filter.1.Name"], params["Filter.1.Value.1"]) == ("tag:reconciler:owner", "acme")
+
+    asked.clear()
+    assert p.look_up("acme", []) == [] and asked == []
+
+
 def test_observed_instances_carry_identity_and_state(sandbox: SandboxServer) -> None:
     p = provider(sandbox.endpoint)
     keep = launch(p, owner="acme", slot=1, op="a")
@@ -89,3 +127,25 @@ def test_an_image_name_is_resolved_to_its_ami_once(sandbox: SandboxServer) -> No
 
     with pytest.raises(ProviderError, match="no image named 'no-such-image'"):
         p.resolve_image("no-such-image")
+
+
+def test_the_ec2_price_table_read_alone_is_libcloud_s_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table decoded from its offset in libcloud's pricing file equals the one
+    libcloud's loader keeps after parsing the whole file; a file laid out otherwise is
+    left to that loader."""
+    compute = libcloud.pricing.PRICING_DATA["compute"]
+    monkeypatch.delitem(compute, "ec2_linux", raising=False)
+    adapter._load_price_table()
+    ours = compute.pop("ec2_linux")
+    theirs = libcloud.pricing.get_pricing("compute", "ec2_linux")
+    assert ours == theirs and ours["t3.micro"]["us-east-1"] > 0
+
+    compute.pop("ec2_linux")
+    doubled = tmp_path / "pricing.json"
+    doubled.write_text('{"compute": {"ec2_linux": {"t3.micro": {"us-east-1": 1}}},'
+                       ' "storage": {"ec2_linux": {}}}')  # fmt: skip
+    monkeypatch.setattr(adapter, "get_pricing_file_path", lambda: str(doubled))
+    adapter._load_price_table()
+    assert "ec2_linux" not in compute

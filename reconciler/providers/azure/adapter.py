@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -81,6 +81,7 @@ from reconciler.providers.base import (
     LaunchRequest,
     LoadBalancerPort,
     VolumePort,
+    among,
     instance_from_tags,
 )
 from reconciler.providers.calls import (
@@ -273,10 +274,12 @@ class AzureProvider:
     def list_owned(self, owner: str) -> Sequence[ObservedInstance]:
         return [i for i in self._observe() if i.tags.get(TAG_OWNER) == owner]
 
+    def look_up(self, owner: str, ids: Collection[str]) -> Sequence[ObservedInstance]:
+        return among(self.list_owned(owner), ids)  # no listing by ids here: one listing
+
     def list_unowned(self, owner: str) -> Sequence[ObservedInstance]:
         """VMs of this resource group WITHOUT our owner tag: reported, never touched."""
         return [i for i in self._observe() if i.tags.get(TAG_OWNER) != owner]
-
 
     def load_balancers(self) -> LoadBalancerPort | None:
         return None  # no load-balancer port for this cloud yet: validation refuses libcloud-lb

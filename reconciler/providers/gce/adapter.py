@@ -36,7 +36,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from importlib.util import find_spec
@@ -71,6 +71,7 @@ from reconciler.providers.base import (
     LaunchRequest,
     LoadBalancerPort,
     VolumePort,
+    among,
     launched_instance,
 )
 from reconciler.providers.calls import ProviderCalls
@@ -270,6 +271,8 @@ class GceProvider:
             i for i in self._list_instances(self._filter(owner)) if i.tags.get(TAG_OWNER) == owner
         ]
 
+    def look_up(self, owner: str, ids: Collection[str]) -> Sequence[ObservedInstance]:
+        return among(self.list_owned(owner), ids)  # no listing by ids here: one listing
 
     def load_balancers(self) -> LoadBalancerPort | None:
         return None  # no load-balancer port for this cloud yet: validation refuses libcloud-lb

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -55,6 +55,7 @@ from reconciler.providers.base import (
     LaunchRequest,
     LoadBalancerPort,
     VolumePort,
+    among,
     instance_from_tags,
     launched_instance,
 )
@@ -446,6 +447,8 @@ class OpenStackProvider:
         # Nova cannot filter a listing by metadata: ownership is checked here, exactly.
         return [i for i in self._servers() if i.tags.get(TAG_OWNER) == owner]
 
+    def look_up(self, owner: str, ids: Collection[str]) -> Sequence[ObservedInstance]:
+        return among(self.list_owned(owner), ids)  # no listing by ids here: one listing
 
     def load_balancers(self) -> LoadBalancerPort | None:
         return None  # no load-balancer port for this cloud yet: validation refuses libcloud-lb
