@@ -17,14 +17,7 @@ from pathlib import Path
 import structlog
 
 from reconciler import accounting
-from reconciler.apply.applier import (
-    ApplyResult,
-    HealthGate,
-    apply_plan,
-    never_stop,
-    no_heartbeat,
-)
-from reconciler.apply.gates import Rollout
+from reconciler.apply.run import ApplyResult, HealthGate, never_stop, no_heartbeat
 from reconciler.desired import load_desired_state
 from reconciler.desired.gitinfo import current_commit
 from reconciler.errors import (
@@ -378,27 +371,13 @@ def _apply_run(
                               error="declined by the operator; nothing was changed")  # fmt: skip
             raise Declined("apply declined; nothing was changed")
         report_removed_environments(ledger, plan, run=run_id, at=started)
-        rollout = Rollout(
-            desired,
-            load_balancers=load_balancer_ports(desired, providers),
-            heartbeat=heartbeat,
-            should_stop=should_stop,
-            fence=ledger.fence,
-        )
-        result = apply_plan(
-            plan,
-            desired=desired,
-            observed=observed,
-            volumes=volumes,
-            providers=providers,
-            ledger=ledger,
-            run_id=run_id,
-            gate=gate or rollout,
-            should_stop=should_stop,
-            heartbeat=heartbeat,
-            traffic=rollout,
-            notifications=notifications,
-        )
+        result = ApplyResult()
+        if plan.actions:
+            result = _carry_out(
+                plan, desired=desired, observed=observed, volumes=volumes,
+                providers=providers, ledger=ledger, run_id=run_id, gate=gate,
+                should_stop=should_stop, heartbeat=heartbeat, notifications=notifications,
+            )  # fmt: skip
         outcome.result = result
         _record_vanished(ledger, observed, before=started)
     except (GuardRefused, Declined):
@@ -440,6 +419,49 @@ def _apply_run(
     finished = log.error if result_name == "failed" else log.info
     finished("run_finished", result=result_name, failures=len(result.failures), **counts)
     return outcome
+
+
+def _carry_out(
+    plan: Plan,
+    *,
+    desired: DesiredState,
+    observed: Sequence[ObservedInstance],
+    volumes: Sequence[ObservedVolume],
+    providers: Mapping[str, ComputeProvider],
+    ledger: Ledger,
+    run_id: int,
+    gate: HealthGate | None,
+    should_stop: Callable[[], bool],
+    heartbeat: Callable[[], None],
+    notifications: Notifications,
+) -> ApplyResult:
+    """Apply a plan that has actions. The applier, the rollout gates and the plugins they
+    load are imported and loaded here, on first use: a pass with nothing to do (the
+    daemon's usual one) never pays for them."""
+    from reconciler.apply.applier import apply_plan
+    from reconciler.apply.gates import Rollout
+
+    rollout = Rollout(
+        desired,
+        load_balancers=load_balancer_ports(desired, providers),
+        heartbeat=heartbeat,
+        should_stop=should_stop,
+        fence=ledger.fence,
+    )
+    return apply_plan(
+        plan,
+        desired=desired,
+        observed=observed,
+        volumes=volumes,
+        providers=providers,
+        ledger=ledger,
+        run_id=run_id,
+        gate=gate or rollout,
+        should_stop=should_stop,
+        heartbeat=heartbeat,
+        traffic=rollout,
+        notifications=notifications,
+    )
 
 
 def report_removed_environments(ledger: Ledger, plan: Plan, *, run: int, at: datetime) -> None:

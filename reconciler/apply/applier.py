@@ -34,6 +34,8 @@ from reconciler.apply.run import (
     ApplyRun,
     HealthGate,
     RunningGate,
+    never_stop,
+    no_heartbeat,
 )
 from reconciler.apply.teardown import Teardown
 from reconciler.errors import Interrupted, ReconcilerError, RolloutFailed
@@ -73,16 +75,6 @@ GATED_KINDS = frozenset(
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def never_stop() -> bool:
-    """The default `should_stop`: run to the end."""
-    return False
-
-
-def no_heartbeat() -> None:
-    """The default `heartbeat`: nobody is watching."""
-    return None
 
 
 @dataclass

@@ -14,13 +14,25 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from threading import Lock
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from reconciler.apply.progress import ProgressHook
 from reconciler.errors import Interrupted, ReconcilerError
 from reconciler.ledger import Ledger
 from reconciler.model import Action, DesiredState, ObservedInstance, ObservedVolume, ServiceSpec
 from reconciler.providers import ComputeProvider
+
+if TYPE_CHECKING:  # the progress bar's module imports rich: a no-op pass never needs it
+    from reconciler.apply.progress import ProgressHook
+
+
+def never_stop() -> bool:
+    """The default `should_stop`: run to the end."""
+    return False
+
+
+def no_heartbeat() -> None:
+    """The default `heartbeat`: nobody is watching."""
+    return None
 
 
 class HealthGate(Protocol):
