@@ -3,9 +3,11 @@
 50 services x 2 instances. Each tool gets a fresh sandbox and runs as a process per
 phase: `reconciler apply` (ledger, guards, intents, health gate and all) and
 `bare_loop.py` (libcloud alone: list, diff, create, wait for running, destroy; same
-parallelism). Phases: create 100 from empty, a no-op pass, replace all after an image
-bump, heal 3 instances terminated out of band. Prints the wall seconds of each, ours /
-loop, and the API requests each made (the sandbox counts them by action).
+parallelism). Phases: create 100 from empty, a no-op pass (run three times, the median
+kept: it is the shortest phase, where one slow start shows most), replace all after an
+image bump, heal 3 instances terminated out of band. Prints the wall seconds of each,
+ours / loop, and the API requests each made (the sandbox counts them by action); then
+the issue's two absolute targets: a no-op `apply` under 0.5 s, `--version` under 0.2 s.
 
     .venv/bin/python benchmarks/bench_heal.py [--json] [--services 50]
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +33,8 @@ from tests.support.desired_builder import write_desired
 COUNT, HEAL, PARALLEL = 2, 3, 8
 PHASES = ("create", "no-op", "replace-all", "heal")
 TARGET = 2.0  # ours / loop, every phase
+NO_OP_RUNS = 3
+NO_OP_TARGET, VERSION_TARGET = 0.5, 0.2  # seconds of wall time, ours alone
 
 
 def _fleet(root: Path, endpoint: str, services: int, image: str) -> Path:
@@ -65,18 +70,35 @@ def _terminate_some(endpoint: str, tag: str, image: str) -> None:
         ec2.destroy_node(node)
 
 
+def _warm_up(endpoint: str) -> None:
+    """One untimed, uncounted request: moto builds a region's EC2 backend (its images,
+    instance types) on the first request the process ever serves, about 0.7 s here.
+    The sandboxes share that process, so without this the first tool measured would pay
+    it and the second would not."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bare_loop import driver, listing
+
+    listing(driver(endpoint), {})
+
+
 def _phases(
     endpoint: str, converge: Callable[[str], float], tag: str
 ) -> dict[str, dict[str, Any]]:
+    _warm_up(endpoint)
     requests = Requests(endpoint)
     result: dict[str, dict[str, Any]] = {}
 
-    def phase(name: str, image: str) -> None:
-        seconds = converge(image)
-        result[name] = {"seconds": round(seconds, 3), "requests": requests.take()}
+    def phase(name: str, image: str, runs: int = 1) -> None:
+        times = [converge(image) for _ in range(runs)]
+        taken = requests.take()
+        result[name] = {
+            "seconds": round(statistics.median(times), 3),
+            "runs": [round(t, 3) for t in times],
+            "requests": {action: n // runs for action, n in taken.items()},  # per run
+        }
 
     phase("create", IMAGE_V1)
-    phase("no-op", IMAGE_V1)
+    phase("no-op", IMAGE_V1, runs=NO_OP_RUNS)
     phase("replace-all", IMAGE_V2)
     _terminate_some(endpoint, tag, IMAGE_V2)
     requests.take()
@@ -97,6 +119,9 @@ def run(services: int) -> dict[str, Any]:
                              "--yes"])  # fmt: skip
 
             reconciler = _phases(server.endpoint, ours, "reconciler:owner")
+            version = statistics.median(
+                _run([python, "-m", "reconciler", "--version"]) for _ in range(5)
+            )
         with sandbox() as server:
 
             def loop(image: str) -> float:
@@ -106,7 +131,8 @@ def run(services: int) -> dict[str, Any]:
 
             bare = _phases(server.endpoint, loop, "bench:owner")
     return {"services": services, "count": COUNT, "parallel": PARALLEL, "machine": machine(),
-            "reconciler": reconciler, "loop": bare}  # fmt: skip
+            "reconciler": reconciler, "loop": bare,
+            "version_seconds": round(version, 3)}  # fmt: skip
 
 
 def report(result: dict[str, Any]) -> list[str]:
@@ -126,6 +152,15 @@ def report(result: dict[str, Any]) -> list[str]:
             f"<= {TARGET:.0f}x {'MET' if ratio <= TARGET else 'MISSED'} | "
             f"{fmt_requests(ours['requests'])} | {fmt_requests(loop['requests'])} |"
         )
+    no_op, version = result["reconciler"]["no-op"]["seconds"], result["version_seconds"]
+    lines += [
+        "",
+        f"no-op `apply`: {no_op:.2f} s (median of {NO_OP_RUNS}: "
+        f"{', '.join(f'{t:.2f}' for t in result['reconciler']['no-op']['runs'])}), "
+        f"target < {NO_OP_TARGET} s {'MET' if no_op < NO_OP_TARGET else 'MISSED'}",
+        f"`--version`: {version:.2f} s (median of 5), target < {VERSION_TARGET} s "
+        f"{'MET' if version < VERSION_TARGET else 'MISSED'}",
+    ]
     return lines
 
 
