@@ -73,12 +73,14 @@ class Launcher:
             )
         launched: list[tuple[str, ObservedInstance]] = []
         try:
-            launched, launch_error = self._launch_batch(batch, spec, provider)
-            if launch_error is not None:
-                raise launch_error
-            where = f"{spec.env}/{spec.name} g{generation}"
-            run.progress.phase(f"booting {len(launched)} of {where}")
-            running = self.wait_running([i for _, i in launched], provider, spec)
+            with self._shared_waiter().launching(provider.name) as ticket:
+                launched, launch_error = self._launch_batch(batch, spec, provider)
+                if launch_error is not None:
+                    raise launch_error
+                where = f"{spec.env}/{spec.name} g{generation}"
+                run.progress.phase(f"booting {len(launched)} of {where}")
+                running = self.wait_running([i for _, i in launched], provider, spec,
+                                            ticket=ticket)  # fmt: skip
             run.progress.phase(f"health gate of {where}")
             failure = self.gate.wait_healthy(running, spec)
             if failure:
@@ -250,21 +252,26 @@ class Launcher:
         zones = [v.zone for v in self.run.volumes if (v.env, v.service) == (spec.env, spec.name)]
         return zones[0] if zones else None
 
-    def wait_running(
-        self, instances: list[ObservedInstance], provider: ComputeProvider, spec: ServiceSpec
-    ) -> list[ObservedInstance]:
-        """Wait on the apply's shared boot waiter: one listing per provider per poll
-        serves every service group waiting at that moment."""
+    def _shared_waiter(self) -> BootWaiter:
         run = self.run
         with run.lock:
             if self._waiter is None:
                 self._waiter = BootWaiter(run.desired.owner, interval=FIRST_LOOK,
                                           sleep=self.sleep)  # fmt: skip
-            waiter = self._waiter
+            return self._waiter
+
+    def wait_running(
+        self, instances: list[ObservedInstance], provider: ComputeProvider, spec: ServiceSpec,
+        *, ticket: int | None = None,
+    ) -> list[ObservedInstance]:  # fmt: skip
+        """Wait on the apply's shared boot waiter: one listing per provider per poll
+        serves every service group waiting at that moment (`ticket`: the batch's, from
+        the waiter's `launching`)."""
+        run = self.run
         try:
-            return waiter.wait_running(
+            return self._shared_waiter().wait_running(
                 instances, provider, timeout=run.desired.policy.boot_timeout,
-                check_stop=run.check_stop,
+                check_stop=run.check_stop, ticket=ticket,
             )  # fmt: skip
         except BootFailed as exc:
             raise RolloutFailed(str(exc)) from None

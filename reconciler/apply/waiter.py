@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import structlog
@@ -44,6 +45,9 @@ class _Board:
     last_start: float = 0.0  # clock() when the latest listing began
     # Instance id -> how many waiters wait for it: what the next listing asks for.
     wanted: dict[str, int] = field(default_factory=dict)
+    # Batches whose launches are under way (tickets of `launching`), not yet waiting.
+    launching: set[int] = field(default_factory=set)
+    tickets: int = 0
 
     def want(self, ids: set[str], more: int) -> None:
         """Add (`more` 1) or drop (-1) a waiter's ids; call with `cond` held."""
@@ -76,6 +80,25 @@ class BootWaiter:
         with self._lock:
             return self._boards.setdefault(provider, _Board())
 
+    @contextmanager
+    def launching(self, provider: str) -> Iterator[int]:
+        """Around one batch's launches and its `wait_running(..., ticket=)`. A listing
+        that falls due meanwhile waits (one interval at most) for the batch to start
+        waiting, so one listing sees a wave of batches launched together instead of
+        each batch needing the next listing."""
+        board = self._board(provider)
+        with board.cond:
+            board.tickets += 1
+            ticket = board.tickets
+            board.launching.add(ticket)
+        try:
+            yield ticket
+        finally:
+            with board.cond:
+                if ticket in board.launching:  # the batch failed before it waited
+                    board.launching.discard(ticket)
+                    board.cond.notify_all()
+
     def wait_running(
         self,
         instances: Sequence[ObservedInstance],
@@ -83,18 +106,23 @@ class BootWaiter:
         *,
         timeout: float,
         check_stop: Callable[[], None] = lambda: None,
+        ticket: int | None = None,
     ) -> list[ObservedInstance]:
         """The instances as listed once all run; raises BootFailed if one dies or the
-        `timeout` passes. `check_stop` is called between polls (it may raise)."""
+        `timeout` passes. `check_stop` is called between polls (it may raise);
+        `ticket` is the batch's from `launching`."""
         wanted = {i.id for i in instances}
-        if not wanted:
-            return []
         board = self._board(provider.name)
         with board.cond:
             # Only a listing begun after our launches can be trusted to show them, and
             # every listing begun from now on asks for them.
             seen = board.started
             board.want(wanted, 1)
+            if ticket in board.launching:
+                board.launching.discard(ticket)
+                board.cond.notify_all()
+        if not wanted:
+            return []
         try:
             return self._poll(wanted, board, provider, timeout=timeout, check_stop=check_stop,
                               seen=seen)  # fmt: skip
@@ -157,6 +185,12 @@ class BootWaiter:
                         board.cond.wait(timeout=due)
                         continue
                     board.polling = True
+                    # A wave: batches still launching when this listing fell due are
+                    # waited for (one interval at most), then asked for with ours.
+                    wave = set(board.launching)
+                    until = self.clock() + self.interval
+                    while wave & board.launching and (left := until - self.clock()) > 0:
+                        board.cond.wait(timeout=left)
                     board.last_start = self.clock()
                     board.started += 1
                     sequence = board.started

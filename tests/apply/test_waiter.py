@@ -191,3 +191,37 @@ def test_the_first_look_is_at_once_then_the_waits_double_up_to_the_providers_cap
     waiter.wait_running([_instance("i-2", InstanceState.PENDING, "west")], slow, timeout=600)
     assert slow.listings == 8
     assert slept == [0.25, 0.5, 1.0, 2.0, 3.0, 3.0, 3.0]
+
+
+def test_a_listing_waits_for_a_batch_still_launching_so_one_listing_serves_the_wave() -> None:
+    """Group A waits while group B's launches are still under way: A's listing waits for
+    B to start waiting (one interval at most) and asks for both, instead of B needing
+    a listing of its own a spacing later."""
+    provider = FakeProvider("cloud", ["i-a", "i-b"], running_from=1)
+    waiter = BootWaiter("acme", interval=30.0, sleep=lambda _s: None)
+    with waiter.launching("cloud") as b_ticket, ThreadPoolExecutor(max_workers=1) as pool:
+        with waiter.launching("cloud") as a_ticket:
+            a = pool.submit(waiter.wait_running, [_instance("i-a", InstanceState.PENDING)],
+                            provider, timeout=60, ticket=a_ticket)  # fmt: skip
+            board = waiter._board("cloud")
+            while not board.polling:  # A has reserved the next listing and waits for B
+                threading.Event().wait(0.01)
+        assert provider.listings == 0
+        b = waiter.wait_running(
+            [_instance("i-b", InstanceState.PENDING)], provider, timeout=60, ticket=b_ticket
+        )
+        assert [i.id for i in a.result(timeout=30)] == ["i-a"] and [i.id for i in b] == ["i-b"]
+    assert provider.asked == [{"i-a", "i-b"}]
+
+
+def test_a_batch_that_fails_to_launch_does_not_hold_the_listing_up() -> None:
+    provider = FakeProvider("cloud", ["i-a"], running_from=1)
+    waiter = BootWaiter("acme", interval=30.0, sleep=lambda _s: None)
+    with pytest.raises(RuntimeError), waiter.launching("cloud"):
+        raise RuntimeError("the launch failed")
+    assert not waiter._board("cloud").launching  # nothing for a listing to wait for
+    with waiter.launching("cloud") as ticket:
+        running = waiter.wait_running(
+            [_instance("i-a", InstanceState.PENDING)], provider, timeout=60, ticket=ticket
+        )
+    assert [i.id for i in running] == ["i-a"] and provider.listings == 1
