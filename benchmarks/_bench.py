@@ -69,7 +69,7 @@ def fleet(
         policy={"max_parallel": max_parallel, "max_destroy_fraction": 1.0,
                 "max_total_instances": 100_000},
         # moto filters tags in quadratic time: a 4,000-instance listing page is slow.
-        provider_options={"timeout": "15m"},
+        provider_options={"timeout": "10m"},  # the most a profile may say
     )
 
 
