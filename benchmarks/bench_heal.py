@@ -155,8 +155,8 @@ def report(result: dict[str, Any]) -> list[str]:
     no_op, version = result["reconciler"]["no-op"]["seconds"], result["version_seconds"]
     lines += [
         "",
-        f"no-op `apply`: {no_op:.2f} s (median of {NO_OP_RUNS}: "
-        f"{', '.join(f'{t:.2f}' for t in result['reconciler']['no-op']['runs'])}), "
+        f"no-op `apply`: {no_op:.3f} s (median of {NO_OP_RUNS}: "
+        f"{', '.join(f'{t:.3f}' for t in result['reconciler']['no-op']['runs'])}), "
         f"target < {NO_OP_TARGET} s {'MET' if no_op < NO_OP_TARGET else 'MISSED'}",
         f"`--version`: {version:.2f} s (median of 5), target < {VERSION_TARGET} s "
         f"{'MET' if version < VERSION_TARGET else 'MISSED'}",
