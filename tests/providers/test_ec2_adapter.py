@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import libcloud.pricing
 import pytest
+from libcloud.compute.drivers.ec2 import NAMESPACE
+from libcloud.utils.xml import findall
 
+from reconciler.errors import ObservationIncomplete
 from reconciler.model import InstanceState
 from reconciler.providers.base import LaunchRequest, ownership_tags
 from reconciler.providers.ec2 import adapter
@@ -149,3 +153,21 @@ def test_the_ec2_price_table_read_alone_is_libcloud_s_own(
     monkeypatch.setattr(adapter, "get_pricing_file_path", lambda: str(doubled))
     adapter._load_price_table()
     assert "ec2_linux" not in compute
+
+
+def test_a_listed_instance_without_an_id_makes_the_listing_unreadable(
+    sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = provider(sandbox.endpoint)
+    launch(p, owner="acme", slot=1, op="a")
+    request = p._request
+
+    def without_ids(params: dict[str, str]) -> Any:
+        body = request(params)
+        for item in findall(body, "reservationSet/item/instancesSet/item", NAMESPACE):
+            item.remove(item.find(f"{{{NAMESPACE}}}instanceId"))
+        return body
+
+    monkeypatch.setattr(p, "_request", without_ids)
+    with pytest.raises(ObservationIncomplete, match="unreadable instance"):
+        p.list_owned("acme")
