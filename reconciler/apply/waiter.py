@@ -43,20 +43,12 @@ class _Board:
     error: ObservationIncomplete | None = None
     polling: bool = False
     last_start: float = 0.0  # clock() when the latest listing began
-    # Instance id -> how many waiters wait for it: what the next listing asks for.
-    wanted: dict[str, int] = field(default_factory=dict)
+    # The instances its waiters wait for (each is one launch's, so one waiter's):
+    # what the next listing asks for.
+    wanted: set[str] = field(default_factory=set)
     # Batches whose launches are under way (tickets of `launching`), not yet waiting.
     launching: set[int] = field(default_factory=set)
     tickets: int = 0
-
-    def want(self, ids: set[str], more: int) -> None:
-        """Add (`more` 1) or drop (-1) a waiter's ids; call with `cond` held."""
-        for i in ids:
-            left = self.wanted.get(i, 0) + more
-            if left > 0:
-                self.wanted[i] = left
-            else:
-                self.wanted.pop(i, None)
 
 
 @dataclass
@@ -117,7 +109,7 @@ class BootWaiter:
             # Only a listing begun after our launches can be trusted to show them, and
             # every listing begun from now on asks for them.
             seen = board.started
-            board.want(wanted, 1)
+            board.wanted |= wanted
             if ticket in board.launching:
                 board.launching.discard(ticket)
                 board.cond.notify_all()
@@ -128,7 +120,7 @@ class BootWaiter:
                               seen=seen)  # fmt: skip
         finally:
             with board.cond:
-                board.want(wanted, -1)
+                board.wanted -= wanted
 
     def _poll(
         self,
