@@ -39,8 +39,10 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
-    return Keys(tmp_path_factory.mktemp("keys"))
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
+    keys = Keys(tmp_path_factory.mktemp("keys"))
+    yield keys
+    keys.close()
 
 
 @pytest.fixture

@@ -99,6 +99,11 @@ class Keys:
     def wait_expired(self) -> None:
         time.sleep(7)
 
+    def close(self) -> None:
+        """Stop the gpg-agent that gpg started for this home (it outlives the test)."""
+        subprocess.run(["gpgconf", "--kill", "all"], env=self.env(), check=False,
+                       capture_output=True)  # fmt: skip
+
 
 def git(repo: Path, env: dict[str, str], *args: str) -> str:
     done = subprocess.run(["git", "-C", str(repo), *args], env=env, capture_output=True,
