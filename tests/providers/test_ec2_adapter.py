@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import libcloud.pricing
 import pytest
@@ -171,3 +172,31 @@ def test_a_listed_instance_without_an_id_makes_the_listing_unreadable(
     monkeypatch.setattr(p, "_request", without_ids)
     with pytest.raises(ObservationIncomplete, match="unreadable instance"):
         p.list_owned("acme")
+
+
+def test_the_volume_listing_pages_like_the_instance_listing(
+    sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both go through one pager: a server that repeats its page token, or answers with
+    something that is not the call's listing, fails the volume listing as it fails the
+    instance listing (a partial listing would read as volumes gone)."""
+    p = provider(sandbox.endpoint)
+    port = p.volumes()
+    assert port is not None
+    request = p._request
+
+    def looping(params: dict[str, str]) -> Any:  # the first page again, whatever is asked
+        body = request({k: v for k, v in params.items() if k != "NextToken"})
+        token = ElementTree.SubElement(body, f"{{{NAMESPACE}}}nextToken")
+        token.text = "same-page-again"
+        return body
+
+    monkeypatch.setattr(p, "_request", looping)
+    for listing in (lambda: port.list_owned("acme"), lambda: p.list_owned("acme")):
+        with pytest.raises(ObservationIncomplete, match="repeats a page token"):
+            listing()
+
+    monkeypatch.setattr(p, "_request", lambda params: ElementTree.Element("html"))
+    for listing in (lambda: port.list_owned("acme"), lambda: p.list_owned("acme")):
+        with pytest.raises(ObservationIncomplete, match="not an EC2 listing"):
+            listing()

@@ -26,7 +26,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import requests
 import structlog
@@ -166,6 +166,14 @@ def translate_ec2_error(exc: Exception, action: str) -> Exception:
     return exc
 
 
+class _HasId(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+_Listed = TypeVar("_Listed", bound=_HasId)  # what a listing's items are read as
+
+
 def _root_is(body: Any, response: str) -> bool:
     """True if `body` is the EC2 document `response` (not a proxy's page, not an error)."""
     tag = getattr(body, "tag", "")
@@ -268,45 +276,66 @@ class Ec2Provider:
     def _describe(
         self, filters: Mapping[str, str | Sequence[str]], *, retry: bool = True
     ) -> list[ObservedInstance]:
-        base = {"Action": "DescribeInstances", "MaxResults": str(self._page_size)}
+        return self.listing(
+            "DescribeInstances", filters, "reservationSet/item/instancesSet/item",
+            self._to_observed, page_size=self._page_size, what="listing", item="instance",
+            retry=retry,
+        )  # fmt: skip
+
+    def listing(
+        self,
+        action: str,
+        filters: Mapping[str, str | Sequence[str]],
+        items: str,
+        read: Callable[[Any], _Listed],
+        *,
+        page_size: int,
+        what: str,
+        item: str,
+        retry: bool = True,
+    ) -> list[_Listed]:
+        """Every page of a Describe call: `items` is where one item sits in a page,
+        `read` makes it ours. The whole listing fails (ObservationIncomplete, `what`
+        and `item` name it) on a failed page, a page that is not the call's answer, an
+        unreadable item, a repeated page token or no last page: a partial listing
+        would read as instances or volumes gone. Shared by instances and volumes."""
+        base = {"Action": action, "MaxResults": str(page_size)}
         for n, (name, values) in enumerate(sorted(filters.items()), start=1):
             base[f"Filter.{n}.Name"] = name
             for k, value in enumerate([values] if isinstance(values, str) else values, start=1):
                 base[f"Filter.{n}.Value.{k}"] = value
-        # Keyed by id: a server whose pages overlap must not make one instance count twice.
-        instances: dict[str, ObservedInstance] = {}
+        # Keyed by id: a server whose pages overlap must not make one item count twice.
+        found: dict[str, _Listed] = {}
         token: str | None = None
         seen_tokens: set[str] = set()
         try:
             for _page in range(_MAX_PAGES):
                 params = dict(base, NextToken=token) if token else base
-                body = self._calls.call(
-                    "DescribeInstances", partial(self._page, params), retry=retry
-                )
-                for item in findall(body, "reservationSet/item/instancesSet/item", NAMESPACE):
-                    observed = self._to_observed(item)
-                    instances[observed.id] = observed
+                body = self._calls.call(action, partial(self._page, params), retry=retry)
+                for element in findall(body, items, NAMESPACE):
+                    listed = read(element)
+                    found[listed.id] = listed
                 token = findtext(body, "nextToken", NAMESPACE)
                 if not token:
-                    return list(instances.values())
+                    return list(found.values())
                 if token in seen_tokens:
-                    raise ObservationIncomplete(f"{self.name}: listing repeats a page token")
+                    raise ObservationIncomplete(f"{self.name}: {what} repeats a page token")
                 seen_tokens.add(token)
         except (TransientError, ProviderError) as exc:
-            raise ObservationIncomplete(f"{self.name}: listing failed: {exc}") from None
+            raise ObservationIncomplete(f"{self.name}: {what} failed: {exc}") from None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            # One unreadable instance makes the whole listing untrustworthy.
+            # One unreadable item makes the whole listing untrustworthy.
             raise ObservationIncomplete(
-                f"{self.name}: listing held an unreadable instance ({type(exc).__name__})"
+                f"{self.name}: {what} held an unreadable {item} ({type(exc).__name__})"
             ) from None
-        raise ObservationIncomplete(f"{self.name}: listing did not end after {_MAX_PAGES} pages")
+        raise ObservationIncomplete(f"{self.name}: {what} did not end after {_MAX_PAGES} pages")
 
     def _page(self, params: dict[str, str]) -> Any:
         body = self._request(params)
-        if not _root_is(body, "DescribeInstancesResponse"):
+        if not _root_is(body, f"{params['Action']}Response"):
             # A 200 that is not a listing (a proxy's page, say) would read as "no
             # instances" and make the planner replace the whole fleet.
-            raise OutcomeUnknown("DescribeInstances: the response is not an EC2 listing")
+            raise OutcomeUnknown(f"{params['Action']}: the response is not an EC2 listing")
         return body
 
     def _to_observed(self, item: Any) -> ObservedInstance:

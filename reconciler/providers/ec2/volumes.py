@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from libcloud.compute.drivers.ec2 import NAMESPACE
 from libcloud.utils.xml import findall, findtext
 
-from reconciler.errors import ObservationIncomplete, OutcomeUnknown, ProviderError, TransientError
+from reconciler.errors import ObservationIncomplete, OutcomeUnknown, ProviderError
 from reconciler.model import ObservedVolume
 from reconciler.providers.base import TAG_ENV, TAG_OP, TAG_OWNER, TAG_SERVICE, VolumeRequest
 from reconciler.providers.calls import launch_once
@@ -33,7 +33,6 @@ EBS_PRICES: dict[str, float] = {
 }  # fmt: skip
 EBS_DEFAULT_TYPE = "gp2"  # what CreateVolume makes when no type is given
 EBS_SNAPSHOT_PRICE = 0.05
-_MAX_PAGES = 10_000
 # "Already there" answers of an idempotent step: the goal is met.
 _ALREADY = (
     "IncorrectState", "VolumeInUse", "InvalidAttachment.NotFound", "IncorrectInstanceState",
@@ -73,29 +72,10 @@ class Ec2Volumes:
         return next((v for v in found if v.tags.get(TAG_OP) == op), None)
 
     def _describe(self, filters: dict[str, str], *, retry: bool = True) -> list[ObservedVolume]:
-        base = {"MaxResults": str(_PAGE_SIZE)}
-        for n, (name, value) in enumerate(sorted(filters.items()), start=1):
-            base[f"Filter.{n}.Name"] = name
-            base[f"Filter.{n}.Value.1"] = value
-        volumes: dict[str, ObservedVolume] = {}
-        token: str | None = None
-        try:
-            for _page in range(_MAX_PAGES):
-                params = dict(base, NextToken=token) if token else base
-                body = self._call("DescribeVolumes", params, retry=retry)
-                for item in findall(body, "volumeSet/item", NAMESPACE):
-                    volume = self._to_observed(item)
-                    volumes[volume.id] = volume
-                token = findtext(body, "nextToken", NAMESPACE)
-                if not token:
-                    return list(volumes.values())
-        except (TransientError, ProviderError) as exc:
-            raise ObservationIncomplete(f"{self.name}: volume listing failed: {exc}") from None
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ObservationIncomplete(
-                f"{self.name}: volume listing held an unreadable volume ({type(exc).__name__})"
-            ) from None
-        raise ObservationIncomplete(f"{self.name}: volume listing did not end")
+        return self._adapter.listing(
+            "DescribeVolumes", filters, "volumeSet/item", self._to_observed,
+            page_size=_PAGE_SIZE, what="volume listing", item="volume", retry=retry,
+        )  # fmt: skip
 
     def _to_observed(self, item: Any) -> ObservedVolume:
         tags = {
